@@ -1,0 +1,147 @@
+//! LayerNorm and RMSNorm over the last dimension (C), one row at a time.
+//!
+//! LayerNorm: x̂ = (x − μ)·rstd, rstd = 1/√(σ² + ε) with the biased σ² (as PyTorch); y = x̂·w + b.
+//! RMSNorm:   x̂ = x·rstd,       rstd = 1/√(mean(x²) + ε);                            y = x̂·w.
+//! Backward, with g = dy·w:
+//!   LayerNorm: dx = rstd·(g − mean(g) − x̂·mean(g·x̂))
+//!   RMSNorm:   dx = rstd·(g − x̂·mean(g·x̂))
+//!   dw = Σ_rows dy·x̂,  db = Σ_rows dy.
+
+use super::Real;
+use rayon::prelude::*;
+
+pub struct NormOut<T> {
+    pub y: Vec<T>,    // (N, C)
+    pub mean: Vec<T>, // (N); empty for RMSNorm
+    pub rstd: Vec<T>, // (N)
+}
+
+pub struct NormGrads<T> {
+    pub dx: Vec<T>,         // (N, C)
+    pub dw: Vec<T>,         // (C)
+    pub db: Option<Vec<T>>, // (C); None for RMSNorm
+}
+
+fn rows_of<T>(op: &str, x: &[T], w: &[T], cols: usize) -> usize {
+    assert!(cols > 0, "{op}: cols must be positive");
+    assert_eq!(x.len() % cols, 0, "{op}: x has {} elements, not a multiple of cols {cols}", x.len());
+    assert_eq!(w.len(), cols, "{op}: weight has {} elements, expected {cols}", w.len());
+    x.len() / cols
+}
+
+fn mean_of<T: Real>(v: impl Iterator<Item = T>, cols: usize) -> T {
+    v.sum::<T>() / T::from_f64(cols as f64)
+}
+
+pub fn layernorm_fwd<T: Real>(
+    x: &[T], // (N, C)
+    w: &[T], // (C)
+    b: &[T], // (C)
+    cols: usize,
+    eps: f64,
+) -> NormOut<T> {
+    let rows = rows_of("layernorm_fwd", x, w, cols);
+    assert_eq!(b.len(), cols, "layernorm_fwd: bias has {} elements, expected {cols}", b.len());
+    let mut y = vec![T::zero(); x.len()];
+    let mut mean = vec![T::zero(); rows];
+    let mut rstd = vec![T::zero(); rows];
+    y.par_chunks_mut(cols)
+        .zip(x.par_chunks(cols))
+        .zip(mean.par_iter_mut().zip(rstd.par_iter_mut()))
+        .for_each(|((yr, xr), (m, r))| {
+            let mu = mean_of(xr.iter().copied(), cols);
+            let var = mean_of(xr.iter().map(|&v| (v - mu) * (v - mu)), cols);
+            let rs = (var + T::from_f64(eps)).sqrt().recip();
+            for (((o, &xv), &wv), &bv) in yr.iter_mut().zip(xr).zip(w).zip(b) {
+                *o = (xv - mu) * rs * wv + bv;
+            }
+            *m = mu;
+            *r = rs;
+        });
+    NormOut { y, mean, rstd }
+}
+
+pub fn layernorm_bwd<T: Real>(
+    x: &[T],    // (N, C)
+    w: &[T],    // (C)
+    mean: &[T], // (N)
+    rstd: &[T], // (N)
+    dy: &[T],   // (N, C)
+    cols: usize,
+) -> NormGrads<T> {
+    let rows = rows_of("layernorm_bwd", x, w, cols);
+    assert_eq!(mean.len(), rows, "layernorm_bwd: mean has {} elements, expected {rows}", mean.len());
+    let (dx, dw, db) = norm_bwd(x, w, Some(mean), rstd, dy, cols);
+    NormGrads { dx, dw, db: Some(db) }
+}
+
+pub fn rmsnorm_fwd<T: Real>(
+    x: &[T], // (N, C)
+    w: &[T], // (C)
+    cols: usize,
+    eps: f64,
+) -> NormOut<T> {
+    let rows = rows_of("rmsnorm_fwd", x, w, cols);
+    let mut y = vec![T::zero(); x.len()];
+    let mut rstd = vec![T::zero(); rows];
+    y.par_chunks_mut(cols).zip(x.par_chunks(cols)).zip(rstd.par_iter_mut()).for_each(|((yr, xr), r)| {
+        let ms = mean_of(xr.iter().map(|&v| v * v), cols);
+        let rs = (ms + T::from_f64(eps)).sqrt().recip();
+        for ((o, &xv), &wv) in yr.iter_mut().zip(xr).zip(w) {
+            *o = (xv * rs) * wv;
+        }
+        *r = rs;
+    });
+    NormOut { y, mean: Vec::new(), rstd }
+}
+
+pub fn rmsnorm_bwd<T: Real>(
+    x: &[T],    // (N, C)
+    w: &[T],    // (C)
+    rstd: &[T], // (N)
+    dy: &[T],   // (N, C)
+    cols: usize,
+) -> NormGrads<T> {
+    rows_of("rmsnorm_bwd", x, w, cols);
+    let (dx, dw, _) = norm_bwd(x, w, None, rstd, dy, cols);
+    NormGrads { dx, dw, db: None }
+}
+
+/// Shared backward: `mean` is None for RMSNorm. Returns (dx, dw, db).
+fn norm_bwd<T: Real>(
+    x: &[T],            // (N, C)
+    w: &[T],            // (C)
+    mean: Option<&[T]>, // (N)
+    rstd: &[T],         // (N)
+    dy: &[T],           // (N, C)
+    cols: usize,
+) -> (Vec<T>, Vec<T>, Vec<T>) {
+    let rows = x.len() / cols;
+    assert_eq!(rstd.len(), rows, "norm backward: rstd has {} elements, expected {rows}", rstd.len());
+    assert_eq!(dy.len(), x.len(), "norm backward: dy has {} elements, expected {}", dy.len(), x.len());
+    let xhat = |r: usize, c: usize| match mean {
+        Some(m) => (x[r * cols + c] - m[r]) * rstd[r],
+        None => x[r * cols + c] * rstd[r],
+    };
+    let mut dx = vec![T::zero(); x.len()];
+    dx.par_chunks_mut(cols).enumerate().for_each(|(r, dxr)| {
+        let dyr = &dy[r * cols..(r + 1) * cols];
+        let g = |c: usize| dyr[c] * w[c];
+        let mean_g = if mean.is_some() { mean_of((0..cols).map(g), cols) } else { T::zero() };
+        let mean_gx = mean_of((0..cols).map(|c| g(c) * xhat(r, c)), cols);
+        for (c, o) in dxr.iter_mut().enumerate() {
+            *o = rstd[r] * (g(c) - mean_g - xhat(r, c) * mean_gx);
+        }
+    });
+    // Column sums over rows: serial, O(N·C) like the pass above but without the reductions.
+    let mut dw = vec![T::zero(); cols];
+    let mut db = vec![T::zero(); cols];
+    for r in 0..rows {
+        for c in 0..cols {
+            let g = dy[r * cols + c];
+            dw[c] = dw[c] + g * xhat(r, c);
+            db[c] = db[c] + g;
+        }
+    }
+    (dx, dw, db)
+}

@@ -1,0 +1,284 @@
+//! One GPU: its context, the stream everything runs on, cuBLAS handles, and loaded kernels.
+
+use super::{abi, modules, probe};
+use crate::error::{Error, Result};
+use crate::tensor::{CpuStorage, DType, Device};
+use cudarc::cublas::CudaBlas;
+use cudarc::cublaslt::CudaBlasLT;
+use cudarc::driver::{
+    sys::CUresult, CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DriverError,
+};
+use cudarc::nvrtc::{CompileOptions, Ptx};
+use half::{bf16, f16};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
+
+/// A device buffer, one variant per dtype the GPU path uses.
+#[derive(Debug)]
+pub enum CudaBuf {
+    F32(CudaSlice<f32>),
+    BF16(CudaSlice<bf16>),
+    F16(CudaSlice<f16>),
+}
+
+/// A tensor's storage on a GPU: the buffer and the device that owns it.
+#[derive(Debug)]
+pub struct CudaStorage {
+    pub dev: Arc<CudaDevice>,
+    pub buf: CudaBuf,
+}
+
+pub struct CudaDevice {
+    ordinal: usize,
+    ctx: Arc<CudaContext>,
+    stream: Arc<CudaStream>,
+    compute_capability: (i32, i32),
+    blas: OnceLock<std::result::Result<Arc<CudaBlas>, String>>,
+    blaslt: OnceLock<std::result::Result<Arc<CudaBlasLT>, String>>,
+    modules: Mutex<HashMap<&'static str, Arc<CudaModule>>>,
+    functions: Mutex<HashMap<(&'static str, &'static str), CudaFunction>>,
+}
+
+impl std::fmt::Debug for CudaDevice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "CudaDevice(cuda:{})", self.ordinal)
+    }
+}
+
+/// Maps a driver error to ours, naming what was being done.
+pub(crate) fn cuda_err(context: impl Into<String>) -> impl FnOnce(DriverError) -> Error {
+    let context = context.into();
+    move |e| Error::Cuda { context, detail: e.to_string() }
+}
+
+impl CudaDevice {
+    /// The device `cuda:ordinal`, created on first use and shared afterwards.
+    pub fn get(ordinal: usize) -> Result<Arc<CudaDevice>> {
+        static DEVICES: OnceLock<Mutex<HashMap<usize, Arc<CudaDevice>>>> = OnceLock::new();
+        let map = DEVICES.get_or_init(Default::default);
+        let mut map = map.lock().map_err(|_| Error::Msg("CUDA device table poisoned".into()))?;
+        if let Some(d) = map.get(&ordinal) {
+            return Ok(d.clone());
+        }
+        let p = probe::probe();
+        if let Some(why) = p.unavailable_reason() {
+            return Err(Error::NoCuda(format!("{why}; run with --device cpu")));
+        }
+        let info = match p.gpus.get(ordinal) {
+            Some(Ok(info)) => info.clone(),
+            Some(Err(e)) => return Err(Error::NoCuda(e.clone())),
+            None => {
+                return Err(Error::NoCuda(format!(
+                    "cuda:{ordinal} does not exist: this machine has {} GPU(s)",
+                    p.gpus.len()
+                )))
+            }
+        };
+        abi::verify_layout().map_err(Error::Msg)?;
+        let ctx =
+            CudaContext::new(ordinal).map_err(cuda_err(format!("creating a context on cuda:{ordinal}")))?;
+        // One stream per device: cudarc's cross-stream event tracking is not needed.
+        // SAFETY: no other stream of this context is ever used.
+        unsafe { ctx.disable_event_tracking() };
+        let stream = ctx.default_stream();
+        let dev = Arc::new(CudaDevice {
+            ordinal,
+            ctx,
+            stream,
+            compute_capability: info.compute_capability,
+            blas: OnceLock::new(),
+            blaslt: OnceLock::new(),
+            modules: Mutex::new(HashMap::new()),
+            functions: Mutex::new(HashMap::new()),
+        });
+        map.insert(ordinal, dev.clone());
+        Ok(dev)
+    }
+
+    pub fn ordinal(&self) -> usize {
+        self.ordinal
+    }
+
+    pub fn device(&self) -> Device {
+        Device::Cuda(self.ordinal)
+    }
+
+    pub fn stream(&self) -> &Arc<CudaStream> {
+        &self.stream
+    }
+
+    pub fn context(&self) -> &Arc<CudaContext> {
+        &self.ctx
+    }
+
+    pub fn compute_capability(&self) -> (i32, i32) {
+        self.compute_capability
+    }
+
+    pub fn synchronize(&self) -> Result<()> {
+        self.stream.synchronize().map_err(cuda_err("synchronize"))
+    }
+
+    /// The cuBLAS handle bound to this device's stream (created on first use).
+    pub fn blas(&self) -> Result<Arc<CudaBlas>> {
+        self.blas
+            .get_or_init(|| {
+                // SAFETY: only tries to dlopen libcublas.
+                if !unsafe { cudarc::cublas::sys::is_culib_present() } {
+                    return Err("libcublas not found: add the CUDA libraries to LD_LIBRARY_PATH \
+                                (e.g. /usr/local/cuda/lib64)"
+                        .into());
+                }
+                CudaBlas::new(self.stream.clone()).map(Arc::new).map_err(|e| format!("cuBLAS: {e}"))
+            })
+            .clone()
+            .map_err(Error::NoCuda)
+    }
+
+    /// The cuBLASLt handle bound to this device's stream (created on first use).
+    pub fn blaslt(&self) -> Result<Arc<CudaBlasLT>> {
+        self.blaslt
+            .get_or_init(|| {
+                // SAFETY: only tries to dlopen libcublasLt.
+                if !unsafe { cudarc::cublaslt::sys::is_culib_present() } {
+                    return Err("libcublasLt not found: add the CUDA libraries to LD_LIBRARY_PATH \
+                                (e.g. /usr/local/cuda/lib64)"
+                        .into());
+                }
+                CudaBlasLT::new(self.stream.clone()).map(Arc::new).map_err(|e| format!("cuBLASLt: {e}"))
+            })
+            .clone()
+            .map_err(Error::NoCuda)
+    }
+
+    /// Kernel `name` of module `kernels/<module>.cu`, loading the module on first use.
+    pub fn function(&self, module: &'static str, name: &'static str) -> Result<CudaFunction> {
+        let mut fns = self.functions.lock().map_err(|_| Error::Msg("kernel table poisoned".into()))?;
+        if let Some(f) = fns.get(&(module, name)) {
+            return Ok(f.clone());
+        }
+        let m = self.module(module)?;
+        let f = m.load_function(name).map_err(cuda_err(format!("loading kernel {name} from {module}.cu")))?;
+        fns.insert((module, name), f.clone());
+        Ok(f)
+    }
+
+    /// Load (and, without a fatbin, compile with NVRTC) one embedded module.
+    pub fn module(&self, module: &'static str) -> Result<Arc<CudaModule>> {
+        let mut mods = self.modules.lock().map_err(|_| Error::Msg("module table poisoned".into()))?;
+        if let Some(m) = mods.get(module) {
+            return Ok(m.clone());
+        }
+        let em = modules::find(module)
+            .ok_or_else(|| Error::Msg(format!("no kernel module `{module}` in this build")))?;
+        let image = match em.fatbin {
+            Some(bytes) => Ptx::from_binary(bytes.to_vec()),
+            None => self.nvrtc_compile(em)?,
+        };
+        let m = self.ctx.load_module(image).map_err(cuda_err(format!("loading module {module}.cu")))?;
+        mods.insert(module, m.clone());
+        Ok(m)
+    }
+
+    fn nvrtc_compile(&self, em: &modules::EmbeddedModule) -> Result<Ptx> {
+        // SAFETY: only tries to dlopen libnvrtc.
+        if !unsafe { cudarc::nvrtc::sys::is_culib_present() } {
+            return Err(Error::NoCuda(
+                "this binary was built without nvcc and libnvrtc cannot be loaded: add the CUDA \
+                 libraries to LD_LIBRARY_PATH (e.g. /usr/local/cuda/lib64) or rebuild after \
+                 scripts/install-cuda-compiler"
+                    .into(),
+            ));
+        }
+        let (major, minor) = self.compute_capability;
+        // NVRTC needs a &'static str; the set of architectures is small and fixed.
+        let arch: &'static str = Box::leak(format!("compute_{major}{minor}").into_boxed_str());
+        let opts = CompileOptions {
+            arch: Some(arch),
+            name: Some(format!("{}.cu", em.name)),
+            options: vec!["-std=c++17".into(), "-default-device".into()],
+            ..Default::default()
+        };
+        cudarc::nvrtc::compile_ptx_with_opts(em.source, opts)
+            .map_err(|e| Error::Msg(format!("NVRTC failed to compile {}.cu for {arch}: {e}", em.name)))
+    }
+
+    fn alloc_err(&self, bytes: usize, context: &str) -> impl FnOnce(DriverError) -> Error + '_ {
+        let context = context.to_string();
+        move |e| {
+            if e.0 == CUresult::CUDA_ERROR_OUT_OF_MEMORY {
+                Error::OutOfMemory { bytes, device: self.device(), context }
+            } else {
+                Error::Cuda { context, detail: e.to_string() }
+            }
+        }
+    }
+
+    /// A zero-filled f32 buffer (scratch space for kernels).
+    pub fn zeros_f32(&self, n: usize, context: &str) -> Result<CudaSlice<f32>> {
+        self.stream.alloc_zeros::<f32>(n).map_err(self.alloc_err(n * 4, context))
+    }
+
+    /// A buffer of `n` elements whose contents are undefined until a kernel writes them.
+    ///
+    /// # Safety
+    /// The caller must write every element before any is read.
+    pub unsafe fn alloc_f32(&self, n: usize, context: &str) -> Result<CudaSlice<f32>> {
+        self.stream.alloc::<f32>(n).map_err(self.alloc_err(n * 4, context))
+    }
+
+    /// # Safety
+    /// As `alloc_f32`.
+    pub unsafe fn alloc_buf(&self, dtype: DType, n: usize, context: &str) -> Result<CudaBuf> {
+        let bytes = n * dtype.size_in_bytes();
+        Ok(match dtype {
+            DType::F32 => CudaBuf::F32(self.stream.alloc(n).map_err(self.alloc_err(bytes, context))?),
+            DType::BF16 => CudaBuf::BF16(self.stream.alloc(n).map_err(self.alloc_err(bytes, context))?),
+            DType::F16 => CudaBuf::F16(self.stream.alloc(n).map_err(self.alloc_err(bytes, context))?),
+            DType::F64 => return Err(f64_on_gpu(context)),
+        })
+    }
+
+    pub fn zeros(&self, dtype: DType, n: usize, context: &str) -> Result<CudaBuf> {
+        let bytes = n * dtype.size_in_bytes();
+        Ok(match dtype {
+            DType::F32 => CudaBuf::F32(self.stream.alloc_zeros(n).map_err(self.alloc_err(bytes, context))?),
+            DType::BF16 => CudaBuf::BF16(self.stream.alloc_zeros(n).map_err(self.alloc_err(bytes, context))?),
+            DType::F16 => CudaBuf::F16(self.stream.alloc_zeros(n).map_err(self.alloc_err(bytes, context))?),
+            DType::F64 => return Err(f64_on_gpu(context)),
+        })
+    }
+
+    pub fn upload(&self, host: &CpuStorage, context: &str) -> Result<CudaBuf> {
+        let bytes = host.len() * host.dtype().size_in_bytes();
+        Ok(match host {
+            CpuStorage::F32(v) => {
+                CudaBuf::F32(self.stream.clone_htod(v).map_err(self.alloc_err(bytes, context))?)
+            }
+            CpuStorage::BF16(v) => {
+                CudaBuf::BF16(self.stream.clone_htod(v).map_err(self.alloc_err(bytes, context))?)
+            }
+            CpuStorage::F16(v) => {
+                CudaBuf::F16(self.stream.clone_htod(v).map_err(self.alloc_err(bytes, context))?)
+            }
+            CpuStorage::F64(_) => return Err(f64_on_gpu(context)),
+        })
+    }
+
+    pub fn download(&self, buf: &CudaBuf) -> Result<CpuStorage> {
+        let e = cuda_err("copying a tensor to the host");
+        Ok(match buf {
+            CudaBuf::F32(s) => CpuStorage::F32(self.stream.clone_dtoh(s).map_err(e)?),
+            CudaBuf::BF16(s) => CpuStorage::BF16(self.stream.clone_dtoh(s).map_err(e)?),
+            CudaBuf::F16(s) => CpuStorage::F16(self.stream.clone_dtoh(s).map_err(e)?),
+        })
+    }
+
+    pub fn download_f32(&self, s: &CudaSlice<f32>) -> Result<Vec<f32>> {
+        self.stream.clone_dtoh(s).map_err(cuda_err("copying to the host"))
+    }
+}
+
+fn f64_on_gpu(context: &str) -> Error {
+    Error::Msg(format!("{context}: f64 tensors exist on the CPU only; convert to f32 or bf16 first"))
+}

@@ -1,0 +1,16 @@
+//! The CUDA backend: driver probing, one context and stream per GPU, cuBLAS handles, the embedded
+//! kernel modules (loaded once, lazily), and the launchers of each kernel family.
+//!
+//! A machine without the driver is a normal case: `probe()` reports it and every entry point
+//! returns `Error::NoCuda` with the reason; nothing here panics for lack of a GPU.
+
+pub mod abi;
+mod device;
+pub mod elementwise;
+mod modules;
+pub mod norm;
+mod probe;
+
+pub use device::{CudaBuf, CudaDevice, CudaStorage};
+pub use modules::{compiled_by, compiled_by_nvcc, kernel_targets, EmbeddedModule, MODULES};
+pub use probe::{probe, GpuInfo, Probe};

@@ -1,0 +1,37 @@
+//! The library's error type: every failure says what went wrong and what to do about it.
+
+use crate::tensor::{DType, Device};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{op}: {detail}")]
+    Shape { op: &'static str, detail: String },
+
+    #[error("{op}: dtype {dtype} is not supported on {device} (supported: {supported})")]
+    DType { op: &'static str, dtype: DType, device: Device, supported: &'static str },
+
+    #[error("{op}: inputs are on different devices ({a} and {b}); move them to one device first")]
+    DeviceMismatch { op: &'static str, a: Device, b: Device },
+
+    #[error("{op} has no {device} implementation yet; run it with --device cpu")]
+    Unsupported { op: &'static str, device: Device },
+
+    #[error("CUDA is not available: {0}")]
+    NoCuda(String),
+
+    #[error("CUDA error in {context}: {detail}")]
+    Cuda { context: String, detail: String },
+
+    #[error("out of GPU memory while allocating {bytes} bytes on {device} for {context}: use a smaller batch or sequence length")]
+    OutOfMemory { bytes: usize, device: Device, context: String },
+
+    #[error("{0}")]
+    Msg(String),
+}
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// Shorthand for a shape error.
+pub fn shape_err<T>(op: &'static str, detail: impl Into<String>) -> Result<T> {
+    Err(Error::Shape { op, detail: detail.into() })
+}

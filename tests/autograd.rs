@@ -1,0 +1,145 @@
+//! The tape end to end: a small transformer (embedding, RMSNorm, q/k/v projections with bias,
+//! rotary embedding, grouped-query causal attention over padded sequences, output projection,
+//! residual adds, LayerNorm, a SwiGLU and a GELU MLP, a Conv1D-layout head, cross-entropy with
+//! ignored targets) recorded in f64; every parameter's gradient from one backward pass is checked
+//! against central finite differences of the whole forward.
+
+use gkd::autograd::{AttentionSpec, Tape, Var, WeightLayout};
+use gkd::Tensor;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use std::sync::Arc;
+
+const B: usize = 2;
+const T: usize = 4;
+const C: usize = 8;
+const HQ: usize = 4;
+const HKV: usize = 2;
+const D: usize = C / HQ;
+const V: usize = 11;
+const I: usize = 6;
+
+struct Model {
+    shapes: Vec<Vec<usize>>,
+}
+
+impl Model {
+    fn new() -> Model {
+        let kv = HKV * D;
+        let shapes = vec![
+            vec![V, C],  // 0 embedding
+            vec![C],     // 1 rms w
+            vec![C, C],  // 2 wq
+            vec![C],     // 3 bq
+            vec![kv, C], // 4 wk
+            vec![kv, C], // 5 wv
+            vec![kv],    // 6 bv
+            vec![C, C],  // 7 wo
+            vec![C],     // 8 ln w
+            vec![C],     // 9 ln b
+            vec![I, C],  // 10 gate
+            vec![I, C],  // 11 up
+            vec![C, I],  // 12 down
+            vec![C, I],  // 13 gelu fc (Conv1D layout: (in, out))
+            vec![I, C],  // 14 gelu proj (Conv1D)
+            vec![C, V],  // 15 head (Conv1D)
+            vec![V],     // 16 head bias
+        ];
+        Model { shapes }
+    }
+
+    /// The loss for these parameter values; with `grads`, also the gradient of each parameter.
+    fn loss(&self, params: &[Vec<f64>], want_grads: bool) -> (f64, Vec<Vec<f64>>) {
+        let ids: Vec<u32> = vec![3, 1, 4, 1, 5, 9, 2, 6];
+        let lengths = [4usize, 3];
+        let positions: Vec<u32> = (0..B * T).map(|i| (i % T) as u32).collect();
+        let targets: Vec<i32> = vec![1, 4, -100, 5, 9, 2, -100, -100];
+        let inv_freq: Arc<[f64]> = (0..D / 2).map(|i| 1.0 / 500f64.powf(2.0 * i as f64 / D as f64)).collect();
+        let mut tape = Tape::new();
+        let p: Vec<Var> = params
+            .iter()
+            .zip(&self.shapes)
+            .map(|(v, s)| tape.leaf(Tensor::from_vec(v.clone(), s.clone()).unwrap(), true))
+            .collect();
+        let x = tape.embedding(&ids, p[0]).unwrap();
+        let h = tape.rmsnorm(x, p[1], 1e-6).unwrap();
+        let q = tape.linear(h, p[2], Some(p[3]), WeightLayout::OutIn).unwrap();
+        let k = tape.linear(h, p[4], None, WeightLayout::OutIn).unwrap();
+        let v = tape.linear(h, p[5], Some(p[6]), WeightLayout::OutIn).unwrap();
+        let q = tape.rope(q, &positions, inv_freq.clone(), HQ).unwrap();
+        let k = tape.rope(k, &positions, inv_freq, HKV).unwrap();
+        let spec = AttentionSpec { batch: B, seq: T, q_heads: HQ, kv_heads: HKV, head_dim: D };
+        let a = tape.attention(q, k, v, spec, &lengths).unwrap();
+        let o = tape.linear(a, p[7], None, WeightLayout::OutIn).unwrap();
+        let x = tape.add(x, o).unwrap();
+        let h = tape.layernorm(x, p[8], p[9], 1e-5).unwrap();
+        let g = tape.linear(h, p[10], None, WeightLayout::OutIn).unwrap();
+        let u = tape.linear(h, p[11], None, WeightLayout::OutIn).unwrap();
+        let m = tape.swiglu(g, u).unwrap();
+        let m = tape.linear(m, p[12], None, WeightLayout::OutIn).unwrap();
+        let x = tape.add(x, m).unwrap();
+        let f = tape.linear(x, p[13], None, WeightLayout::InOut).unwrap();
+        let f = tape.gelu(f).unwrap();
+        let f = tape.linear(f, p[14], None, WeightLayout::InOut).unwrap();
+        let x = tape.add(x, f).unwrap();
+        let logits = tape.linear(x, p[15], Some(p[16]), WeightLayout::InOut).unwrap();
+        let loss = tape.cross_entropy(logits, &targets).unwrap();
+        let value = tape.value(loss).scalar().unwrap();
+        if !want_grads {
+            return (value, vec![]);
+        }
+        let grads = tape.backward(loss).unwrap();
+        (value, p.iter().map(|&v| grads.get(v).unwrap().to_vec_f64().unwrap()).collect())
+    }
+}
+
+#[test]
+fn whole_model_gradients_match_finite_differences() {
+    let model = Model::new();
+    let mut rng = StdRng::seed_from_u64(11);
+    let mut params: Vec<Vec<f64>> = model
+        .shapes
+        .iter()
+        .map(|s| (0..s.iter().product::<usize>()).map(|_| rng.random::<f64>() - 0.5).collect())
+        .collect();
+    params[1].iter_mut().for_each(|w| *w += 1.0);
+    params[8].iter_mut().for_each(|w| *w += 1.0);
+    let (_, analytic) = model.loss(&params, true);
+    let mut worst = (0.0f64, 0usize, 0usize);
+    for pi in 0..params.len() {
+        for j in 0..params[pi].len() {
+            let x0 = params[pi][j];
+            let h = 1e-6 * x0.abs().max(1.0);
+            params[pi][j] = x0 + h;
+            let (lp, _) = model.loss(&params, false);
+            params[pi][j] = x0 - h;
+            let (lm, _) = model.loss(&params, false);
+            params[pi][j] = x0;
+            let numeric = (lp - lm) / (2.0 * h);
+            let err = (analytic[pi][j] - numeric).abs() / (1e-6 + numeric.abs());
+            let abs = (analytic[pi][j] - numeric).abs();
+            assert!(
+                abs < 1e-8 || err < 1e-5,
+                "parameter {pi} element {j}: analytic {} vs numeric {numeric}",
+                analytic[pi][j]
+            );
+            if abs >= 1e-8 && err > worst.0 {
+                worst = (err, pi, j);
+            }
+        }
+    }
+    assert!(worst.0 < 1e-5, "worst relative error {worst:?}");
+}
+
+#[test]
+fn tape_reports_shape_errors() {
+    let mut tape = Tape::new();
+    let x = tape.leaf(Tensor::from_vec(vec![1.0f32; 6], [2, 3]).unwrap(), true);
+    let w = tape.leaf(Tensor::from_vec(vec![1.0f32; 8], [2, 4]).unwrap(), true);
+    let e = tape.linear(x, w, None, WeightLayout::OutIn).unwrap_err().to_string();
+    assert!(e.contains("does not match weight"), "{e}");
+    assert!(tape.backward(x).unwrap_err().to_string().contains("scalar"));
+    let table = tape.leaf(Tensor::from_vec(vec![0.0f32; 6], [3, 2]).unwrap(), true);
+    let e = tape.embedding(&[0, 3], table).unwrap_err().to_string();
+    assert!(e.contains("outside the vocabulary"), "{e}");
+}
