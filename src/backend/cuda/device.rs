@@ -33,6 +33,7 @@ pub struct CudaDevice {
     ctx: Arc<CudaContext>,
     stream: Arc<CudaStream>,
     compute_capability: (i32, i32),
+    multiprocessors: i32,
     blas: OnceLock<std::result::Result<Arc<CudaBlas>, String>>,
     blaslt: OnceLock<std::result::Result<Arc<CudaBlasLT>, String>>,
     modules: Mutex<HashMap<&'static str, Arc<CudaModule>>>,
@@ -86,6 +87,7 @@ impl CudaDevice {
             ctx,
             stream,
             compute_capability: info.compute_capability,
+            multiprocessors: info.multiprocessors,
             blas: OnceLock::new(),
             blaslt: OnceLock::new(),
             modules: Mutex::new(HashMap::new()),
@@ -113,6 +115,10 @@ impl CudaDevice {
 
     pub fn compute_capability(&self) -> (i32, i32) {
         self.compute_capability
+    }
+
+    pub fn multiprocessors(&self) -> i32 {
+        self.multiprocessors
     }
 
     pub fn synchronize(&self) -> Result<()> {

@@ -5,8 +5,10 @@
 //! returns `Error::NoCuda` with the reason; nothing here panics for lack of a GPU.
 
 pub mod abi;
+pub mod bandwidth;
 mod device;
 pub mod elementwise;
+pub mod matmul;
 mod modules;
 pub mod norm;
 mod probe;
