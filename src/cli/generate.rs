@@ -1,0 +1,65 @@
+//! `gkd generate`: sample continuations of a prompt, one JSON line per sample.
+
+use super::score::on_device;
+use anyhow::{Context, Result};
+use gkd::data::Tokenizer;
+use gkd::generate::{generate, GenerateConfig, Sampler};
+use gkd::model::Model;
+use gkd::tensor::{Device, DeviceRequest};
+use gkd::Error;
+use serde_json::json;
+use std::path::PathBuf;
+
+#[derive(clap::Args)]
+pub struct GenerateArgs {
+    /// A Hugging Face model directory (config.json, *.safetensors, tokenizer.json).
+    #[arg(long)]
+    model: PathBuf,
+    #[arg(long)]
+    prompt: String,
+    #[arg(long, default_value_t = 64)]
+    max_new_tokens: usize,
+    /// Softmax temperature; 0 is greedy decoding.
+    #[arg(long, default_value_t = 1.0)]
+    temperature: f64,
+    /// Sample only among the k most likely tokens (0: all).
+    #[arg(long, default_value_t = 0)]
+    top_k: usize,
+    /// Sample only from the smallest set of most likely tokens whose probability reaches p.
+    #[arg(long, default_value_t = 1.0)]
+    top_p: f64,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    #[arg(long, default_value_t = 1)]
+    num_samples: usize,
+    /// auto, cpu, cuda or cuda:N.
+    #[arg(long, default_value = "auto")]
+    device: DeviceRequest,
+}
+
+pub fn run(args: GenerateArgs) -> Result<()> {
+    let model =
+        Model::load(&args.model).with_context(|| format!("loading the model in {}", args.model.display()))?;
+    let tok = Tokenizer::load(&args.model)?;
+    tok.check_fits(model.config.vocab_size)?;
+    let prompt = tok.encode(&args.prompt, true)?;
+    let stop_tokens = if tok.eos.is_empty() { model.config.eos_token_ids.clone() } else { tok.eos.clone() };
+    let cfg = GenerateConfig {
+        max_new_tokens: args.max_new_tokens,
+        sampler: Sampler { temperature: args.temperature, top_k: args.top_k, top_p: args.top_p },
+        seed: args.seed,
+        stop_tokens,
+    };
+    let prompts = vec![prompt; args.num_samples];
+    // Generation runs on the CPU's cached path only, for now.
+    let samples = on_device(args.device, "generating", |device| match device {
+        Device::Cpu => generate(&model, &prompts, &cfg),
+        d => Err(Error::Unsupported { op: "generation with a KV cache", device: d }),
+    })?;
+    for s in samples {
+        let text = tok.decode(&s.ids, true)?;
+        let finish = if s.stopped { "eos" } else { "length" };
+        println!("{}", json!({"text": text, "ids": s.ids, "logprobs": s.logprobs, "finish_reason": finish}));
+    }
+    Ok(())
+}
