@@ -1,0 +1,268 @@
+//! AdamW against a hand-computed example and PyTorch, exact resume through the state file, the
+//! learning-rate schedules against hand-computed values, and gradient clipping.
+
+use gkd::optim::{global_norm, AdamW, AdamWConfig, GradClip, LrSchedule, NonFiniteGradNorm, ScheduleKind};
+use std::path::PathBuf;
+
+/// Each element within `rel` of the reference, relative to max(|reference|, 1e-3).
+fn close(got: &[f32], expected: &[f64], rel: f64) {
+    assert_eq!(got.len(), expected.len());
+    for (i, (&g, &e)) in got.iter().zip(expected).enumerate() {
+        assert!(
+            (g as f64 - e).abs() <= rel * e.abs().max(1e-3),
+            "element {i}: {g} vs {e} (all: {got:?} vs {expected:?})"
+        );
+    }
+}
+
+/// One scalar parameter, two steps, worked out by hand (f64):
+///   p0 = 1, g = 0.5 then −0.25, lr = 0.1, λ = 0.1, β = (0.9, 0.999), ε = 1e-8.
+/// step 1: p = 1·(1 − 0.01) = 0.99;  m = 0.05;  v = 0.001·0.25 = 0.00025
+///         m̂ = 0.05 / 0.1 = 0.5;  v̂ = 0.00025 / 0.001 = 0.25
+///         p = 0.99 − 0.1·0.5 / (0.5 + 1e-8) = 0.890000002
+/// step 2: p = 0.890000002·0.99 = 0.88110000198;  m = 0.045 − 0.025 = 0.02
+///         v = 0.999·0.00025 + 0.001·0.0625 = 0.00031225
+///         m̂ = 0.02 / 0.19 = 0.105263157895;  v̂ = 0.00031225 / 0.001999 = 0.156203101551
+///         p = 0.88110000198 − 0.1·0.105263157895 / (0.395225380702 + 1e-8) = 0.854466298688
+#[test]
+fn adamw_two_steps_by_hand() {
+    let cfg = AdamWConfig { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.1 };
+    let mut opt = AdamW::new(cfg).unwrap();
+    let mut p = vec![1.0f32];
+    opt.step(&mut [&mut p], &[&[0.5]], 0.1).unwrap();
+    close(&p, &[0.890000002], 1e-6);
+    let (m, v) = opt.moments(0).unwrap();
+    close(m, &[0.05], 1e-6);
+    close(v, &[0.00025], 1e-6);
+    opt.step(&mut [&mut p], &[&[-0.25]], 0.1).unwrap();
+    close(&p, &[0.854466298688], 1e-6);
+    let (m, v) = opt.moments(0).unwrap();
+    close(m, &[0.02], 1e-6);
+    close(v, &[0.00031225], 1e-6);
+    assert_eq!(opt.steps_taken(), 2);
+}
+
+const GRADS: [([f32; 3], [f32; 4]); 3] = [
+    ([0.3, -0.2, 0.05], [1.0, -0.5, 0.0, 2.0]),
+    ([-0.1, 0.4, 0.05], [0.5, 0.5, -1.0, 1e-3]),
+    ([0.2, 0.0, -0.3], [-2.0, 0.25, 0.75, -0.5]),
+];
+
+fn run_three_steps(cfg: AdamWConfig, lrs: [f32; 3]) -> (Vec<f32>, Vec<f32>, AdamW) {
+    let mut p0 = vec![0.5f32, -1.25, 2.0];
+    let mut p1 = vec![0.1f32, 0.2, -0.3, 0.4];
+    let mut opt = AdamW::new(cfg).unwrap();
+    for ((g0, g1), lr) in GRADS.iter().zip(lrs) {
+        opt.step(&mut [&mut p0, &mut p1], &[g0, g1], lr).unwrap();
+    }
+    (p0, p1, opt)
+}
+
+/// Reference values from torch 2.15 (CPU, float32):
+///
+/// ```python
+/// import torch
+/// def run(cfg, lrs):
+///     p0 = torch.tensor([0.5, -1.25, 2.0], requires_grad=True)
+///     p1 = torch.tensor([[0.1, 0.2], [-0.3, 0.4]], requires_grad=True)
+///     opt = torch.optim.AdamW([p0, p1], lr=lrs[0], foreach=False, **cfg)
+///     grads = [([0.3, -0.2, 0.05], [[1.0, -0.5], [0.0, 2.0]]),
+///              ([-0.1, 0.4, 0.05], [[0.5, 0.5], [-1.0, 1e-3]]),
+///              ([0.2, 0.0, -0.3], [[-2.0, 0.25], [0.75, -0.5]])]
+///     for (g0, g1), lr in zip(grads, lrs):
+///         for group in opt.param_groups: group["lr"] = lr
+///         p0.grad = torch.tensor(g0); p1.grad = torch.tensor(g1)
+///         opt.step()
+///     fmt = lambda t: ", ".join("%.9g" % x for x in t.detach().flatten().tolist())
+///     print(fmt(p0), fmt(p1), fmt(opt.state[p1]["exp_avg"]), fmt(opt.state[p1]["exp_avg_sq"]))
+/// run(dict(betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01), [1e-3, 1e-3, 1e-3])
+/// run(dict(betas=(0.8, 0.95), eps=1e-6, weight_decay=0.1), [0.05, 0.02, 0.01])
+/// ```
+#[test]
+fn adamw_matches_pytorch() {
+    let (p0, p1, opt) = run_three_steps(AdamWConfig::default(), [1e-3; 3]);
+    close(&p0, &[0.497981697, -1.2496115, 1.99838436], 1e-6);
+    close(&p1, &[0.098271206, 0.200689927, -0.299170166, 0.397969931], 1e-6);
+    let (m, v) = opt.moments(1).unwrap();
+    close(m, &[-0.0740000159, 0.029500002, -0.0149999978, 0.112090006], 1e-6);
+    close(v, &[0.00524775125, 0.000561750261, 0.00156150002, 0.00424200529], 1e-6);
+
+    let cfg = AdamWConfig { beta1: 0.8, beta2: 0.95, eps: 1e-6, weight_decay: 0.1 };
+    let (p0, p1, opt) = run_three_steps(cfg, [0.05, 0.02, 0.01]);
+    close(&p0, &[0.433163464, -1.2015959, 1.91933572], 1e-6);
+    close(&p1, &[0.0338879377, 0.242882758, -0.281823397, 0.331475526], 1e-6);
+    let (m, v) = opt.moments(1).unwrap();
+    close(m, &[-0.191999987, 0.0660000071, -0.0100000026, 0.156159997], 1e-6);
+    close(v, &[0.256999999, 0.0262812488, 0.0756250024, 0.193000033], 1e-6);
+}
+
+#[test]
+fn decay_mask_exempts_parameters() {
+    let cfg = AdamWConfig { weight_decay: 0.5, ..AdamWConfig::default() };
+    let steps = [[0.1f32, -0.2], [0.3, 0.1]];
+    // Two parameters, decay on the first only ...
+    let (mut decayed, mut exempt) = (vec![1.0f32, 2.0], vec![1.0f32, 2.0]);
+    let mut masked = AdamW::new(cfg).unwrap().with_decay_mask(vec![true, false]);
+    // ... against each alone, with and without decay.
+    let (mut with_decay, mut without) = (vec![1.0f32, 2.0], vec![1.0f32, 2.0]);
+    let mut opt_with = AdamW::new(cfg).unwrap();
+    let mut opt_without = AdamW::new(AdamWConfig { weight_decay: 0.0, ..cfg }).unwrap();
+    for g in &steps {
+        masked.step(&mut [&mut decayed, &mut exempt], &[g, g], 0.01).unwrap();
+        opt_with.step(&mut [&mut with_decay], &[g], 0.01).unwrap();
+        opt_without.step(&mut [&mut without], &[g], 0.01).unwrap();
+    }
+    assert_eq!(decayed, with_decay);
+    assert_eq!(exempt, without);
+    assert_ne!(decayed, exempt);
+    let mut bad = AdamW::new(cfg).unwrap().with_decay_mask(vec![true]);
+    assert!(bad.step(&mut [&mut [0.0f32], &mut [0.0f32]], &[&[0.0], &[0.0]], 0.1).is_err());
+}
+
+fn scratch(test: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("gkd-optim-{test}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+#[test]
+fn state_file_resumes_exactly() {
+    let cfg = AdamWConfig { beta1: 0.85, beta2: 0.97, eps: 1e-7, weight_decay: 0.05 };
+    let grads = |k: usize| -> (Vec<f32>, Vec<f32>) {
+        let g0 = (0..5).map(|i| ((i * 7 + k * 3) % 11) as f32 / 11.0 - 0.5).collect();
+        let g1 = (0..3).map(|i| ((i * 5 + k * 2) % 7) as f32 / 7.0 - 0.4).collect();
+        (g0, g1)
+    };
+    let init = || (vec![0.3f32, -0.1, 0.7, 1.5, -2.0], vec![0.01f32, 0.02, -0.03]);
+    let lr = |k: usize| 1e-2 / (1.0 + k as f32);
+
+    let (mut a0, mut a1) = init();
+    let mut straight = AdamW::new(cfg).unwrap().with_decay_mask(vec![true, false]);
+    for k in 0..5 {
+        let (g0, g1) = grads(k);
+        straight.step(&mut [&mut a0, &mut a1], &[&g0, &g1], lr(k)).unwrap();
+    }
+
+    let dir = scratch("resume");
+    let path = dir.join("optimizer.safetensors");
+    let (mut b0, mut b1) = init();
+    let mut first = AdamW::new(cfg).unwrap().with_decay_mask(vec![true, false]);
+    for k in 0..3 {
+        let (g0, g1) = grads(k);
+        first.step(&mut [&mut b0, &mut b1], &[&g0, &g1], lr(k)).unwrap();
+    }
+    first.save(&path).unwrap();
+    drop(first);
+    let mut resumed = AdamW::load(&path).unwrap();
+    assert_eq!(resumed.steps_taken(), 3);
+    assert_eq!(*resumed.config(), cfg);
+    for k in 3..5 {
+        let (g0, g1) = grads(k);
+        resumed.step(&mut [&mut b0, &mut b1], &[&g0, &g1], lr(k)).unwrap();
+    }
+    assert_eq!((a0, a1), (b0, b1), "bit-identical to the uninterrupted run");
+    assert_eq!(straight.moments(0), resumed.moments(0));
+    assert_eq!(straight.moments(1), resumed.moments(1));
+
+    // A state for other parameter shapes is refused, not silently reinterpreted.
+    let mut other = AdamW::load(&path).unwrap();
+    let e = other.step(&mut [&mut [0.0f32; 4], &mut [0.0f32; 3]], &[&[0.0; 4], &[0.0; 3]], 0.1).unwrap_err();
+    assert!(e.to_string().contains("parameter 0 has 4 elements but its optimizer state has 5"), "{e}");
+    let garbage = dir.join("garbage.safetensors");
+    std::fs::write(&garbage, b"not a safetensors file").unwrap();
+    assert!(AdamW::load(&garbage).unwrap_err().to_string().contains("garbage.safetensors"));
+    assert!(AdamW::load(&dir.join("missing")).is_err());
+    std::fs::remove_dir_all(dir).ok();
+}
+
+#[test]
+fn adamw_rejects_bad_input() {
+    assert!(AdamW::new(AdamWConfig { beta1: 1.0, ..AdamWConfig::default() }).is_err());
+    assert!(AdamW::new(AdamWConfig { eps: f64::NAN, ..AdamWConfig::default() }).is_err());
+    assert!(AdamW::new(AdamWConfig { weight_decay: -0.1, ..AdamWConfig::default() }).is_err());
+    let mut opt = AdamW::new(AdamWConfig::default()).unwrap();
+    let mut p = vec![0.0f32; 3];
+    assert!(opt.step(&mut [&mut p], &[&[0.0; 2]], 0.1).is_err());
+    assert!(opt.step(&mut [&mut p], &[], 0.1).is_err());
+    assert!(opt.step(&mut [&mut p], &[&[0.0; 3]], f32::NAN).is_err());
+    assert_eq!(opt.steps_taken(), 0, "a refused step changes nothing");
+}
+
+#[test]
+fn schedules_match_hand_computed_values() {
+    let m = |kind, w, t, s| LrSchedule::new(kind, 1.0, w, t).unwrap().multiplier(s);
+    let cos = ScheduleKind::Cosine { min_lr_ratio: 0.0 };
+    let eps = 1e-12;
+    // Warmup: s / W, so the first step (s = 0) has lr 0, as in transformers.
+    assert_eq!(m(cos, 10, 110, 0), 0.0);
+    assert!((m(cos, 10, 110, 5) - 0.5).abs() < eps);
+    assert!((m(cos, 10, 110, 10) - 1.0).abs() < eps);
+    // Cosine, W = 10, T = 110: progress p = (s − 10) / 100; ½(1 + cos πp).
+    assert!((m(cos, 10, 110, 35) - 0.5 * (1.0 + std::f64::consts::FRAC_1_SQRT_2)).abs() < eps); // p = ¼
+    assert!((m(cos, 10, 110, 60) - 0.5).abs() < eps); // p = ½
+    assert!((m(cos, 10, 110, 85) - 0.5 * (1.0 - std::f64::consts::FRAC_1_SQRT_2)).abs() < eps); // p = ¾
+    assert!(m(cos, 10, 110, 110).abs() < eps);
+    assert!(m(cos, 10, 110, 200).abs() < eps, "stays at the floor past the end");
+    // With a floor of 0.1: 0.1 + 0.9 · ½(1 + cos πp).
+    let floor = ScheduleKind::Cosine { min_lr_ratio: 0.1 };
+    assert!((m(floor, 10, 110, 60) - 0.55).abs() < eps);
+    assert!((m(floor, 10, 110, 110) - 0.1).abs() < eps);
+    assert!((m(floor, 10, 110, 5) - 0.5).abs() < eps, "warmup ignores the floor");
+    // Linear, W = 10, T = 110: (110 − s) / 100.
+    let lin = ScheduleKind::Linear;
+    assert!((m(lin, 10, 110, 35) - 0.75).abs() < eps);
+    assert!((m(lin, 10, 110, 100) - 0.1).abs() < eps);
+    assert_eq!(m(lin, 10, 110, 110), 0.0);
+    assert_eq!(m(lin, 10, 110, 130), 0.0);
+    // No warmup: the first step has the peak.
+    assert_eq!(m(lin, 0, 100, 0), 1.0);
+    assert!((m(lin, 0, 100, 1) - 0.99).abs() < eps);
+    // Constant with and without warmup.
+    assert!((m(ScheduleKind::Constant, 4, 0, 2) - 0.5).abs() < eps);
+    assert_eq!(m(ScheduleKind::Constant, 4, 0, 4), 1.0);
+    assert_eq!(m(ScheduleKind::Constant, 0, 0, 0), 1.0);
+    // lr = peak · multiplier.
+    let s = LrSchedule::new(lin, 2e-4, 10, 110).unwrap();
+    assert_eq!(s.lr(35), (2e-4f64 * 0.75) as f32);
+
+    assert_eq!("cosine".parse::<ScheduleKind>().unwrap(), cos);
+    assert!("exponential".parse::<ScheduleKind>().is_err());
+    assert!(LrSchedule::new(lin, 1.0, 20, 10).is_err());
+    assert!(LrSchedule::new(ScheduleKind::Cosine { min_lr_ratio: 1.5 }, 1.0, 0, 10).is_err());
+    assert!(LrSchedule::new(lin, f64::NAN, 0, 10).is_err());
+}
+
+#[test]
+fn clipping_by_global_norm() {
+    // ‖(3, 0, 4)‖ = 5.
+    let (mut g0, mut g1) = (vec![3.0f32, 0.0], vec![4.0f32]);
+    assert_eq!(global_norm(&[&g0, &g1]), 5.0);
+    let norm = GradClip::new(10.0).unwrap().clip(&mut [&mut g0, &mut g1]).unwrap();
+    assert_eq!((norm, g0.clone(), g1.clone()), (5.0, vec![3.0, 0.0], vec![4.0]), "under the max: untouched");
+    let norm = GradClip::new(1.0).unwrap().clip(&mut [&mut g0, &mut g1]).unwrap();
+    assert_eq!(norm, 5.0, "the norm before clipping");
+    let coef = 1.0 / (5.0 + 1e-6);
+    close(&g0, &[3.0 * coef, 0.0], 1e-6);
+    close(&g1, &[4.0 * coef], 1e-6);
+    assert!((global_norm(&[&g0, &g1]) - 1.0).abs() < 1e-6);
+
+    // A non-finite norm is an error value and the gradients are left alone.
+    let mut bad = vec![1.0f32, f32::NAN];
+    let e = GradClip::new(1.0).unwrap().clip(&mut [&mut bad]).unwrap_err();
+    assert!(e.norm.is_nan());
+    assert_eq!(bad[0], 1.0);
+    let mut huge = vec![f32::INFINITY];
+    assert_eq!(
+        GradClip::new(1.0).unwrap().clip(&mut [&mut huge]),
+        Err(NonFiniteGradNorm { norm: f32::INFINITY })
+    );
+    let as_error: gkd::Error = e.into();
+    assert!(as_error.to_string().contains("gradient norm is NaN"));
+
+    // Infinity measures without clipping; zero or NaN is refused.
+    let mut g = vec![300.0f32, 400.0];
+    assert_eq!(GradClip::new(f32::INFINITY).unwrap().clip(&mut [&mut g]).unwrap(), 500.0);
+    assert_eq!(g, [300.0, 400.0]);
+    assert!(GradClip::new(0.0).is_err());
+    assert!(GradClip::new(f32::NAN).is_err());
+}
