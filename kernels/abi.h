@@ -21,4 +21,26 @@ typedef struct {
     int rows_per_chunk;
 } gkd_norm_wgrad_params;
 
+// Divergences between the teacher's and the student's next-token distributions, loss and gradient
+// per row (kernels/divergence.cu, kernels/divergence_unfused.cu). Student, teacher and gradient
+// are (rows, ld) with the first `vocab` entries of each row used.
+#define GKD_DIV_FKL 0
+#define GKD_DIV_RKL 1
+#define GKD_DIV_JSD 2
+#define GKD_DIV_TVD 3
+#define GKD_DIV_SKEW_FKL 4
+#define GKD_DIV_SKEW_RKL 5
+
+typedef struct {
+    long long ld;   // row stride in elements, >= vocab
+    int rows;       // N
+    int vocab;      // V
+    int kind;       // GKD_DIV_*; JSD with beta 0 or 1 and skews with alpha 0 arrive as FKL/RKL
+    float coef;     // beta of JSD, alpha of the skew divergences, unused otherwise
+    float inv_temp; // 1 / loss temperature
+    float scale;    // multiplies the loss and the gradient
+    int ctas;       // staged kernel: CTAs per row (the cluster size); 1 for the other kernels
+    int chunk;      // staged kernel: elements per CTA, a multiple of the vector width
+} gkd_divergence_params;
+
 #endif

@@ -21,6 +21,22 @@ const gkd_abi_entry gkd_abi_layout[] = {
     FIELD(gkd_norm_wgrad_params, cols),
     FIELD(gkd_norm_wgrad_params, row_chunks),
     FIELD(gkd_norm_wgrad_params, rows_per_chunk),
+    SIZE(gkd_divergence_params),
+    FIELD(gkd_divergence_params, ld),
+    FIELD(gkd_divergence_params, rows),
+    FIELD(gkd_divergence_params, vocab),
+    FIELD(gkd_divergence_params, kind),
+    FIELD(gkd_divergence_params, coef),
+    FIELD(gkd_divergence_params, inv_temp),
+    FIELD(gkd_divergence_params, scale),
+    FIELD(gkd_divergence_params, ctas),
+    FIELD(gkd_divergence_params, chunk),
+    {"GKD_DIV_FKL", GKD_DIV_FKL},
+    {"GKD_DIV_RKL", GKD_DIV_RKL},
+    {"GKD_DIV_JSD", GKD_DIV_JSD},
+    {"GKD_DIV_TVD", GKD_DIV_TVD},
+    {"GKD_DIV_SKEW_FKL", GKD_DIV_SKEW_FKL},
+    {"GKD_DIV_SKEW_RKL", GKD_DIV_SKEW_RKL},
 };
 
 const unsigned long long gkd_abi_layout_len = sizeof(gkd_abi_layout) / sizeof(gkd_abi_layout[0]);

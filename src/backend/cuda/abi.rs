@@ -29,6 +29,32 @@ pub struct NormWgradParams {
 unsafe impl DeviceRepr for NormParams {}
 unsafe impl DeviceRepr for NormWgradParams {}
 
+/// `gkd_divergence_params`: one launch of kernels/divergence.cu or kernels/divergence_unfused.cu.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct DivergenceParams {
+    pub ld: i64,
+    pub rows: i32,
+    pub vocab: i32,
+    pub kind: i32,
+    pub coef: f32,
+    pub inv_temp: f32,
+    pub scale: f32,
+    pub ctas: i32,
+    pub chunk: i32,
+}
+
+/// `GKD_DIV_*`: the `kind` of `DivergenceParams`.
+pub const DIV_FKL: i32 = 0;
+pub const DIV_RKL: i32 = 1;
+pub const DIV_JSD: i32 = 2;
+pub const DIV_TVD: i32 = 3;
+pub const DIV_SKEW_FKL: i32 = 4;
+pub const DIV_SKEW_RKL: i32 = 5;
+
+// SAFETY: plain-old-data #[repr(C)] struct whose layout is checked against abi.h.
+unsafe impl DeviceRepr for DivergenceParams {}
+
 /// (C name, Rust value) for every size, alignment and offset in the ABI.
 fn rust_layout() -> Vec<(String, usize)> {
     let mut v = Vec::new();
@@ -52,6 +78,26 @@ fn rust_layout() -> Vec<(String, usize)> {
     field!("gkd_norm_wgrad_params", NormWgradParams, cols);
     field!("gkd_norm_wgrad_params", NormWgradParams, row_chunks);
     field!("gkd_norm_wgrad_params", NormWgradParams, rows_per_chunk);
+    size!("gkd_divergence_params", DivergenceParams);
+    field!("gkd_divergence_params", DivergenceParams, ld);
+    field!("gkd_divergence_params", DivergenceParams, rows);
+    field!("gkd_divergence_params", DivergenceParams, vocab);
+    field!("gkd_divergence_params", DivergenceParams, kind);
+    field!("gkd_divergence_params", DivergenceParams, coef);
+    field!("gkd_divergence_params", DivergenceParams, inv_temp);
+    field!("gkd_divergence_params", DivergenceParams, scale);
+    field!("gkd_divergence_params", DivergenceParams, ctas);
+    field!("gkd_divergence_params", DivergenceParams, chunk);
+    for (name, value) in [
+        ("GKD_DIV_FKL", DIV_FKL),
+        ("GKD_DIV_RKL", DIV_RKL),
+        ("GKD_DIV_JSD", DIV_JSD),
+        ("GKD_DIV_TVD", DIV_TVD),
+        ("GKD_DIV_SKEW_FKL", DIV_SKEW_FKL),
+        ("GKD_DIV_SKEW_RKL", DIV_SKEW_RKL),
+    ] {
+        v.push((name.to_string(), value as usize));
+    }
     v
 }
 

@@ -1,0 +1,593 @@
+//! Launchers for `kernels/divergence.cu`: the fused divergence between teacher and student
+//! next-token distributions, loss and gradient with respect to the student logits in one kernel.
+//!
+//! The API works on raw device memory, so that it can run on row chunks of bigger buffers:
+//!
+//! ```text
+//! divergence_fwd_bwd::<T>(dev, &DivergenceLaunch { rows, vocab, ld, divergence, temperature,
+//!                                                   scale, path },
+//!                         StudentGrad::InPlace(student)            // grad overwrites student
+//!                           | StudentGrad::Into { student, grad }  // grad to its own buffer
+//!                           | StudentGrad::LossOnly(student),      // no gradient
+//!                         &teacher, row_mask, &mut row_loss) -> Result<LaunchPlan>
+//! ```
+//! T is f32 or bf16 (student, teacher and gradient share it). Student, teacher and gradient are
+//! (rows, ld) row-major with the first `vocab` entries of each row used (entries ld − vocab of
+//! each row are never touched); `row_mask` (rows) u8, 0 = row ignored (loss 0, gradient 0);
+//! `row_loss` (rows) f32 receives scale·D_r. The gradient is scale·∂D_r/∂s (1/τ included), in T.
+//! Borrowing makes in-place and out-of-place safe: `InPlace` holds the only mutable view of the
+//! student, `Into` an immutable view of the student and a mutable one of a separate buffer.
+//! All views must live on `dev`; work is queued on its stream (nothing synchronizes).
+//!
+//! Kernel paths (`KernelPath`, `Auto` picks; each can be forced, e.g. by tests):
+//! - `Staged { ctas }`: a row is split over `ctas` CTAs of 256 threads (a thread-block cluster
+//!   when > 1, sm_90 only, up to 16), each holding its slice of both rows in shared memory, so
+//!   HBM traffic per row is the floor: V·sizeof(T) read twice, V·sizeof(T) written once.
+//!   `ctas: 0` picks the count: on sm_90 enough CTAs for ≤ 64 KiB of shared memory each (3 CTAs
+//!   per SM), at most 8 unless more are needed to fit; below sm_90, 1 if the row fits.
+//! - `Rows`: one 512-thread block per row, three passes over global memory (2 + 2 + 3 row
+//!   transfers; the re-reads hit L2 only while the rows in flight fit in it). Any V, any GPU.
+//! - `Warps`: the same with one warp per row, 8 rows per block: for small V (Auto: V ≤ 1024).
+//!
+//! Each kernel has a 16-byte-access variant (used when s, t, grad and ld·sizeof(T) are 16-byte
+//! aligned) and a scalar one (any alignment, e.g. odd V with ld = V).
+
+use super::abi::{DivergenceParams, DIV_FKL, DIV_JSD, DIV_RKL, DIV_SKEW_FKL, DIV_SKEW_RKL, DIV_TVD};
+use super::device::{cuda_err, CudaBuf, CudaDevice, CudaStorage};
+use crate::distill::Divergence;
+use crate::error::{shape_err, Error, Result};
+use crate::tensor::{DType, Storage, Tensor};
+use cudarc::driver::sys::{
+    self, CUdevice_attribute, CUfunction_attribute, CUlaunchAttribute, CUlaunchAttributeID, CUlaunchConfig,
+};
+use cudarc::driver::{CudaFunction, CudaView, CudaViewMut, DevicePtr, DevicePtrMut, DeviceRepr};
+use half::bf16;
+use std::collections::{HashMap, HashSet};
+use std::ffi::c_void;
+use std::sync::{Mutex, OnceLock};
+
+const MODULE: &str = "divergence";
+/// Threads per CTA of each kernel (DIV_STAGED_THREADS, DIV_ROWS_THREADS, 32·DIV_WARPS_PER_BLOCK).
+const STAGED_THREADS: u32 = 256;
+const ROWS_THREADS: u32 = 512;
+const WARPS_PER_BLOCK: u32 = 8;
+/// Auto: rows up to this many entries take the warp-per-row kernel.
+const WARPS_MAX_VOCAB: usize = 1024;
+/// Auto on sm_90: shared memory per CTA to aim for (3 CTAs per SM).
+const STAGED_TARGET_SMEM: usize = 64 << 10;
+const MAX_PORTABLE_CLUSTER: u32 = 8;
+const MAX_CLUSTER: u32 = 16;
+/// Shared memory the staged kernel declares statically (reduction scratch and cluster slots),
+/// rounded up; the dynamic slice must fit in the opt-in maximum minus this.
+const STAGED_STATIC_SMEM: usize = 1024;
+
+/// An element type of the divergence kernels.
+pub trait DivElem: DeviceRepr + Copy + 'static {
+    const DTYPE: DType;
+}
+impl DivElem for f32 {
+    const DTYPE: DType = DType::F32;
+}
+impl DivElem for bf16 {
+    const DTYPE: DType = DType::BF16;
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum KernelPath {
+    #[default]
+    Auto,
+    /// One warp per row.
+    Warps,
+    /// One block per row, three passes over global memory.
+    Rows,
+    /// `ctas` CTAs per row (a cluster when > 1), the row staged in shared memory; 0 = pick.
+    Staged { ctas: u32 },
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct DivergenceLaunch {
+    pub rows: usize,
+    pub vocab: usize,
+    /// Row stride (elements) of student, teacher and gradient; ≥ vocab.
+    pub ld: usize,
+    pub divergence: Divergence,
+    /// The loss temperature τ (> 0).
+    pub temperature: f32,
+    /// Multiplies the loss and the gradient (e.g. 1 / completion tokens in the step).
+    pub scale: f32,
+    pub path: KernelPath,
+}
+
+/// Where the gradient goes; see the module documentation.
+pub enum StudentGrad<'a, T> {
+    LossOnly(CudaView<'a, T>),
+    InPlace(CudaViewMut<'a, T>),
+    Into { student: CudaView<'a, T>, grad: CudaViewMut<'a, T> },
+}
+
+/// What a launch ran: the kernel, the resolved path, and its configuration.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LaunchPlan {
+    pub kernel: &'static str,
+    /// `Auto` resolved, with `ctas` filled in for `Staged`.
+    pub path: KernelPath,
+    pub vectorized: bool,
+    pub grid: u32,
+    pub block: u32,
+    /// Dynamic shared memory per CTA.
+    pub smem_bytes: u32,
+    /// Elements of a row per CTA (`Staged`), the whole row otherwise.
+    pub chunk: usize,
+}
+
+/// (kind, coefficient) of the kernels for a divergence, after validation and TRL's β / α ends.
+pub(crate) fn kernel_kind(d: Divergence) -> Result<(i32, f32)> {
+    Ok(match d.validate()?.canonical() {
+        Divergence::ForwardKl => (DIV_FKL, 0.0),
+        Divergence::ReverseKl => (DIV_RKL, 0.0),
+        Divergence::Jsd { beta } => (DIV_JSD, beta as f32),
+        Divergence::Tvd => (DIV_TVD, 0.0),
+        Divergence::SkewForwardKl { alpha } => (DIV_SKEW_FKL, alpha as f32),
+        Divergence::SkewReverseKl { alpha } => (DIV_SKEW_RKL, alpha as f32),
+    })
+}
+
+/// Checks the launch against the buffers' lengths; returns the kernel parameters (ctas/chunk unset).
+pub(crate) fn check_launch(
+    op: &'static str,
+    p: &DivergenceLaunch,
+    lens: &[(&str, usize)], // (name, elements) of each (rows, ld) buffer
+    row_loss_len: usize,
+    mask_len: Option<usize>,
+) -> Result<DivergenceParams> {
+    let (kind, coef) = kernel_kind(p.divergence)?;
+    if !(p.temperature > 0.0 && p.temperature.is_finite()) {
+        return Err(Error::Msg(format!("{op}: the temperature must be positive, got {}", p.temperature)));
+    }
+    if !p.scale.is_finite() {
+        return Err(Error::Msg(format!("{op}: the scale must be finite, got {}", p.scale)));
+    }
+    if p.vocab == 0 || p.ld < p.vocab || p.vocab > i32::MAX as usize || p.rows > i32::MAX as usize {
+        return shape_err(op, format!("rows {} vocab {} ld {}: need 1 ≤ vocab ≤ ld", p.rows, p.vocab, p.ld));
+    }
+    let need = if p.rows == 0 { 0 } else { (p.rows - 1) * p.ld + p.vocab };
+    for (name, len) in lens {
+        if *len < need {
+            return shape_err(
+                op,
+                format!("{name} has {len} elements, {} rows of stride {} need {need}", p.rows, p.ld),
+            );
+        }
+    }
+    if row_loss_len < p.rows {
+        return shape_err(op, format!("row_loss has {row_loss_len} elements for {} rows", p.rows));
+    }
+    if let Some(m) = mask_len.filter(|&m| m < p.rows) {
+        return shape_err(op, format!("row mask has {m} elements for {} rows", p.rows));
+    }
+    Ok(DivergenceParams {
+        ld: p.ld as i64,
+        rows: p.rows as i32,
+        vocab: p.vocab as i32,
+        kind,
+        coef,
+        inv_temp: 1.0 / p.temperature,
+        scale: p.scale,
+        ctas: 1,
+        chunk: p.vocab as i32,
+    })
+}
+
+fn kernel_name(path: KernelPath, vec: bool, dtype: DType) -> &'static str {
+    match (path, vec, dtype) {
+        (KernelPath::Staged { .. }, true, DType::BF16) => "divergence_staged_vec_bf16",
+        (KernelPath::Staged { .. }, false, DType::BF16) => "divergence_staged_scalar_bf16",
+        (KernelPath::Staged { .. }, true, _) => "divergence_staged_vec_f32",
+        (KernelPath::Staged { .. }, false, _) => "divergence_staged_scalar_f32",
+        (KernelPath::Warps, true, DType::BF16) => "divergence_warps_vec_bf16",
+        (KernelPath::Warps, false, DType::BF16) => "divergence_warps_scalar_bf16",
+        (KernelPath::Warps, true, _) => "divergence_warps_vec_f32",
+        (KernelPath::Warps, false, _) => "divergence_warps_scalar_f32",
+        (_, true, DType::BF16) => "divergence_rows_vec_bf16",
+        (_, false, DType::BF16) => "divergence_rows_scalar_bf16",
+        (_, true, _) => "divergence_rows_vec_f32",
+        (_, false, _) => "divergence_rows_scalar_f32",
+    }
+}
+
+/// Dynamic shared memory one CTA of the staged kernel may use on this device.
+fn staged_smem_limit(dev: &CudaDevice) -> Result<usize> {
+    let optin = dev
+        .context()
+        .attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)
+        .map_err(cuda_err("reading the shared memory limit"))?;
+    Ok((optin.max(0) as usize).saturating_sub(STAGED_STATIC_SMEM))
+}
+
+/// Elements per CTA and dynamic shared memory of the staged kernel with `ctas` CTAs per row.
+fn staged_chunk(vocab: usize, ctas: u32, width: usize, elem: usize) -> (usize, usize) {
+    let chunk = vocab.div_ceil(ctas as usize).div_ceil(width) * width;
+    (chunk, 2 * chunk * elem)
+}
+
+/// Sets a staged kernel's function attributes once per device: the opt-in shared memory limit,
+/// the largest shared memory carve-out, and (sm_90) cluster sizes above 8.
+fn prepare_staged(dev: &CudaDevice, name: &'static str, limit: usize) -> Result<CudaFunction> {
+    static DONE: OnceLock<Mutex<HashSet<(usize, &'static str)>>> = OnceLock::new();
+    let f = dev.function(MODULE, name)?;
+    let done = DONE.get_or_init(Default::default);
+    let mut done = done.lock().map_err(|_| Error::Msg("divergence kernel table poisoned".into()))?;
+    if done.contains(&(dev.ordinal(), name)) {
+        return Ok(f);
+    }
+    let set = |attr: CUfunction_attribute, v: i32| {
+        dev.context()
+            .bind_to_thread()
+            .and_then(|_| f.set_attribute(attr, v))
+            .map_err(cuda_err(format!("configuring {name}")))
+    };
+    set(CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, limit as i32)?;
+    set(CUfunction_attribute::CU_FUNC_ATTRIBUTE_PREFERRED_SHARED_MEMORY_CARVEOUT, 100)?;
+    if dev.compute_capability().0 >= 9 {
+        set(CUfunction_attribute::CU_FUNC_ATTRIBUTE_NON_PORTABLE_CLUSTER_SIZE_ALLOWED, 1)?;
+    }
+    done.insert((dev.ordinal(), name));
+    Ok(f)
+}
+
+/// Whether clusters of `ctas` CTAs of the staged kernel with `smem` bytes each fit on one GPC
+/// (the driver's occupancy calculator; answers are cached).
+fn cluster_schedulable(
+    dev: &CudaDevice,
+    f: &CudaFunction,
+    name: &'static str,
+    ctas: u32,
+    smem: usize,
+) -> bool {
+    type Key = (usize, &'static str, u32, usize);
+    static SEEN: OnceLock<Mutex<HashMap<Key, bool>>> = OnceLock::new();
+    if ctas <= 1 {
+        return true;
+    }
+    let key = (dev.ordinal(), name, ctas, smem);
+    let seen = SEEN.get_or_init(Default::default);
+    if let Some(&ok) = seen.lock().ok().as_ref().and_then(|m| m.get(&key)) {
+        return ok;
+    }
+    let mut n: std::ffi::c_int = 0;
+    let ok = dev.context().bind_to_thread().is_ok() && {
+        // SAFETY: a zeroed attribute is valid plain data; the config only lives for the call.
+        let mut attr = unsafe { cluster_attr(ctas) };
+        let cfg = CUlaunchConfig {
+            gridDimX: ctas,
+            gridDimY: 1,
+            gridDimZ: 1,
+            blockDimX: STAGED_THREADS,
+            blockDimY: 1,
+            blockDimZ: 1,
+            sharedMemBytes: smem as u32,
+            hStream: dev.stream().cu_stream(),
+            attrs: &mut attr,
+            numAttrs: 1,
+        };
+        // SAFETY: writes one int; `f` is a loaded function of this context.
+        unsafe { sys::cuOccupancyMaxActiveClusters(&mut n, f.cu_function(), &cfg) }.result().is_ok() && n > 0
+    };
+    if let Ok(mut m) = seen.lock() {
+        m.insert(key, ok);
+    }
+    ok
+}
+
+/// The launch configuration `p.path` resolves to on `dev` for element type `dtype` (and, for the
+/// staged kernel, its function configured for it).
+pub fn plan(dev: &CudaDevice, p: &DivergenceLaunch, dtype: DType, vectorized: bool) -> Result<LaunchPlan> {
+    const OP: &str = "divergence (cuda)";
+    let elem = dtype.size_in_bytes();
+    let width = if vectorized { 16 / elem } else { 1 };
+    let (major, minor) = dev.compute_capability();
+    let cluster_ok = major >= 9;
+    let limit = staged_smem_limit(dev)?;
+    let staged_name = kernel_name(KernelPath::Staged { ctas: 1 }, vectorized, dtype);
+    // Ok(None) when the slice does not fit or the cluster cannot be scheduled.
+    let staged = |ctas: u32| -> Result<Option<(usize, usize)>> {
+        let (chunk, smem) = staged_chunk(p.vocab, ctas, width, elem);
+        if smem > limit {
+            return Ok(None);
+        }
+        let f = prepare_staged(dev, staged_name, limit)?;
+        Ok(cluster_schedulable(dev, &f, staged_name, ctas, smem).then_some((chunk, smem)))
+    };
+    let auto_ctas = || -> Result<Option<u32>> {
+        if !cluster_ok {
+            return Ok(staged(1)?.map(|_| 1));
+        }
+        let want =
+            (2 * p.vocab * elem).div_ceil(STAGED_TARGET_SMEM).clamp(1, MAX_PORTABLE_CLUSTER as usize) as u32;
+        for c in want..=MAX_CLUSTER {
+            if staged(c)?.is_some() {
+                return Ok(Some(c));
+            }
+        }
+        Ok(None)
+    };
+    let path = match p.path {
+        KernelPath::Auto if p.vocab <= WARPS_MAX_VOCAB => KernelPath::Warps,
+        KernelPath::Auto => auto_ctas()?.map_or(KernelPath::Rows, |ctas| KernelPath::Staged { ctas }),
+        KernelPath::Staged { ctas: 0 } => match auto_ctas()? {
+            Some(ctas) => KernelPath::Staged { ctas },
+            None => {
+                return Err(Error::Msg(format!(
+                    "{OP}: a row of {} {dtype} entries does not fit in the shared memory of {} CTAs \
+                     ({limit} bytes each): use KernelPath::Rows",
+                    p.vocab,
+                    if cluster_ok { MAX_CLUSTER } else { 1 }
+                )))
+            }
+        },
+        other => other,
+    };
+    let rows = p.rows as u64;
+    let (grid, block, smem, chunk) = match path {
+        KernelPath::Warps => (rows.div_ceil(WARPS_PER_BLOCK as u64), 32 * WARPS_PER_BLOCK, 0, p.vocab),
+        KernelPath::Rows => (rows, ROWS_THREADS, 0, p.vocab),
+        KernelPath::Staged { ctas } => {
+            if ctas > 1 && !cluster_ok {
+                return Err(Error::Msg(format!(
+                    "{OP}: {ctas} CTAs per row need thread-block clusters (sm_90+); this GPU is sm_{major}{minor}"
+                )));
+            }
+            if ctas > MAX_CLUSTER {
+                return Err(Error::Msg(format!(
+                    "{OP}: at most {MAX_CLUSTER} CTAs per row, asked for {ctas}"
+                )));
+            }
+            let Some((chunk, smem)) = staged(ctas)? else {
+                let (chunk, smem) = staged_chunk(p.vocab, ctas, width, elem);
+                return Err(Error::Msg(if smem > limit {
+                    format!(
+                        "{OP}: a slice of {chunk} {dtype} entries of both rows needs {smem} bytes of \
+                         shared memory, this GPU allows {limit} per CTA: use more CTAs per row or \
+                         KernelPath::Rows"
+                    )
+                } else {
+                    format!(
+                        "{OP}: clusters of {ctas} CTAs with {smem} bytes of shared memory each cannot \
+                         be scheduled on this GPU: use fewer CTAs per row"
+                    )
+                }));
+            };
+            (rows * ctas as u64, STAGED_THREADS, smem, chunk)
+        }
+        KernelPath::Auto => unreachable!("resolved above"),
+    };
+    if grid > i32::MAX as u64 {
+        return shape_err(OP, format!("{} rows need {grid} blocks, more than a grid holds", p.rows));
+    }
+    Ok(LaunchPlan {
+        kernel: kernel_name(path, vectorized, dtype),
+        path,
+        vectorized,
+        grid: grid as u32,
+        block,
+        smem_bytes: smem as u32,
+        chunk,
+    })
+}
+
+/// The cluster-dimension launch attribute for `ctas` CTAs along x.
+///
+/// # Safety
+/// Only builds plain data (a zeroed union is a valid value).
+unsafe fn cluster_attr(ctas: u32) -> CUlaunchAttribute {
+    let mut attr: CUlaunchAttribute = std::mem::zeroed();
+    attr.id = CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION;
+    attr.value.clusterDim.x = ctas;
+    attr.value.clusterDim.y = 1;
+    attr.value.clusterDim.z = 1;
+    attr
+}
+
+/// Launches `f` with a cluster of `cluster` CTAs along x when > 1 (cudarc's builder cannot).
+///
+/// # Safety
+/// `args` must point at values matching the kernel's parameters, alive until this returns, and
+/// the device memory they name must stay valid until the kernel has run.
+pub(crate) unsafe fn launch_raw(
+    dev: &CudaDevice,
+    f: &CudaFunction,
+    grid: u32,
+    block: u32,
+    smem: u32,
+    cluster: u32,
+    args: &mut [*mut c_void],
+) -> std::result::Result<(), cudarc::driver::DriverError> {
+    dev.context().bind_to_thread()?;
+    let mut attr = cluster_attr(cluster);
+    let cfg = CUlaunchConfig {
+        gridDimX: grid,
+        gridDimY: 1,
+        gridDimZ: 1,
+        blockDimX: block,
+        blockDimY: 1,
+        blockDimZ: 1,
+        sharedMemBytes: smem,
+        hStream: dev.stream().cu_stream(),
+        attrs: &mut attr,
+        numAttrs: u32::from(cluster > 1),
+    };
+    sys::cuLaunchKernelEx(&cfg, f.cu_function(), args.as_mut_ptr(), std::ptr::null_mut()).result()
+}
+
+fn aligned(ptr: u64) -> bool {
+    ptr % 16 == 0
+}
+
+/// Loss (and gradient) of `p.divergence` for every row; see the module documentation.
+pub fn divergence_fwd_bwd<T: DivElem>(
+    dev: &CudaDevice,
+    p: &DivergenceLaunch,
+    student: StudentGrad<'_, T>,
+    teacher: &CudaView<'_, T>,
+    row_mask: Option<&CudaView<'_, u8>>,
+    row_loss: &mut CudaViewMut<'_, f32>,
+) -> Result<LaunchPlan> {
+    const OP: &str = "divergence (cuda)";
+    let stream = dev.stream();
+    let mut student = student;
+    let (s_len, g_len) = match &student {
+        StudentGrad::LossOnly(s) => (s.len(), None),
+        StudentGrad::InPlace(s) => (s.len(), Some(s.len())),
+        StudentGrad::Into { student, grad } => (student.len(), Some(grad.len())),
+    };
+    let mut lens = vec![("student", s_len), ("teacher", teacher.len())];
+    lens.extend(g_len.map(|l| ("grad", l)));
+    let mut params = check_launch(OP, p, &lens, row_loss.len(), row_mask.map(|m| m.len()))?;
+    // Raw pointers; the guards (no-ops: event tracking is off) live until the launch is queued.
+    let (s_ptr, g_ptr, _sg, _gg) = match &mut student {
+        StudentGrad::LossOnly(s) => {
+            let (sp, sg) = s.device_ptr(stream);
+            (sp, 0u64, Some(sg), None)
+        }
+        StudentGrad::InPlace(s) => {
+            let (sp, sg) = s.device_ptr_mut(stream);
+            (sp, sp, Some(sg), None)
+        }
+        StudentGrad::Into { student, grad } => {
+            let (sp, sg) = student.device_ptr(stream);
+            let (gp, gg) = grad.device_ptr_mut(stream);
+            (sp, gp, Some(sg), Some(gg))
+        }
+    };
+    let (t_ptr, _tg) = teacher.device_ptr(stream);
+    let (m_ptr, _mg) = match row_mask {
+        Some(m) => {
+            let (mp, mg) = m.device_ptr(stream);
+            (mp, Some(mg))
+        }
+        None => (0u64, None),
+    };
+    let (l_ptr, _lg) = row_loss.device_ptr_mut(stream);
+    let row_bytes = (p.ld * std::mem::size_of::<T>()) as u64;
+    let vectorized =
+        aligned(s_ptr) && aligned(t_ptr) && (g_ptr == 0 || aligned(g_ptr)) && row_bytes % 16 == 0;
+    let plan = plan(dev, p, T::DTYPE, vectorized)?;
+    if p.rows == 0 {
+        return Ok(plan);
+    }
+    if let KernelPath::Staged { ctas } = plan.path {
+        params.ctas = ctas as i32;
+        params.chunk = plan.chunk as i32;
+    }
+    let f = dev.function(MODULE, plan.kernel)?; // configured by plan() when staged
+    let cluster = match plan.path {
+        KernelPath::Staged { ctas } => ctas,
+        _ => 1,
+    };
+    let (mut s_arg, mut t_arg, mut m_arg, mut g_arg, mut l_arg) = (s_ptr, t_ptr, m_ptr, g_ptr, l_ptr);
+    let mut args: [*mut c_void; 6] = [
+        &mut s_arg as *mut u64 as *mut c_void,
+        &mut t_arg as *mut u64 as *mut c_void,
+        &mut m_arg as *mut u64 as *mut c_void,
+        &mut g_arg as *mut u64 as *mut c_void,
+        &mut l_arg as *mut u64 as *mut c_void,
+        &mut params as *mut DivergenceParams as *mut c_void,
+    ];
+    // SAFETY: the arguments match divergence_<path>_<vec|scalar>_<dtype>(s, t, mask, g, row_loss,
+    // params); check_launch verified every buffer holds the (rows, ld) extent the kernel touches;
+    // the views borrow their buffers for this call, and the stream orders later frees after the kernel.
+    unsafe { launch_raw(dev, &f, plan.grid, plan.block, plan.smem_bytes, cluster, &mut args) }
+        .map_err(cuda_err(format!("{OP}: launching {}", plan.kernel)))?;
+    Ok(plan)
+}
+
+/// Loss and gradient for (.., V) student and teacher logits on one GPU (f32 or bf16, the same
+/// dtype), contiguous rows, `Auto` path: returns (Σ_rows scale·D_r, gradient like `student`).
+pub fn divergence(
+    student: &Tensor,
+    teacher: &Tensor,
+    mask: Option<&[bool]>,
+    div: Divergence,
+    temperature: f64,
+    scale: f64,
+) -> Result<(f64, Tensor)> {
+    const OP: &str = "divergence (cuda)";
+    if student.shape() != teacher.shape() || student.dtype() != teacher.dtype() {
+        return shape_err(
+            OP,
+            format!(
+                "student {} {} vs teacher {} {}",
+                student.shape(),
+                student.dtype(),
+                teacher.shape(),
+                teacher.dtype()
+            ),
+        );
+    }
+    let (Storage::Cuda(ss), Storage::Cuda(ts)) = (student.storage(), teacher.storage()) else {
+        return Err(Error::Msg(format!("{OP}: student and teacher logits must be on the GPU")));
+    };
+    if ss.dev.ordinal() != ts.dev.ordinal() {
+        return Err(Error::DeviceMismatch { op: OP, a: student.device(), b: teacher.device() });
+    }
+    let dev = ss.dev.clone();
+    let (rows, vocab) = (student.shape().rows(), student.shape().last());
+    if let Some(m) = mask.filter(|m| m.len() != rows) {
+        return shape_err(OP, format!("row mask of {} for {rows} rows", m.len()));
+    }
+    let launch = DivergenceLaunch {
+        rows,
+        vocab,
+        ld: vocab,
+        divergence: div,
+        temperature: temperature as f32,
+        scale: scale as f32,
+        path: KernelPath::Auto,
+    };
+    // SAFETY: the kernel writes every element of the gradient and of row_loss (masked rows too).
+    let (mut grad, mut row_loss) = unsafe {
+        (dev.alloc_buf(student.dtype(), student.numel().max(1), OP)?, dev.alloc_f32(rows.max(1), OP)?)
+    };
+    let mask_dev = match mask {
+        Some(m) => {
+            let bytes: Vec<u8> = m.iter().map(|&b| u8::from(b)).collect();
+            Some(dev.stream().clone_htod(&bytes).map_err(cuda_err(format!("{OP}: uploading the row mask")))?)
+        }
+        None => None,
+    };
+    let mask_view = mask_dev.as_ref().map(|m| m.as_view());
+    match (&ss.buf, &ts.buf, &mut grad) {
+        (CudaBuf::F32(s), CudaBuf::F32(t), CudaBuf::F32(g)) => divergence_fwd_bwd(
+            &dev,
+            &launch,
+            StudentGrad::Into { student: s.as_view(), grad: g.as_view_mut() },
+            &t.as_view(),
+            mask_view.as_ref(),
+            &mut row_loss.as_view_mut(),
+        )?,
+        (CudaBuf::BF16(s), CudaBuf::BF16(t), CudaBuf::BF16(g)) => divergence_fwd_bwd(
+            &dev,
+            &launch,
+            StudentGrad::Into { student: s.as_view(), grad: g.as_view_mut() },
+            &t.as_view(),
+            mask_view.as_ref(),
+            &mut row_loss.as_view_mut(),
+        )?,
+        _ => {
+            return Err(Error::DType {
+                op: OP,
+                dtype: student.dtype(),
+                device: student.device(),
+                supported: "f32, bf16",
+            })
+        }
+    };
+    let losses = dev.download_f32(&row_loss)?;
+    let loss = losses[..rows].iter().map(|&l| l as f64).sum();
+    let grad = if student.numel() == 0 {
+        Tensor::zeros(student.shape().clone(), student.dtype(), student.device())?
+    } else {
+        Tensor::from_cuda(CudaStorage { dev: dev.clone(), buf: grad }, student.shape().clone())
+    };
+    Ok((loss, grad))
+}
