@@ -7,7 +7,15 @@
 
 pub mod autograd;
 pub mod backend;
+pub mod bench;
+pub mod data;
+pub mod distill;
 pub mod error;
+pub mod eval;
+pub mod generate;
+pub mod metrics;
+pub mod model;
+pub mod optim;
 pub mod tensor;
 
 pub use error::{Error, Result};

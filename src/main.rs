@@ -14,14 +14,29 @@ struct Args {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Benchmarks printed as tables (and JSON): `gkd bench divergence`.
+    Bench(cli::bench::BenchArgs),
+    /// Write a built-in dataset as prompt/completion JSONL (`gkd data arithmetic --n N --seed S`).
+    Data(cli::data::DataArgs),
     /// Report the CPU threads, the CUDA driver, each GPU, and how the kernels were compiled.
     Doctor(cli::doctor::DoctorArgs),
+    /// Print ln p(token | previous tokens) for each token of a text or id sequence, as JSON.
+    Score(cli::score::ScoreArgs),
+    /// Sample continuations of a prompt (greedy, temperature, top-k, top-p), one JSON line each.
+    Generate(cli::generate::GenerateArgs),
+    /// Write a fresh random model (gpt2, llama, qwen2, mistral) in Hugging Face layout.
+    Init(cli::init::InitArgs),
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
     let result = match args.command {
+        Command::Bench(a) => cli::bench::run(a),
+        Command::Data(a) => cli::data::run(a),
         Command::Doctor(a) => cli::doctor::run(a),
+        Command::Score(a) => cli::score::run(a),
+        Command::Generate(a) => cli::generate::run(a),
+        Command::Init(a) => cli::init::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

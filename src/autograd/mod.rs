@@ -11,6 +11,7 @@ mod dispatch;
 mod embedding;
 mod linear;
 mod loss;
+mod narrow;
 mod norm;
 mod rope;
 

@@ -7,7 +7,10 @@
 pub mod abi;
 pub mod bandwidth;
 mod device;
+pub mod divergence;
+pub mod divergence_unfused;
 pub mod elementwise;
+pub mod linear_divergence;
 pub mod matmul;
 mod modules;
 pub mod norm;

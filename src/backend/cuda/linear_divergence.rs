@@ -1,0 +1,262 @@
+//! Fused lm_head + divergence: from the student's and the teacher's final hidden states and
+//! output heads to the loss, d(student hidden) and d(student head), without ever holding the
+//! (tokens × vocab) logits. The path the GPU trainer uses.
+//!
+//! Rows are processed in chunks of `c` tokens; per chunk, with S and T two (c, V) bf16 scratch
+//! buffers reused across chunks:
+//!   S = hs·Wsᵀ, T = ht·Wtᵀ                      (cuBLAS, fp32 accumulation, bf16 out)
+//!   S ← scale·∂D/∂(student logits), row losses  (the fused divergence kernel, in place over S)
+//!   d_hs[chunk] = S·Ws                          (bf16 out)
+//!   d_Ws += Sᵀ·hs[chunk]                        (fp32 accumulator, beta = 1)
+//! Extra device memory is 2·c·V·2 bytes plus N floats of row losses, against the unfused path's
+//! two full (N, V) logit tensors and the divergence's (N, V) fp32 intermediates. Only the first
+//! `vocab` rows of each head are used: embedding-padding rows (e.g. 151936 of 152064) are ignored
+//! and their d_Ws rows are left untouched.
+
+use super::device::{cuda_err, CudaDevice};
+use super::divergence::{divergence_fwd_bwd, DivergenceLaunch, KernelPath, StudentGrad};
+use super::divergence_unfused::divergence_unfused_fwd_bwd;
+use super::matmul::{gemm, Gemm};
+use crate::distill::Divergence;
+use crate::error::{shape_err, Result};
+use cudarc::driver::{CudaSlice, CudaView, CudaViewMut};
+use half::bf16;
+
+/// Default scratch budget for the two logit chunks.
+pub const DEFAULT_CHUNK_BYTES: usize = 256 << 20;
+
+#[derive(Clone, Copy, Debug)]
+pub struct LinearDivergence {
+    /// Tokens N.
+    pub rows: usize,
+    /// Student hidden size Hs and teacher hidden size Ht.
+    pub student_dim: usize,
+    pub teacher_dim: usize,
+    /// Vocabulary entries that count (≤ the rows of either head).
+    pub vocab: usize,
+    pub divergence: Divergence,
+    pub temperature: f32,
+    /// Multiplies loss and gradients (1 / completion tokens in the optimizer step).
+    pub scale: f32,
+    /// Tokens per chunk; 0 picks from `DEFAULT_CHUNK_BYTES`.
+    pub chunk_rows: usize,
+    pub path: KernelPath,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct LinearDivergenceOut {
+    /// Σ over unmasked rows of scale·D_r.
+    pub loss: f64,
+    pub chunk_rows: usize,
+    /// Device memory this call allocated (the logit chunks and the row losses).
+    pub scratch_bytes: usize,
+}
+
+/// The inputs: hidden states and heads, all bf16 and row-major.
+pub struct LinearDivergenceInputs<'a> {
+    /// (N, Hs)
+    pub student_hidden: &'a CudaView<'a, bf16>,
+    /// (≥V, Hs)
+    pub student_head: &'a CudaView<'a, bf16>,
+    /// (N, Ht)
+    pub teacher_hidden: &'a CudaView<'a, bf16>,
+    /// (≥V, Ht)
+    pub teacher_head: &'a CudaView<'a, bf16>,
+    /// (N) u8, 0 = token not counted (prompt, padding).
+    pub row_mask: Option<&'a CudaView<'a, u8>>,
+}
+
+/// What one call computes; `Matmuls` is the same sequence without the divergence kernel (its
+/// time is the yardstick the fused path is judged against).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Work {
+    Fused,
+    Matmuls,
+}
+
+impl LinearDivergence {
+    pub fn resolved_chunk(&self) -> usize {
+        if self.chunk_rows > 0 {
+            return self.chunk_rows.min(self.rows.max(1));
+        }
+        let per_row = 2 * self.vocab * std::mem::size_of::<bf16>();
+        let c = (DEFAULT_CHUNK_BYTES / per_row.max(1)) / 64 * 64;
+        c.clamp(64, self.rows.max(64)).min(self.rows.max(1))
+    }
+
+    fn check(&self, x: &LinearDivergenceInputs, d_hidden: usize, d_head: usize) -> Result<()> {
+        const OP: &str = "linear + divergence (cuda)";
+        let (n, hs, ht, v) = (self.rows, self.student_dim, self.teacher_dim, self.vocab);
+        let bad = |what: &str, len: usize, need: usize| {
+            shape_err::<()>(OP, format!("{what} has {len} elements, needs at least {need}"))
+        };
+        if x.student_hidden.len() < n * hs {
+            return bad("student hidden", x.student_hidden.len(), n * hs);
+        }
+        if x.teacher_hidden.len() < n * ht {
+            return bad("teacher hidden", x.teacher_hidden.len(), n * ht);
+        }
+        if x.student_head.len() < v * hs {
+            return bad("student head", x.student_head.len(), v * hs);
+        }
+        if x.teacher_head.len() < v * ht {
+            return bad("teacher head", x.teacher_head.len(), v * ht);
+        }
+        if d_hidden < n * hs {
+            return bad("d(student hidden)", d_hidden, n * hs);
+        }
+        if d_head < v * hs {
+            return bad("d(student head)", d_head, v * hs);
+        }
+        if let Some(m) = x.row_mask {
+            if m.len() < n {
+                return bad("row mask", m.len(), n);
+            }
+        }
+        Ok(())
+    }
+
+    /// Loss, d(student hidden) (written) and d(student head) (accumulated into, fp32).
+    pub fn run(
+        &self,
+        dev: &CudaDevice,
+        x: &LinearDivergenceInputs,
+        d_hidden: &mut CudaViewMut<bf16>,
+        d_head: &mut CudaViewMut<f32>,
+    ) -> Result<LinearDivergenceOut> {
+        self.execute(dev, x, d_hidden, d_head, Work::Fused)
+    }
+
+    /// The same matrix products, chunking and buffers as `run`, without the divergence kernel.
+    pub fn run_matmuls_only(
+        &self,
+        dev: &CudaDevice,
+        x: &LinearDivergenceInputs,
+        d_hidden: &mut CudaViewMut<bf16>,
+        d_head: &mut CudaViewMut<f32>,
+    ) -> Result<LinearDivergenceOut> {
+        self.execute(dev, x, d_hidden, d_head, Work::Matmuls)
+    }
+
+    fn execute(
+        &self,
+        dev: &CudaDevice,
+        x: &LinearDivergenceInputs,
+        d_hidden: &mut CudaViewMut<bf16>,
+        d_head: &mut CudaViewMut<f32>,
+        work: Work,
+    ) -> Result<LinearDivergenceOut> {
+        const OP: &str = "linear + divergence (cuda)";
+        self.check(x, d_hidden.len(), d_head.len())?;
+        let (n, hs, ht, v) = (self.rows, self.student_dim, self.teacher_dim, self.vocab);
+        let chunk = self.resolved_chunk();
+        let stream = dev.stream();
+        // SAFETY: every chunk's products overwrite S and T (beta = 0) before anything reads them.
+        let (mut s, mut t): (CudaSlice<bf16>, CudaSlice<bf16>) = unsafe {
+            (stream.alloc(chunk * v).map_err(cuda_err(OP))?, stream.alloc(chunk * v).map_err(cuda_err(OP))?)
+        };
+        let mut row_loss: CudaSlice<f32> = stream.alloc_zeros(n.max(1)).map_err(cuda_err(OP))?;
+        let scratch_bytes = 2 * chunk * v * 2 + n.max(1) * 4;
+        let mut r0 = 0;
+        while r0 < n {
+            let c = chunk.min(n - r0);
+            let hs_c = x.student_hidden.slice(r0 * hs..(r0 + c) * hs);
+            let ht_c = x.teacher_hidden.slice(r0 * ht..(r0 + c) * ht);
+            // Logits: (c, V) = (c, H)·(V, H)ᵀ.
+            gemm(dev, &Gemm::dense(c, v, hs, false, true), &hs_c, &x.student_head.slice(..v * hs), &mut s.slice_mut(..c * v))?;
+            gemm(dev, &Gemm::dense(c, v, ht, false, true), &ht_c, &x.teacher_head.slice(..v * ht), &mut t.slice_mut(..c * v))?;
+            if work == Work::Fused {
+                let launch = DivergenceLaunch {
+                    rows: c,
+                    vocab: v,
+                    ld: v,
+                    divergence: self.divergence,
+                    temperature: self.temperature,
+                    scale: self.scale,
+                    path: self.path,
+                };
+                let mask = x.row_mask.map(|m| m.slice(r0..r0 + c));
+                divergence_fwd_bwd(
+                    dev,
+                    &launch,
+                    StudentGrad::InPlace(s.slice_mut(..c * v)),
+                    &t.slice(..c * v),
+                    mask.as_ref(),
+                    &mut row_loss.slice_mut(r0..r0 + c),
+                )?;
+            }
+            // d_hs[chunk] (c, Hs) = G (c, V) · Ws (V, Hs).
+            gemm(
+                dev,
+                &Gemm::dense(c, hs, v, false, false),
+                &s.slice(..c * v),
+                &x.student_head.slice(..v * hs),
+                &mut d_hidden.slice_mut(r0 * hs..(r0 + c) * hs),
+            )?;
+            // d_Ws (V, Hs) += Gᵀ (V, c) · hs[chunk] (c, Hs); G is stored (c, V).
+            let g = Gemm { beta: 1.0, ..Gemm::dense(v, hs, c, true, false) };
+            gemm(dev, &g, &s.slice(..c * v), &hs_c, &mut d_head.slice_mut(..v * hs))?;
+            r0 += c;
+        }
+        let losses = stream.clone_dtoh(&row_loss).map_err(cuda_err(OP))?;
+        let loss = losses[..n].iter().map(|&l| l as f64).sum();
+        Ok(LinearDivergenceOut { loss, chunk_rows: chunk, scratch_bytes })
+    }
+}
+
+/// The unfused baseline: both (N, V) logit tensors materialized, the unfused divergence (its fp32
+/// intermediates included), then the two backward products. Same outputs as `LinearDivergence::run`.
+pub fn linear_divergence_unfused(
+    p: &LinearDivergence,
+    dev: &CudaDevice,
+    x: &LinearDivergenceInputs,
+    d_hidden: &mut CudaViewMut<bf16>,
+    d_head: &mut CudaViewMut<f32>,
+) -> Result<LinearDivergenceOut> {
+    const OP: &str = "linear + divergence (unfused)";
+    p.check(x, d_hidden.len(), d_head.len())?;
+    let (n, hs, ht, v) = (p.rows, p.student_dim, p.teacher_dim, p.vocab);
+    let stream = dev.stream();
+    let mut s: CudaSlice<bf16> = stream.alloc_zeros(n * v).map_err(cuda_err(OP))?;
+    let mut t: CudaSlice<bf16> = stream.alloc_zeros(n * v).map_err(cuda_err(OP))?;
+    let mut g: CudaSlice<bf16> = stream.alloc_zeros(n * v).map_err(cuda_err(OP))?;
+    let mut row_loss: CudaSlice<f32> = stream.alloc_zeros(n.max(1)).map_err(cuda_err(OP))?;
+    gemm(dev, &Gemm::dense(n, v, hs, false, true), &x.student_hidden.slice(..n * hs), &x.student_head.slice(..v * hs), &mut s)?;
+    gemm(dev, &Gemm::dense(n, v, ht, false, true), &x.teacher_hidden.slice(..n * ht), &x.teacher_head.slice(..v * ht), &mut t)?;
+    let launch = DivergenceLaunch {
+        rows: n,
+        vocab: v,
+        ld: v,
+        divergence: p.divergence,
+        temperature: p.temperature,
+        scale: p.scale,
+        path: KernelPath::Auto,
+    };
+    let mask = x.row_mask.map(|m| m.slice(..n));
+    divergence_unfused_fwd_bwd(
+        dev,
+        &launch,
+        StudentGrad::Into { student: s.slice(..), grad: g.slice_mut(..) },
+        &t.slice(..),
+        mask.as_ref(),
+        &mut row_loss.slice_mut(..),
+    )?;
+    gemm(dev, &Gemm::dense(n, hs, v, false, false), &g, &x.student_head.slice(..v * hs), &mut d_hidden.slice_mut(..n * hs))?;
+    let gw = Gemm { beta: 1.0, ..Gemm::dense(v, hs, n, true, false) };
+    gemm(dev, &gw, &g, &x.student_hidden.slice(..n * hs), &mut d_head.slice_mut(..v * hs))?;
+    let losses = stream.clone_dtoh(&row_loss).map_err(cuda_err(OP))?;
+    let fp32_buffers = divergence_scratch_floats(p.divergence);
+    Ok(LinearDivergenceOut {
+        loss: losses[..n].iter().map(|&l| l as f64).sum(),
+        chunk_rows: n,
+        scratch_bytes: 3 * n * v * 2 + n.max(1) * 4 + fp32_buffers * n * v * 4,
+    })
+}
+
+/// (rows·V) fp32 buffers the unfused divergence allocates (see divergence_unfused.rs).
+fn divergence_scratch_floats(d: Divergence) -> usize {
+    match d.canonical() {
+        Divergence::Jsd { .. } | Divergence::SkewForwardKl { .. } | Divergence::SkewReverseKl { .. } => 5,
+        _ => 4,
+    }
+}

@@ -1,0 +1,188 @@
+//! `gkd bench divergence`: the fused divergence kernel against the memory floor and the unfused
+//! baseline, and the fused lm_head + divergence against its matmuls alone and the unfused path,
+//! all measured in one run (CUDA events, median). On the CPU: the reference at a small size.
+
+use anyhow::{bail, Context, Result};
+use gkd::backend::cuda::bandwidth::{measure_copy_bandwidth, time_ms};
+use gkd::backend::cuda::divergence::KernelPath;
+use gkd::backend::cuda::linear_divergence::LinearDivergence;
+use gkd::backend::cuda::{self, CudaDevice};
+use gkd::bench::divergence::{random_values, DivergenceCase, LinearCase, LinearVariant};
+use gkd::distill::{divergence_fwd_bwd, Divergence};
+use gkd::tensor::{Device, DeviceRequest};
+use serde_json::{json, Value};
+use std::time::Instant;
+
+#[derive(clap::Args)]
+pub struct BenchArgs {
+    #[command(subcommand)]
+    what: BenchWhat,
+}
+
+#[derive(clap::Subcommand)]
+enum BenchWhat {
+    /// Fused softmax-and-divergence and fused lm_head + divergence vs their baselines.
+    Divergence(DivergenceArgs),
+}
+
+#[derive(clap::Args)]
+struct DivergenceArgs {
+    #[arg(long, default_value = "auto")]
+    device: DeviceRequest,
+    /// Comma-separated N×V sizes (tokens × vocabulary).
+    #[arg(long, default_value = "8192x32000,4096x151936")]
+    sizes: String,
+    /// jsd (with --beta), fkl, rkl, tvd, skew-fkl, skew-rkl (with --alpha).
+    #[arg(long, default_value = "jsd")]
+    divergence: String,
+    #[arg(long, default_value_t = 0.5)]
+    beta: f64,
+    #[arg(long, default_value_t = 0.1)]
+    alpha: f64,
+    /// Student and teacher hidden sizes of the lm_head benchmark (Qwen2.5-0.5B / 1.5B).
+    #[arg(long, default_value_t = 896)]
+    student_hidden: usize,
+    #[arg(long, default_value_t = 1536)]
+    teacher_hidden: usize,
+    /// Timed repetitions per variant (median reported).
+    #[arg(long, default_value_t = 10)]
+    reps: usize,
+    /// Also write the results as JSON to this file.
+    #[arg(long)]
+    json: Option<std::path::PathBuf>,
+}
+
+pub fn run(args: BenchArgs) -> Result<()> {
+    match args.what {
+        BenchWhat::Divergence(a) => divergence(a),
+    }
+}
+
+fn parse_sizes(s: &str) -> Result<Vec<(usize, usize)>> {
+    s.split(',')
+        .map(|p| {
+            let (n, v) = p.trim().split_once(['x', 'X', '×']).with_context(|| format!("size `{p}` is not NxV"))?;
+            let (n, v) = (n.trim().parse::<usize>()?, v.trim().parse::<usize>()?);
+            if n == 0 || v == 0 {
+                bail!("size `{p}`: N and V must be positive");
+            }
+            Ok((n, v))
+        })
+        .collect()
+}
+
+fn divergence(a: DivergenceArgs) -> Result<()> {
+    let div = Divergence::from_cli(&a.divergence, a.beta, a.alpha)?;
+    let sizes = parse_sizes(&a.sizes)?;
+    let report = match a.device.resolve() {
+        Device::Cpu => cpu_reference(div, a.reps),
+        Device::Cuda(i) => cuda_bench(i, div, &sizes, &a)?,
+    };
+    if let Some(path) = &a.json {
+        std::fs::write(path, serde_json::to_string_pretty(&report)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
+}
+
+fn cpu_reference(div: Divergence, reps: usize) -> Value {
+    let (n, v) = (256, 32000);
+    println!("gkd bench divergence on the CPU: the f32 reference at {n} × {v}, {div} (no GPU in use)");
+    let s = random_values(n * v, 1, 4.0);
+    let t = random_values(n * v, 2, 4.0);
+    let mut times = Vec::new();
+    for _ in 0..reps.max(1) {
+        let t0 = Instant::now();
+        let out = divergence_fwd_bwd(div, 1.0, &s, &t, v, None, 1.0 / n as f64, true).expect("valid shapes");
+        std::hint::black_box(out);
+        times.push(t0.elapsed().as_secs_f64() * 1e3);
+    }
+    times.sort_by(f64::total_cmp);
+    let ms = times[times.len() / 2];
+    let gbs = 3.0 * (n * v * 4) as f64 / (ms * 1e-3) / 1e9;
+    println!("| N × V | kernel | ms | GB/s |\n|---|---|---|---|\n| {n} × {v} | cpu reference f32 | {ms:.2} | {gbs:.1} |");
+    json!({"device": "cpu", "threads": rayon::current_num_threads(), "divergence": div.to_string(),
+           "rows": [{"N": n, "V": v, "case": "cpu_reference_f32", "ms": ms, "GB_s": gbs}]})
+}
+
+fn cuda_bench(ordinal: usize, div: Divergence, sizes: &[(usize, usize)], a: &DivergenceArgs) -> Result<Value> {
+    let dev = CudaDevice::get(ordinal)?;
+    let gpu = cuda::probe().gpus.get(ordinal).and_then(|g| g.as_ref().ok()).map(|g| g.name.clone()).unwrap_or_default();
+    let bw = measure_copy_bandwidth(&dev, 1 << 31, 10)?;
+    println!("gkd bench divergence on {gpu} (cuda:{ordinal}), {div}, bf16; copy bandwidth {:.2} TB/s (read + write, 2 GiB)", bw / 1e12);
+    let mut rows = Vec::new();
+    println!("\n| N × V | variant | ms | GB/s | × floor | speed-up vs unfused |\n|---|---|---|---|---|---|");
+    for &(n, v) in sizes {
+        let mut case = DivergenceCase::new(&dev, n, v, div)?;
+        let floor_bytes = case.floor_bytes() as f64;
+        let floor_ms = floor_bytes / bw * 1e3;
+        let unfused_ms = time_ms(&dev, a.reps, || case.unfused(&dev))?;
+        let unfused_loss = case.loss(&dev)?;
+        let gbs = |ms: f64| floor_bytes / (ms * 1e-3) / 1e9;
+        println!("| {n} × {v} | floor: 3·N·V·2 bytes at the copy bandwidth | {floor_ms:.3} | | 1.00 | |");
+        for path in [KernelPath::Auto, KernelPath::Rows] {
+            let mut plan = String::new();
+            let ms = time_ms(&dev, a.reps, || case.fused(&dev, path).map(|p| plan = p))?;
+            let loss = case.loss(&dev)?;
+            let rel = (loss - unfused_loss).abs() / unfused_loss.abs().max(1e-30);
+            println!(
+                "| {n} × {v} | fused {plan} | {ms:.3} | {:.0} | {:.2} | {:.1}× |",
+                gbs(ms),
+                ms / floor_ms,
+                unfused_ms / ms
+            );
+            rows.push(json!({"N": n, "V": v, "case": format!("fused {plan}"), "ms": ms, "GB_s": gbs(ms),
+                "x_floor": ms / floor_ms, "speedup_vs_unfused": unfused_ms / ms, "floor_ms": floor_ms,
+                "loss_rel_diff_vs_unfused": rel}));
+        }
+        println!("| {n} × {v} | unfused (5 kernels, fp32 intermediates) | {unfused_ms:.3} | {:.0} | {:.2} | 1.0× |", gbs(unfused_ms), unfused_ms / floor_ms);
+        rows.push(json!({"N": n, "V": v, "case": "unfused", "ms": unfused_ms, "GB_s": gbs(unfused_ms),
+            "x_floor": unfused_ms / floor_ms, "floor_ms": floor_ms}));
+    }
+
+    println!(
+        "\nlm_head + divergence (student hidden {}, teacher hidden {}): loss, d(student hidden), d(student head)\n",
+        a.student_hidden, a.teacher_hidden
+    );
+    println!("| N × V | variant | ms | × its matmuls | extra device memory |\n|---|---|---|---|---|");
+    for &(n, v) in sizes {
+        let params = LinearDivergence {
+            rows: n,
+            student_dim: a.student_hidden,
+            teacher_dim: a.teacher_hidden,
+            vocab: v,
+            divergence: div,
+            temperature: 1.0,
+            scale: 1.0 / n as f32,
+            chunk_rows: 0,
+            path: KernelPath::Auto,
+        };
+        let mut case = LinearCase::new(&dev, params)?;
+        let reps = a.reps.div_ceil(2).max(3);
+        let mut outs = Vec::new();
+        for variant in [LinearVariant::MatmulsOnly, LinearVariant::Fused, LinearVariant::Unfused] {
+            let mut out = None;
+            let ms = time_ms(&dev, reps, || case.run(&dev, variant).map(|o| out = Some(o)))?;
+            outs.push((variant, ms, out.expect("ran at least once")));
+        }
+        let mm_ms = outs[0].1;
+        let unfused_bytes = outs[2].2.scratch_bytes as f64;
+        for (variant, ms, out) in &outs {
+            let name = match variant {
+                LinearVariant::Fused => format!("fused, {}-row chunks", out.chunk_rows),
+                LinearVariant::MatmulsOnly => format!("its matmuls alone, {}-row chunks", out.chunk_rows),
+                LinearVariant::Unfused => "unfused: full logits + unfused divergence".to_string(),
+            };
+            let mem = out.scratch_bytes as f64;
+            println!(
+                "| {n} × {v} | {name} | {ms:.3} | {:.2} | {:.3} GiB ({:.1}% of unfused) |",
+                ms / mm_ms,
+                mem / (1u64 << 30) as f64,
+                100.0 * mem / unfused_bytes
+            );
+            rows.push(json!({"N": n, "V": v, "case": format!("lm_head {name}"), "ms": ms, "x_matmuls": ms / mm_ms,
+                "extra_bytes": out.scratch_bytes, "extra_vs_unfused": mem / unfused_bytes, "loss": out.loss}));
+        }
+    }
+    Ok(json!({"device": gpu, "copy_bandwidth_B_s": bw, "divergence": div.to_string(), "dtype": "bf16", "rows": rows}))
+}
