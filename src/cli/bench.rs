@@ -120,9 +120,25 @@ fn cuda_bench(ordinal: usize, div: Divergence, sizes: &[(usize, usize)], a: &Div
         let unfused_loss = case.loss(&dev)?;
         let gbs = |ms: f64| floor_bytes / (ms * 1e-3) / 1e9;
         println!("| {n} × {v} | floor: 3·N·V·2 bytes at the copy bandwidth | {floor_ms:.3} | | 1.00 | |");
-        for path in [KernelPath::Auto, KernelPath::Rows] {
+        let paths = [
+            KernelPath::Auto,
+            KernelPath::Rows,
+            KernelPath::Staged { ctas: 2 },
+            KernelPath::Staged { ctas: 4 },
+            KernelPath::Staged { ctas: 8 },
+            KernelPath::Staged { ctas: 16 },
+        ];
+        for path in paths {
             let mut plan = String::new();
-            let ms = time_ms(&dev, a.reps, || case.fused(&dev, path).map(|p| plan = p))?;
+            let ms = match time_ms(&dev, a.reps, || case.fused(&dev, path).map(|p| plan = p)) {
+                Ok(ms) => ms,
+                Err(e) if path != KernelPath::Auto => {
+                    // A forced path that cannot run at this size (shared memory, cluster limits).
+                    println!("| {n} × {v} | fused {path:?}: not runnable here ({e}) | | | | |");
+                    continue;
+                }
+                Err(e) => return Err(e.into()),
+            };
             let loss = case.loss(&dev)?;
             let rel = (loss - unfused_loss).abs() / unfused_loss.abs().max(1e-30);
             println!(
