@@ -52,7 +52,10 @@ fn norms_match_cpu_reference() {
     let Some(_dev) = common::cuda_or_skip("cuda_norm::norms_match_cpu_reference") else { return };
     let mut rng = StdRng::seed_from_u64(7);
     // Odd widths, rows that are not a multiple of the 8 rows per block, several 256-row chunks.
-    for &(rows, cols) in &[(1, 1), (3, 7), (13, 33), (300, 896), (1031, 129), (64, 4099)] {
+    // (Widths 1 and 2 are degenerate for LayerNorm: its output is constant and dx is 0 up to
+    // rounding, which no relative tolerance can judge.)
+    let mut failures = Vec::new();
+    for &(rows, cols) in &[(1, 5), (3, 7), (13, 33), (300, 896), (1031, 129), (64, 4099)] {
         let inputs: Vec<Vec<f32>> = vec![
             randn(&mut rng, rows * cols, 3.0),
             randn(&mut rng, cols, 1.0).iter().map(|v| v + 1.0).collect(),
@@ -76,13 +79,18 @@ fn norms_match_cpu_reference() {
             let want = run(Device::Cpu, DType::F32, rows, cols, &rounded);
             let got = run(Device::Cuda(0), dtype, rows, cols, &rounded);
             let e = rel(&got.y, &want.y);
-            assert!(e < tol, "{rows}x{cols} {dtype}: output rel err {e:.3e}");
+            if !(e < tol) {
+                failures.push(format!("{rows}x{cols} {dtype}: output rel err {e:.3e}"));
+            }
             for (i, name) in ["dx", "dw_rms", "dw_ln", "db_ln"].iter().enumerate() {
                 let e = rel(&got.grads[i], &want.grads[i]);
-                assert!(e < tol, "{rows}x{cols} {dtype}: {name} rel err {e:.3e}");
+                if !(e < tol) {
+                    failures.push(format!("{rows}x{cols} {dtype}: {name} rel err {e:.3e}"));
+                }
             }
         }
     }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
 #[test]

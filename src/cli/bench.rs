@@ -126,6 +126,8 @@ fn cuda_bench(ordinal: usize, div: Divergence, sizes: &[(usize, usize)], a: &Div
             KernelPath::Staged { ctas: 2 },
             KernelPath::Staged { ctas: 4 },
             KernelPath::Staged { ctas: 8 },
+            KernelPath::Staged { ctas: 10 },
+            KernelPath::Staged { ctas: 12 },
             KernelPath::Staged { ctas: 16 },
         ];
         for path in paths {
