@@ -44,38 +44,6 @@ __device__ __forceinline__ float lg2(float x) {
     return y;
 }
 
-// 2^x on the FMA pipe instead of the special-function unit (MUFU), which the divergences'
-// exponentials and logarithms otherwise saturate: an H100 SM issues 16 MUFU ops per clock
-// against 128 FMAs, and JSD needs 8 per element over the three passes. Half of pass 1's
-// exponentials and every teacher probability go through here (5 MUFU ops per element remain).
-// x = i + f with i = round(x) (the 1.5·2^23 trick, exact for |x| < 2^22) and |f| ≤ ½; 2^f by a
-// degree-5 Chebyshev fit (relative error 2.5e-7 in fp32 Horner, as ex2.approx's 2 ulp); 2^i
-// added to the exponent bits. Like ex2.approx.ftz: 0 below 2^-126 and for −inf. For x ≤ 127.
-__device__ __forceinline__ float ex2_fma(float x) {
-    const float xc = fmaxf(x, -127.0f);
-    const float big = __fadd_rn(xc, 12582912.0f);
-    const float f = __fsub_rn(xc, __fsub_rn(big, 12582912.0f));
-    float q = 1.3400441966950893e-3f;
-    q = fmaf(q, f, 9.676046669483185e-3f);
-    q = fmaf(q, f, 5.550327152013779e-2f);
-    q = fmaf(q, f, 2.402210682630539e-1f);
-    q = fmaf(q, f, 6.931471824645996e-1f);
-    q = fmaf(q, f, 1.0000001192092896f);
-    const unsigned int i = (unsigned int)(__float_as_int(big) - 0x4B400000);
-    const float y = __int_as_float((int)((unsigned int)__float_as_int(q) + (i << 23)));
-    return x < -126.0f ? 0.0f : y;
-}
-
-// Teacher probabilities and half of pass 1: ex2_fma on sm_90 (8 FMA lanes per MUFU lane); on
-// sm_8x the ratio is 4 and the extra registers spill under the staged kernel's launch bounds.
-__device__ __forceinline__ float ex2_t(float x) {
-#if __CUDA_ARCH__ >= 900
-    return ex2_fma(x);
-#else
-    return ex2(x);
-#endif
-}
-
 __device__ __forceinline__ float sgn(float x) { return (x > 0.0f ? 1.0f : 0.0f) - (x < 0.0f ? 1.0f : 0.0f); }
 
 // ----------------------------------------------------------------------------------------------
@@ -171,9 +139,7 @@ __device__ __forceinline__ MaxSum ms_merge(MaxSum a, MaxSum b, float k) {
 }
 
 // Folds N values into a running (max, sum): one rescale per batch.
-// FMA: the exponentials go through ex2_t (the teacher's fold, when the student's values are
-// no longer live: fewer registers than splitting each fold between the two units).
-template <bool FMA, int N> __device__ __forceinline__ void ms_fold(MaxSum &a, const float (&x)[N], float k) {
+template <int N> __device__ __forceinline__ void ms_fold(MaxSum &a, const float (&x)[N], float k) {
     float m = a.m;
 #pragma unroll
     for (int i = 0; i < N; i++) m = fmaxf(m, x[i]);
@@ -181,8 +147,8 @@ template <bool FMA, int N> __device__ __forceinline__ void ms_fold(MaxSum &a, co
     float z0 = a.z * ex2(fmaf(a.m, k, -mk)), z1 = 0.0f;
 #pragma unroll
     for (int i = 0; i < N; i += 2) {
-        z0 += FMA ? ex2_t(fmaf(x[i], k, -mk)) : ex2(fmaf(x[i], k, -mk));
-        if (i + 1 < N) z1 += FMA ? ex2_t(fmaf(x[i + 1], k, -mk)) : ex2(fmaf(x[i + 1], k, -mk));
+        z0 += ex2(fmaf(x[i], k, -mk));
+        if (i + 1 < N) z1 += ex2(fmaf(x[i + 1], k, -mk));
     }
     a.m = m;
     a.z = z0 + z1;
@@ -305,11 +271,11 @@ template <int KIND> struct Div;
 
 template <> struct Div<GKD_DIV_FKL> { // a = Σ P log2(P/Q)
     static __device__ __forceinline__ void sums(float lq, float lp, float, RowSums &r) {
-        const float p = ex2_t(lp);
+        const float p = ex2(lp);
         r.a += p > 0.0f ? p * (lp - lq) : 0.0f;
     }
     static __device__ __forceinline__ float loss(RowSums r, float) { return DIV_LN2 * r.a; }
-    static __device__ __forceinline__ float grad(float lq, float lp, float, RowSums, float) { return ex2(lq) - ex2_t(lp); }
+    static __device__ __forceinline__ float grad(float lq, float lp, float, RowSums, float) { return ex2(lq) - ex2(lp); }
 };
 
 template <> struct Div<GKD_DIV_RKL> { // a = Σ Q log2(Q/P)
@@ -326,7 +292,7 @@ template <> struct Div<GKD_DIV_RKL> { // a = Σ Q log2(Q/P)
 
 template <> struct Div<GKD_DIV_JSD> { // M = βP + (1−β)Q; a = Σ P log2(P/M), b = Σ Q log2(Q/M)
     static __device__ __forceinline__ void sums(float lq, float lp, float beta, RowSums &r) {
-        const float p = ex2_t(lp), q = ex2(lq), m = fmaf(beta, p, (1.0f - beta) * q), lm = lg2(m);
+        const float p = ex2(lp), q = ex2(lq), m = fmaf(beta, p, (1.0f - beta) * q), lm = lg2(m);
         const bool ok = m >= DIV_FLT_MIN;
         r.a += ok && p > 0.0f ? p * (lp - lm) : 0.0f;
         r.b += ok && q > 0.0f ? q * (lq - lm) : 0.0f;
@@ -335,34 +301,34 @@ template <> struct Div<GKD_DIV_JSD> { // M = βP + (1−β)Q; a = Σ P log2(P/M)
         return DIV_LN2 * fmaf(beta, r.a, (1.0f - beta) * r.b);
     }
     static __device__ __forceinline__ float grad(float lq, float lp, float beta, RowSums r, float) {
-        const float p = ex2_t(lp), q = ex2(lq), m = fmaf(beta, p, (1.0f - beta) * q), lm = lg2(m);
+        const float p = ex2(lp), q = ex2(lq), m = fmaf(beta, p, (1.0f - beta) * q), lm = lg2(m);
         return m >= DIV_FLT_MIN && q > 0.0f ? (1.0f - beta) * DIV_LN2 * q * (lq - lm - r.b) : 0.0f;
     }
 };
 
 template <> struct Div<GKD_DIV_TVD> { // a = Σ |P − Q|, b = Σ Q sign(Q − P)
     static __device__ __forceinline__ void sums(float lq, float lp, float, RowSums &r) {
-        const float p = ex2_t(lp), q = ex2(lq);
+        const float p = ex2(lp), q = ex2(lq);
         r.a += fabsf(p - q);
         r.b += q * sgn(q - p);
     }
     static __device__ __forceinline__ float loss(RowSums r, float) { return 0.5f * r.a; }
     static __device__ __forceinline__ float grad(float lq, float lp, float, RowSums r, float) {
-        const float p = ex2_t(lp), q = ex2(lq);
+        const float p = ex2(lp), q = ex2(lq);
         return 0.5f * q * (sgn(q - p) - r.b);
     }
 };
 
 template <> struct Div<GKD_DIV_SKEW_FKL> { // M = αP + (1−α)Q, R = Q/M; a = Σ P log2(P/M), b = Σ P R
     static __device__ __forceinline__ void sums(float lq, float lp, float alpha, RowSums &r) {
-        const float p = ex2_t(lp), q = ex2(lq), m = fmaf(alpha, p, (1.0f - alpha) * q), lm = lg2(m);
+        const float p = ex2(lp), q = ex2(lq), m = fmaf(alpha, p, (1.0f - alpha) * q), lm = lg2(m);
         const bool ok = m >= DIV_FLT_MIN;
         r.a += ok && p > 0.0f ? p * (lp - lm) : 0.0f;
         r.b += ok ? p * __fdividef(q, m) : 0.0f;
     }
     static __device__ __forceinline__ float loss(RowSums r, float) { return DIV_LN2 * r.a; }
     static __device__ __forceinline__ float grad(float lq, float lp, float alpha, RowSums r, float) {
-        const float p = ex2_t(lp), q = ex2(lq), m = fmaf(alpha, p, (1.0f - alpha) * q);
+        const float p = ex2(lp), q = ex2(lq), m = fmaf(alpha, p, (1.0f - alpha) * q);
         const float pr = m >= DIV_FLT_MIN ? p * __fdividef(q, m) : 0.0f;
         return (1.0f - alpha) * (q * r.b - pr);
     }
@@ -370,14 +336,14 @@ template <> struct Div<GKD_DIV_SKEW_FKL> { // M = αP + (1−α)Q, R = Q/M; a = 
 
 template <> struct Div<GKD_DIV_SKEW_RKL> { // M = αQ + (1−α)P, R = Q/M; a = Σ Q log2(Q/M), b = Σ Q R
     static __device__ __forceinline__ void sums(float lq, float lp, float alpha, RowSums &r) {
-        const float p = ex2_t(lp), q = ex2(lq), m = fmaf(alpha, q, (1.0f - alpha) * p), lm = lg2(m);
+        const float p = ex2(lp), q = ex2(lq), m = fmaf(alpha, q, (1.0f - alpha) * p), lm = lg2(m);
         const bool ok = m >= DIV_FLT_MIN;
         r.a += ok && q > 0.0f ? q * (lq - lm) : 0.0f;
         r.b += ok ? q * __fdividef(q, m) : 0.0f;
     }
     static __device__ __forceinline__ float loss(RowSums r, float) { return DIV_LN2 * r.a; }
     static __device__ __forceinline__ float grad(float lq, float lp, float alpha, RowSums r, float d) {
-        const float p = ex2_t(lp), q = ex2(lq), m = fmaf(alpha, q, (1.0f - alpha) * p), lm = lg2(m);
+        const float p = ex2(lp), q = ex2(lq), m = fmaf(alpha, q, (1.0f - alpha) * p), lm = lg2(m);
         if (!(m >= DIV_FLT_MIN && q > 0.0f)) return 0.0f;
         return q * (DIV_LN2 * (lq - lm) - alpha * __fdividef(q, m) - d + alpha * r.b);
     }
@@ -421,8 +387,8 @@ __device__ __forceinline__ RowStats pass_stats(const T *s, const T *t, T *ss, T 
                 xt[u * VW + i] = in ? b[u].get(i) : GKD_NEG_INF;
             }
         }
-        ms_fold<false>(acc.s, xs, k);
-        ms_fold<true>(acc.t, xt, k);
+        ms_fold(acc.s, xs, k);
+        ms_fold(acc.t, xt, k);
     }
     for (int e = nvec * VW + rank; e < n; e += size) {
         Vec<T, 1> a, b;
@@ -433,8 +399,8 @@ __device__ __forceinline__ RowStats pass_stats(const T *s, const T *t, T *ss, T 
             b.store(st + e);
         }
         const float xs[1] = {a.get(0)}, xt[1] = {b.get(0)};
-        ms_fold<false>(acc.s, xs, k);
-        ms_fold<true>(acc.t, xt, k);
+        ms_fold(acc.s, xs, k);
+        ms_fold(acc.t, xt, k);
     }
     return acc;
 }
