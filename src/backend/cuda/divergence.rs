@@ -423,6 +423,56 @@ fn aligned(ptr: u64) -> bool {
     ptr % 16 == 0
 }
 
+/// What both launchers (fused and unfused) need once the buffers are checked: the kernel
+/// parameters and raw device pointers (0 for an absent gradient or mask).
+pub(crate) struct RawLaunch {
+    pub params: DivergenceParams,
+    pub s: u64,
+    pub g: u64,
+    pub t: u64,
+    pub m: u64,
+    pub l: u64,
+}
+
+/// Checks every buffer against the (rows, ld) extent of `p` and takes the raw pointers. Dropping
+/// cudarc's synchronization guards at once is sound: event tracking is off on every gkd context
+/// (one stream per device, see `CudaDevice::get`), so they record nothing.
+pub(crate) fn prepare<T: DivElem>(
+    op: &'static str,
+    dev: &CudaDevice,
+    p: &DivergenceLaunch,
+    mut student: StudentGrad<'_, T>,
+    teacher: &CudaView<'_, T>,
+    row_mask: Option<&CudaView<'_, u8>>,
+    row_loss: &mut CudaViewMut<'_, f32>,
+) -> Result<RawLaunch> {
+    let stream = dev.stream();
+    let (s_len, g_len) = match &student {
+        StudentGrad::LossOnly(s) => (s.len(), None),
+        StudentGrad::InPlace(s) => (s.len(), Some(s.len())),
+        StudentGrad::Into { student, grad } => (student.len(), Some(grad.len())),
+    };
+    let mut lens = vec![("student", s_len), ("teacher", teacher.len())];
+    lens.extend(g_len.map(|l| ("grad", l)));
+    let params = check_launch(op, p, &lens, row_loss.len(), row_mask.map(|m| m.len()))?;
+    let (s, g) = match &mut student {
+        StudentGrad::LossOnly(s) => (s.device_ptr(stream).0, 0),
+        StudentGrad::InPlace(s) => {
+            let sp = s.device_ptr_mut(stream).0;
+            (sp, sp)
+        }
+        StudentGrad::Into { student, grad } => (student.device_ptr(stream).0, grad.device_ptr_mut(stream).0),
+    };
+    Ok(RawLaunch {
+        params,
+        s,
+        g,
+        t: teacher.device_ptr(stream).0,
+        m: row_mask.map_or(0, |m| m.device_ptr(stream).0),
+        l: row_loss.device_ptr_mut(stream).0,
+    })
+}
+
 /// Loss (and gradient) of `p.divergence` for every row; see the module documentation.
 pub fn divergence_fwd_bwd<T: DivElem>(
     dev: &CudaDevice,
@@ -433,41 +483,8 @@ pub fn divergence_fwd_bwd<T: DivElem>(
     row_loss: &mut CudaViewMut<'_, f32>,
 ) -> Result<LaunchPlan> {
     const OP: &str = "divergence (cuda)";
-    let stream = dev.stream();
-    let mut student = student;
-    let (s_len, g_len) = match &student {
-        StudentGrad::LossOnly(s) => (s.len(), None),
-        StudentGrad::InPlace(s) => (s.len(), Some(s.len())),
-        StudentGrad::Into { student, grad } => (student.len(), Some(grad.len())),
-    };
-    let mut lens = vec![("student", s_len), ("teacher", teacher.len())];
-    lens.extend(g_len.map(|l| ("grad", l)));
-    let mut params = check_launch(OP, p, &lens, row_loss.len(), row_mask.map(|m| m.len()))?;
-    // Raw pointers; the guards (no-ops: event tracking is off) live until the launch is queued.
-    let (s_ptr, g_ptr, _sg, _gg) = match &mut student {
-        StudentGrad::LossOnly(s) => {
-            let (sp, sg) = s.device_ptr(stream);
-            (sp, 0u64, Some(sg), None)
-        }
-        StudentGrad::InPlace(s) => {
-            let (sp, sg) = s.device_ptr_mut(stream);
-            (sp, sp, Some(sg), None)
-        }
-        StudentGrad::Into { student, grad } => {
-            let (sp, sg) = student.device_ptr(stream);
-            let (gp, gg) = grad.device_ptr_mut(stream);
-            (sp, gp, Some(sg), Some(gg))
-        }
-    };
-    let (t_ptr, _tg) = teacher.device_ptr(stream);
-    let (m_ptr, _mg) = match row_mask {
-        Some(m) => {
-            let (mp, mg) = m.device_ptr(stream);
-            (mp, Some(mg))
-        }
-        None => (0u64, None),
-    };
-    let (l_ptr, _lg) = row_loss.device_ptr_mut(stream);
+    let RawLaunch { mut params, s: s_ptr, g: g_ptr, t: t_ptr, m: m_ptr, l: l_ptr } =
+        prepare(OP, dev, p, student, teacher, row_mask, row_loss)?;
     let row_bytes = (p.ld * std::mem::size_of::<T>()) as u64;
     let vectorized =
         aligned(s_ptr) && aligned(t_ptr) && (g_ptr == 0 || aligned(g_ptr)) && row_bytes % 16 == 0;

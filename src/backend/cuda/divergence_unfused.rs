@@ -8,10 +8,10 @@
 
 use super::abi::{DivergenceParams, DIV_JSD, DIV_SKEW_FKL, DIV_SKEW_RKL};
 use super::device::{cuda_err, CudaDevice};
-use super::divergence::{check_launch, launch_raw, DivElem, DivergenceLaunch, StudentGrad};
+use super::divergence::{launch_raw, prepare, DivElem, DivergenceLaunch, RawLaunch, StudentGrad};
 use crate::error::Result;
 use crate::tensor::DType;
-use cudarc::driver::{CudaSlice, CudaView, CudaViewMut, DevicePtr, DevicePtrMut};
+use cudarc::driver::{CudaSlice, CudaView, CudaViewMut, DevicePtr};
 use std::ffi::c_void;
 
 const MODULE: &str = "divergence_unfused";
@@ -53,30 +53,11 @@ pub fn divergence_unfused_fwd_bwd<T: DivElem>(
     row_loss: &mut CudaViewMut<'_, f32>,
 ) -> Result<()> {
     const OP: &str = "divergence (unfused)";
-    let stream = dev.stream();
-    let mut student = student;
-    let (s_len, g_len) = match &student {
-        StudentGrad::LossOnly(s) => (s.len(), None),
-        StudentGrad::InPlace(s) => (s.len(), Some(s.len())),
-        StudentGrad::Into { student, grad } => (student.len(), Some(grad.len())),
-    };
-    let mut lens = vec![("student", s_len), ("teacher", teacher.len())];
-    lens.extend(g_len.map(|l| ("grad", l)));
-    let params = check_launch(OP, p, &lens, row_loss.len(), row_mask.map(|m| m.len()))?;
+    let RawLaunch { params, s: s_ptr, g: g_ptr, t: t_ptr, m: m_ptr, l: l_ptr } =
+        prepare(OP, dev, p, student, teacher, row_mask, row_loss)?;
     if p.rows == 0 {
         return Ok(());
     }
-    let (s_ptr, g_ptr) = match &mut student {
-        StudentGrad::LossOnly(s) => (s.device_ptr(stream).0, 0),
-        StudentGrad::InPlace(s) => {
-            let sp = s.device_ptr_mut(stream).0;
-            (sp, sp)
-        }
-        StudentGrad::Into { student, grad } => (student.device_ptr(stream).0, grad.device_ptr_mut(stream).0),
-    };
-    let t_ptr = teacher.device_ptr(stream).0;
-    let m_ptr = row_mask.map_or(0, |m| m.device_ptr(stream).0);
-    let l_ptr = row_loss.device_ptr_mut(stream).0;
 
     let n = p.rows * p.vocab;
     let mixture = matches!(params.kind, DIV_JSD | DIV_SKEW_FKL | DIV_SKEW_RKL);
