@@ -26,6 +26,14 @@ enum Command {
     Generate(cli::generate::GenerateArgs),
     /// Write a fresh random model (gpt2, llama, qwen2, mistral) in Hugging Face layout.
     Init(cli::init::InitArgs),
+    /// Supervised fine-tuning on completions: `gkd sft --model DIR --data D.jsonl --out DIR`.
+    Sft(cli::sft::SftArgs),
+    /// Generalized knowledge distillation of a student from a teacher (on-policy, mixed, supervised KD).
+    Distill(Box<cli::distill::DistillArgs>),
+    /// Generate a completion for every prompt and print exact match, ROUGE or BLEU as JSON.
+    Eval(cli::eval::EvalArgs),
+    /// The bundled example: distill the small arithmetic student on-policy and compare exact match.
+    Demo(cli::demo::DemoArgs),
 }
 
 fn main() -> ExitCode {
@@ -37,6 +45,10 @@ fn main() -> ExitCode {
         Command::Score(a) => cli::score::run(a),
         Command::Generate(a) => cli::generate::run(a),
         Command::Init(a) => cli::init::run(a),
+        Command::Sft(a) => cli::sft::run(a),
+        Command::Distill(a) => cli::distill::run(*a),
+        Command::Eval(a) => cli::eval::run(a),
+        Command::Demo(a) => cli::demo::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

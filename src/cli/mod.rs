@@ -6,3 +6,7 @@ pub mod doctor;
 pub mod generate;
 pub mod init;
 pub mod score;
+pub mod demo;
+pub mod distill;
+pub mod eval;
+pub mod sft;

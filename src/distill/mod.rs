@@ -6,5 +6,9 @@
 //! (`backend::cuda::divergence`, f32 or bf16).
 
 pub mod divergence;
+pub mod evaluate;
+pub mod run;
+pub mod sft;
+pub mod trainer;
 
 pub use divergence::{divergence_fwd_bwd, Divergence, DivergenceOut, DIVERGENCE_NAMES};

@@ -1,0 +1,565 @@
+//! The GKD trainer (DESIGN.md, the algorithm), and supervised fine-tuning on the same loop.
+//!
+//! One optimizer step = `grad_accum` micro-batches of `batch_size` prompts:
+//! 1. draw u ~ U(0, 1) from the run's generator for this step; u ≤ λ → completions sampled from
+//!    the student, else with seq-KD from the teacher, else the dataset's completions (+ EOS);
+//! 2. per micro-batch: teacher forward (no tape gradients), student forward on a tape, the
+//!    divergence over completion positions only, its analytic gradient fed to `backward_from`;
+//! 3. the loss is Σ over completion tokens ÷ their count in the whole step (known before any
+//!    backward, since all completions of the step are built first);
+//! 4. clip the summed gradients by global norm, AdamW on f32 master weights, the LR schedule.
+//!
+//! Every random choice of step k (u, the sampling seeds) and the data order are functions of
+//! (seed, k), so a run resumed from a checkpoint at step k continues exactly.
+
+use crate::autograd::Tape;
+use crate::data::{Example, Tokenizer};
+use crate::distill::sft::cross_entropy_fwd_bwd;
+use crate::distill::{divergence_fwd_bwd, Divergence};
+use crate::error::{Error, Result};
+use crate::generate::{generate, sequence_rng, GenerateConfig, Sampler};
+use crate::metrics::Source;
+use crate::model::{Model, TokenBatch};
+use crate::optim::adamw::{AdamW, AdamWConfig};
+use crate::optim::clip::GradClip;
+use crate::optim::schedule::{LrSchedule, ScheduleKind};
+use crate::tensor::Tensor;
+use rand::seq::SliceRandom;
+use rand::Rng;
+use std::path::Path;
+use std::time::Instant;
+
+/// What the student is trained on.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Objective {
+    /// Cross-entropy on the dataset's completions.
+    Sft,
+    /// GKD against a teacher.
+    Distill,
+}
+
+#[derive(Clone, Debug)]
+pub struct TrainConfig {
+    pub objective: Objective,
+    pub divergence: Divergence,
+    /// Fraction of steps on student samples (on-policy).
+    pub lambda: f64,
+    /// Off-policy steps use teacher samples instead of the dataset's completions.
+    pub seq_kd: bool,
+    pub loss_temperature: f64,
+    /// Sampling of student / teacher completions.
+    pub sampler: Sampler,
+    pub max_new_tokens: usize,
+    pub steps: u64,
+    pub batch_size: usize,
+    pub grad_accum: usize,
+    pub lr: f64,
+    pub warmup: u64,
+    pub schedule: ScheduleKind,
+    pub adamw: AdamWConfig,
+    pub max_grad_norm: f32,
+    pub seed: u64,
+}
+
+impl TrainConfig {
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: String| Err(Error::Msg(m));
+        if !(0.0..=1.0).contains(&self.lambda) {
+            return bad(format!(
+                "lambda must be in [0, 1] (the fraction of on-policy steps), got {}",
+                self.lambda
+            ));
+        }
+        if self.batch_size == 0 || self.grad_accum == 0 {
+            return bad("batch size and gradient accumulation must be at least 1".into());
+        }
+        if self.steps == 0 {
+            return bad("the run needs at least one step (--steps or --epochs)".into());
+        }
+        if !(self.loss_temperature > 0.0 && self.loss_temperature.is_finite()) {
+            return bad(format!("the loss temperature must be positive, got {}", self.loss_temperature));
+        }
+        if self.objective == Objective::Distill && self.uses_samples() && self.max_new_tokens == 0 {
+            return bad("sampled completions need --max-new-tokens of at least 1".into());
+        }
+        self.sampler.validate().map_err(Error::Msg)?;
+        self.divergence.validate()?;
+        Ok(())
+    }
+
+    /// Whether some step may sample completions (student or teacher).
+    pub fn uses_samples(&self) -> bool {
+        self.objective == Objective::Distill && (self.lambda > 0.0 || self.seq_kd)
+    }
+
+    /// Whether some step trains on the dataset's completions.
+    pub fn uses_dataset_completions(&self) -> bool {
+        self.objective == Objective::Sft || (self.lambda < 1.0 && !self.seq_kd)
+    }
+
+    pub fn prompts_per_step(&self) -> u64 {
+        (self.batch_size * self.grad_accum) as u64
+    }
+}
+
+/// A tokenized example: prompt ids (with the tokenizer's special tokens), completion ids + EOS.
+#[derive(Clone, Debug)]
+pub struct Encoded {
+    pub prompt: Vec<u32>,
+    pub completion: Option<Vec<u32>>,
+}
+
+/// Tokenizes examples, checking each fits the `context`: a prompt needs room for at least one
+/// completion token, and a dataset completion must fit whole.
+pub fn encode_examples(
+    tok: &Tokenizer,
+    examples: &[Example],
+    context: usize,
+    need_completion: bool,
+) -> Result<Vec<Encoded>> {
+    if examples.is_empty() {
+        return Err(Error::Msg("the dataset has no examples".into()));
+    }
+    let eos = tok.eos.first().copied();
+    examples
+        .iter()
+        .enumerate()
+        .map(|(i, ex)| {
+            let prompt = tok.encode(&ex.prompt, true)?;
+            if prompt.is_empty() {
+                return Err(Error::Msg(format!("example {}: the prompt is empty", i + 1)));
+            }
+            if prompt.len() >= context {
+                return Err(Error::Msg(format!(
+                    "example {}: the prompt is {} tokens, but the context is {context} positions; it must leave room for the completion (shorten the prompt or use a model with more positions)",
+                    i + 1,
+                    prompt.len()
+                )));
+            }
+            let completion = match &ex.completion {
+                Some(c) => {
+                    let mut ids = tok.encode(c, false)?;
+                    ids.extend(eos);
+                    if ids.is_empty() {
+                        return Err(Error::Msg(format!(
+                            "example {}: the completion is empty and the tokenizer has no EOS token",
+                            i + 1
+                        )));
+                    }
+                    if prompt.len() + ids.len() - 1 > context {
+                        return Err(Error::Msg(format!(
+                            "example {}: prompt and completion are {} tokens, longer than the context of {context} positions",
+                            i + 1,
+                            prompt.len() + ids.len()
+                        )));
+                    }
+                    Some(ids)
+                }
+                None if need_completion => {
+                    return Err(Error::Msg(format!(
+                        "example {}: no completion, but this run trains on the dataset's completions (give every example a \"completion\", or use --lambda 1 / --seq-kd)",
+                        i + 1
+                    )))
+                }
+                None => None,
+            };
+            Ok(Encoded { prompt, completion })
+        })
+        .collect()
+}
+
+/// Teacher and student must share one vocabulary: the same token → id map.
+pub fn check_same_tokenizer(teacher: &Tokenizer, student: &Tokenizer) -> Result<()> {
+    let (a, b) = (teacher.inner().get_vocab(true), student.inner().get_vocab(true));
+    if a != b {
+        let differing = a.iter().filter(|(t, id)| b.get(*t) != Some(id)).count()
+            + b.keys().filter(|t| !a.contains_key(*t)).count();
+        return Err(Error::Msg(format!(
+            "the teacher's tokenizer ({}, {} tokens) and the student's ({}, {} tokens) differ in {differing} entries: GKD compares next-token distributions, so both models must share one tokenizer",
+            teacher.path().display(),
+            a.len(),
+            student.path().display(),
+            b.len()
+        )));
+    }
+    Ok(())
+}
+
+/// What one optimizer step did.
+#[derive(Clone, Debug)]
+pub struct StepOutcome {
+    pub loss: f64,
+    pub source: Source,
+    /// The λ draw.
+    pub u: f64,
+    /// Completion tokens in the step.
+    pub tokens: u64,
+    /// Mean completion length (sampled or given).
+    pub mean_completion_len: f64,
+    pub grad_norm: f32,
+    pub lr: f32,
+    pub seconds: f64,
+}
+
+/// The resumable part of a run besides weights and optimizer: `trainer_state.json`.
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct TrainerState {
+    pub step: u64,
+    pub examples_seen: u64,
+    pub seed: u64,
+    pub total_steps: u64,
+}
+
+pub struct Trainer<'a> {
+    pub cfg: TrainConfig,
+    pub student: Model,
+    teacher: Option<&'a Model>,
+    tok: &'a Tokenizer,
+    data: Vec<Encoded>,
+    /// The tokenizer's vocabulary: logit columns past it (embedding padding) are ignored.
+    vocab: usize,
+    context: usize,
+    opt: AdamW,
+    master: Vec<Vec<f32>>,
+    schedule: LrSchedule,
+    clip: GradClip,
+    pub state: TrainerState,
+    order: Option<(u64, Vec<usize>)>,
+}
+
+/// Salts of the per-step generators, so the λ draw, the data order and the sampling seeds are
+/// independent streams of one seed.
+const SALT_LAMBDA: u64 = 0x6c61_6d62_6461;
+const SALT_ORDER: u64 = 0x006f_7264_6572;
+const SALT_SAMPLE: u64 = 0x7361_6d70_6c65;
+
+/// The context (positions) of a model; unlimited RoPE models still stop at their configured maximum.
+pub fn context_of(m: &Model) -> usize {
+    m.config.max_position_embeddings
+}
+
+impl<'a> Trainer<'a> {
+    pub fn new(
+        cfg: TrainConfig,
+        student: Model,
+        teacher: Option<&'a Model>,
+        tok: &'a Tokenizer,
+        examples: &[Example],
+    ) -> Result<Trainer<'a>> {
+        cfg.validate()?;
+        if cfg.objective == Objective::Distill && teacher.is_none() {
+            return Err(Error::Msg("distillation needs a teacher".into()));
+        }
+        tok.check_fits(student.config.vocab_size)?;
+        let mut context = context_of(&student);
+        if let Some(t) = teacher {
+            tok.check_fits(t.config.vocab_size)?;
+            context = context.min(context_of(t));
+        }
+        if cfg.uses_samples() && tok.eos.is_empty() {
+            eprintln!("note: the tokenizer has no EOS token: samples always run to --max-new-tokens");
+        }
+        let data = encode_examples(tok, examples, context, cfg.uses_dataset_completions())?;
+        let master: Vec<Vec<f32>> =
+            student.tensors().iter().map(Tensor::to_vec_f32).collect::<Result<_>>()?;
+        // No weight decay for biases and norm weights (every 1-D parameter of these families).
+        let mask = student.tensors().iter().map(|t| t.dims().len() > 1).collect();
+        let opt = AdamW::new(cfg.adamw)?.with_decay_mask(mask);
+        let schedule = LrSchedule::new(cfg.schedule, cfg.lr, cfg.warmup, cfg.steps)?;
+        let clip = GradClip::new(cfg.max_grad_norm)?;
+        let state = TrainerState { step: 0, examples_seen: 0, seed: cfg.seed, total_steps: cfg.steps };
+        Ok(Trainer {
+            vocab: tok.vocab_size(),
+            cfg,
+            student,
+            teacher,
+            tok,
+            data,
+            context,
+            opt,
+            master,
+            schedule,
+            clip,
+            state,
+            order: None,
+        })
+    }
+
+    pub fn num_examples(&self) -> usize {
+        self.data.len()
+    }
+
+    /// Continues from a checkpoint written by `save_checkpoint` (the student must have been loaded
+    /// from the same directory).
+    pub fn restore(&mut self, dir: &Path) -> Result<()> {
+        let path = dir.join(STATE_FILE);
+        let text = std::fs::read_to_string(&path).map_err(|e| {
+            Error::Msg(format!(
+                "cannot resume from {}: no {STATE_FILE} ({e}); is it a gkd checkpoint?",
+                dir.display()
+            ))
+        })?;
+        let state: TrainerState = serde_json::from_str(&text)
+            .map_err(|e| Error::Msg(format!("{}: not a trainer state: {e}", path.display())))?;
+        if state.seed != self.cfg.seed {
+            return Err(Error::Msg(format!(
+                "the checkpoint {} was trained with seed {}, this run has seed {}: resume with the same seed",
+                dir.display(),
+                state.seed,
+                self.cfg.seed
+            )));
+        }
+        self.opt = AdamW::load(&dir.join(OPTIMIZER_FILE))?;
+        self.state = TrainerState { total_steps: self.cfg.steps, ..state };
+        Ok(())
+    }
+
+    /// Index into the data of the `pos`-th prompt of the run: a fresh seeded shuffle every epoch.
+    fn example_at(&mut self, pos: u64) -> usize {
+        let n = self.data.len() as u64;
+        let epoch = pos / n;
+        if self.order.as_ref().is_none_or(|(e, _)| *e != epoch) {
+            let mut order: Vec<usize> = (0..self.data.len()).collect();
+            order.shuffle(&mut sequence_rng(self.cfg.seed ^ SALT_ORDER, epoch as usize));
+            self.order = Some((epoch, order));
+        }
+        self.order.as_ref().expect("set above").1[(pos % n) as usize]
+    }
+
+    /// The λ draw of step `step` (0-based).
+    pub fn lambda_draw(&self, step: u64) -> f64 {
+        sequence_rng(self.cfg.seed ^ SALT_LAMBDA, step as usize).random::<f64>()
+    }
+
+    fn source_for(&self, u: f64) -> Source {
+        match self.cfg.objective {
+            Objective::Sft => Source::Dataset,
+            Objective::Distill if self.cfg.lambda > 0.0 && u <= self.cfg.lambda => Source::Student,
+            Objective::Distill if self.cfg.seq_kd => Source::Teacher,
+            Objective::Distill => Source::Dataset,
+        }
+    }
+
+    /// Completions for `prompts` from `source`; (prompt, completion) pairs.
+    fn completions(&self, source: Source, idx: &[usize], micro: usize) -> Result<Vec<(Vec<u32>, Vec<u32>)>> {
+        let prompts: Vec<Vec<u32>> = idx.iter().map(|&i| self.data[i].prompt.clone()).collect();
+        let model = match source {
+            Source::Dataset => {
+                return Ok(idx
+                    .iter()
+                    .map(|&i| {
+                        let e = &self.data[i];
+                        (e.prompt.clone(), e.completion.clone().expect("checked when encoding"))
+                    })
+                    .collect())
+            }
+            Source::Student => &self.student,
+            Source::Teacher => self.teacher.expect("checked in new"),
+        };
+        // The training input is prompt + completion − its last token.
+        let longest = prompts.iter().map(Vec::len).max().unwrap_or(0);
+        let max_new = self.cfg.max_new_tokens.min(self.context + 1 - longest);
+        let seed =
+            sequence_rng(self.cfg.seed ^ SALT_SAMPLE, (self.state.step as usize) << 16 | micro).random();
+        let cfg = GenerateConfig {
+            max_new_tokens: max_new,
+            sampler: self.cfg.sampler,
+            seed,
+            stop_tokens: self.tok.eos.clone(),
+        };
+        let out = generate(model, &prompts, &cfg)?;
+        Ok(prompts.into_iter().zip(out).map(|(p, c)| (p, c.ids)).collect())
+    }
+
+    /// One optimizer step; on a non-finite loss or gradient norm the weights are left unchanged
+    /// and an error comes back.
+    pub fn step(&mut self) -> Result<StepOutcome> {
+        let start = Instant::now();
+        let step = self.state.step;
+        let u = self.lambda_draw(step);
+        let source = self.source_for(u);
+        // Build every completion of the step first: the loss divides by their total token count.
+        let mut micro = Vec::with_capacity(self.cfg.grad_accum);
+        let mut pos = self.state.examples_seen;
+        for m in 0..self.cfg.grad_accum {
+            let idx: Vec<usize> = (0..self.cfg.batch_size).map(|k| self.example_at(pos + k as u64)).collect();
+            pos += self.cfg.batch_size as u64;
+            micro.push(self.completions(source, &idx, m)?);
+        }
+        let tokens: usize = micro.iter().flatten().map(|(_, c)| c.len()).sum();
+        let scale = 1.0 / tokens as f64;
+        let mut grads: Vec<Vec<f32>> = self.master.iter().map(|p| vec![0.0; p.len()]).collect();
+        let mut loss = 0.0;
+        for pairs in &micro {
+            loss += self.micro_batch(pairs, scale, &mut grads)?;
+        }
+        if !loss.is_finite() {
+            return Err(Error::Msg(format!(
+                "the loss is {loss}: training diverged (try a lower learning rate)"
+            )));
+        }
+        let mut views: Vec<&mut [f32]> = grads.iter_mut().map(Vec::as_mut_slice).collect();
+        let grad_norm = self.clip.clip(&mut views)?;
+        let lr = self.schedule.lr(step);
+        {
+            let mut params: Vec<&mut [f32]> = self.master.iter_mut().map(Vec::as_mut_slice).collect();
+            let g: Vec<&[f32]> = grads.iter().map(Vec::as_slice).collect();
+            self.opt.step(&mut params, &g, lr)?;
+        }
+        for (t, p) in self.student.tensors_mut().iter_mut().zip(&self.master) {
+            *t = Tensor::from_vec(p.clone(), t.dims().to_vec())?;
+        }
+        self.state.step += 1;
+        self.state.examples_seen = pos;
+        let n_seq = micro.iter().map(Vec::len).sum::<usize>().max(1);
+        Ok(StepOutcome {
+            loss,
+            source,
+            u,
+            tokens: tokens as u64,
+            mean_completion_len: tokens as f64 / n_seq as f64,
+            grad_norm,
+            lr,
+            seconds: start.elapsed().as_secs_f64(),
+        })
+    }
+
+    /// Forward and backward of one micro-batch; adds scale · d(loss)/d(params) into `grads` and
+    /// returns scale · Σ of its completion-token losses.
+    fn micro_batch(&self, pairs: &[(Vec<u32>, Vec<u32>)], scale: f64, grads: &mut [Vec<f32>]) -> Result<f64> {
+        // Input: prompt + completion[..c−1]; row p−1+i predicts completion[i].
+        let seqs: Vec<Vec<u32>> =
+            pairs.iter().map(|(p, c)| p.iter().chain(&c[..c.len() - 1]).copied().collect()).collect();
+        let batch = TokenBatch::new(&seqs)?;
+        let mut rows = Vec::new();
+        let mut targets = Vec::new();
+        for (b, (p, c)) in pairs.iter().enumerate() {
+            for (i, &y) in c.iter().enumerate() {
+                rows.push(b * batch.seq + p.len() - 1 + i);
+                targets.push(y);
+            }
+        }
+        let v = self.vocab;
+        let mut tape = Tape::new();
+        let params = self.student.bind(&mut tape, true);
+        let logits = self.student.forward_logits(&mut tape, &params, &batch)?;
+        let v_student = self.student.config.vocab_size;
+        let student_rows = gather(tape.value(logits).cpu_slice::<f32>()?, v_student, &rows, v);
+        let (loss, row_grad) = match self.cfg.objective {
+            Objective::Sft => cross_entropy_fwd_bwd(&student_rows, &targets, v, scale)?,
+            Objective::Distill => {
+                let teacher = self.teacher.expect("checked in new");
+                let mut ttape = Tape::new();
+                let tp = teacher.bind(&mut ttape, false);
+                let tl = teacher.forward_logits(&mut ttape, &tp, &batch)?;
+                let teacher_rows =
+                    gather(ttape.value(tl).cpu_slice::<f32>()?, teacher.config.vocab_size, &rows, v);
+                drop(ttape);
+                let out = divergence_fwd_bwd(
+                    self.cfg.divergence,
+                    self.cfg.loss_temperature,
+                    &student_rows,
+                    &teacher_rows,
+                    v,
+                    None,
+                    scale,
+                    true,
+                )?;
+                (out.loss, out.grad)
+            }
+        };
+        // Scatter back into (B·T, V_student); padding columns and non-completion rows get 0.
+        let mut dlogits = vec![0f32; batch.batch() * batch.seq * v_student];
+        for (k, &r) in rows.iter().enumerate() {
+            dlogits[r * v_student..r * v_student + v].copy_from_slice(&row_grad[k * v..(k + 1) * v]);
+        }
+        let dlogits = Tensor::from_vec(dlogits, vec![batch.batch() * batch.seq, v_student])?;
+        let g = tape.backward_from(logits, dlogits)?;
+        for (acc, &var) in grads.iter_mut().zip(params.vars()) {
+            if let Some(t) = g.get(var) {
+                for (a, x) in acc.iter_mut().zip(t.cpu_slice::<f32>()?) {
+                    *a += x;
+                }
+            }
+        }
+        Ok(loss)
+    }
+
+    /// Writes the student (f32, Hugging Face layout, tokenizer files), the optimizer state and the
+    /// trainer state to `dir`, through a temporary directory renamed into place.
+    pub fn save_checkpoint(&self, dir: &Path) -> Result<()> {
+        write_dir_atomically(dir, |tmp| {
+            self.student.save(tmp, crate::DType::F32)?;
+            self.write_side_files(tmp)?;
+            self.opt.save(&tmp.join(OPTIMIZER_FILE))?;
+            let state = serde_json::to_string_pretty(&self.state).expect("JSON") + "\n";
+            std::fs::write(tmp.join(STATE_FILE), state)
+                .map_err(|e| Error::Msg(format!("cannot write {}: {e}", tmp.join(STATE_FILE).display())))
+        })
+    }
+
+    /// The finished student in `out` (weights in `dtype`), with optimizer and trainer state so the
+    /// directory can also be resumed; each file is renamed into place from a temporary directory.
+    pub fn save_final(&self, out: &Path, dtype: crate::DType) -> Result<()> {
+        let tmp = out.join(".final.tmp");
+        write_dir_atomically(&tmp, |t| {
+            self.student.save(t, dtype)?;
+            self.write_side_files(t)?;
+            self.opt.save(&t.join(OPTIMIZER_FILE))?;
+            let state = serde_json::to_string_pretty(&self.state).expect("JSON") + "\n";
+            std::fs::write(t.join(STATE_FILE), state)
+                .map_err(|e| Error::Msg(format!("cannot write {}: {e}", t.join(STATE_FILE).display())))
+        })?;
+        let entries =
+            std::fs::read_dir(&tmp).map_err(|e| Error::Msg(format!("cannot list {}: {e}", tmp.display())))?;
+        for entry in entries {
+            let entry = entry.map_err(|e| Error::Msg(format!("cannot list {}: {e}", tmp.display())))?;
+            let dst = out.join(entry.file_name());
+            std::fs::rename(entry.path(), &dst)
+                .map_err(|e| Error::Msg(format!("cannot write {}: {e}", dst.display())))?;
+        }
+        std::fs::remove_dir(&tmp).map_err(|e| Error::Msg(format!("cannot remove {}: {e}", tmp.display())))
+    }
+
+    fn write_side_files(&self, dir: &Path) -> Result<()> {
+        let from = self.tok.path().parent().unwrap_or(Path::new("."));
+        Tokenizer::copy_files(from, dir)
+    }
+
+    pub fn tokenizer(&self) -> &Tokenizer {
+        self.tok
+    }
+}
+
+pub const STATE_FILE: &str = "trainer_state.json";
+pub const OPTIMIZER_FILE: &str = "optimizer.safetensors";
+
+/// Rows `rows` of x (N, cols), each cut to its first `keep` columns.
+fn gather(x: &[f32], cols: usize, rows: &[usize], keep: usize) -> Vec<f32> {
+    rows.iter().flat_map(|&r| x[r * cols..r * cols + keep].iter().copied()).collect()
+}
+
+/// Fills a fresh temporary directory beside `dir`, then replaces `dir` with it.
+pub fn write_dir_atomically(dir: &Path, fill: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
+    let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "out".into());
+    let parent = dir.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    std::fs::create_dir_all(parent)
+        .map_err(|e| Error::Msg(format!("cannot create {}: {e}", parent.display())))?;
+    let tmp = parent.join(format!(".{name}.tmp"));
+    let io =
+        |what: &str, p: &Path, e: std::io::Error| Error::Msg(format!("cannot {what} {}: {e}", p.display()));
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp).map_err(|e| io("remove", &tmp, e))?;
+    }
+    std::fs::create_dir_all(&tmp).map_err(|e| io("create", &tmp, e))?;
+    fill(&tmp)?;
+    if dir.exists() {
+        let old = parent.join(format!(".{name}.old"));
+        let _ = std::fs::remove_dir_all(&old);
+        std::fs::rename(dir, &old).map_err(|e| io("replace", dir, e))?;
+        std::fs::rename(&tmp, dir).map_err(|e| io("write", dir, e))?;
+        std::fs::remove_dir_all(&old).map_err(|e| io("remove", &old, e))
+    } else {
+        std::fs::rename(&tmp, dir).map_err(|e| io("write", dir, e))
+    }
+}
