@@ -45,7 +45,9 @@ fn bench(c: &mut Criterion) {
         let mut case = DivergenceCase::new(&dev, n, v, DIV).unwrap();
         let mut g = c.benchmark_group(format!("divergence_{n}x{v}"));
         g.throughput(Throughput::Bytes(case.floor_bytes() as u64));
-        g.bench_function("fused", |b| b.iter_custom(|i| timed(&dev, i, || drop(case.fused(&dev, KernelPath::Auto).unwrap()))));
+        g.bench_function("fused", |b| {
+            b.iter_custom(|i| timed(&dev, i, || drop(case.fused(&dev, KernelPath::Auto).unwrap())))
+        });
         g.bench_function("unfused", |b| b.iter_custom(|i| timed(&dev, i, || case.unfused(&dev).unwrap())));
         g.finish();
         let fused = time_ms(&dev, 20, || case.fused(&dev, KernelPath::Auto).map(drop)).unwrap();
@@ -72,10 +74,15 @@ fn bench(c: &mut Criterion) {
         let mut lc = LinearCase::new(&dev, params).unwrap();
         let mut g = c.benchmark_group(format!("lm_head_divergence_{n}x{v}"));
         g.sample_size(10);
-        for (name, variant) in [("fused", LinearVariant::Fused), ("matmuls_only", LinearVariant::MatmulsOnly)] {
-            g.bench_function(name, |b| b.iter_custom(|i| timed(&dev, i, || {
-                lc.run(&dev, variant).unwrap();
-            })));
+        for (name, variant) in [("fused", LinearVariant::Fused), ("matmuls_only", LinearVariant::MatmulsOnly)]
+        {
+            g.bench_function(name, |b| {
+                b.iter_custom(|i| {
+                    timed(&dev, i, || {
+                        lc.run(&dev, variant).unwrap();
+                    })
+                })
+            });
         }
         g.finish();
         let f = time_ms(&dev, 5, || lc.run(&dev, LinearVariant::Fused).map(drop)).unwrap();

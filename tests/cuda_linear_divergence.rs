@@ -7,7 +7,9 @@ mod common;
 
 use gkd::backend::cpu::{matmul, MatmulSpec};
 use gkd::backend::cuda::divergence::KernelPath;
-use gkd::backend::cuda::linear_divergence::{linear_divergence_unfused, LinearDivergence, LinearDivergenceInputs};
+use gkd::backend::cuda::linear_divergence::{
+    linear_divergence_unfused, LinearDivergence, LinearDivergenceInputs,
+};
 use gkd::distill::{divergence_fwd_bwd, Divergence};
 use half::bf16;
 use rand::rngs::StdRng;
@@ -45,23 +47,46 @@ fn reference(
 ) -> Reference {
     let (n, h_s, h_t, v) = (p.rows, p.student_dim, p.teacher_dim, p.vocab);
     let mut s = vec![0.0f32; n * v];
-    matmul(MatmulSpec { m: n, k: h_s, n: v, trans_a: false, trans_b: true, accumulate: false }, hs, &ws[..v * h_s], &mut s);
+    matmul(
+        MatmulSpec { m: n, k: h_s, n: v, trans_a: false, trans_b: true, accumulate: false },
+        hs,
+        &ws[..v * h_s],
+        &mut s,
+    );
     let mut t = vec![0.0f32; n * v];
-    matmul(MatmulSpec { m: n, k: h_t, n: v, trans_a: false, trans_b: true, accumulate: false }, ht, &wt[..v * h_t], &mut t);
+    matmul(
+        MatmulSpec { m: n, k: h_t, n: v, trans_a: false, trans_b: true, accumulate: false },
+        ht,
+        &wt[..v * h_t],
+        &mut t,
+    );
     // The GPU holds logits in bf16: round the same way before the divergence.
     let s: Vec<f32> = s.iter().map(|&x| bf16::from_f32(x).to_f32()).collect();
     let t: Vec<f32> = t.iter().map(|&x| bf16::from_f32(x).to_f32()).collect();
-    let out = divergence_fwd_bwd(p.divergence, p.temperature as f64, &s, &t, v, Some(mask), p.scale as f64, true).unwrap();
+    let out =
+        divergence_fwd_bwd(p.divergence, p.temperature as f64, &s, &t, v, Some(mask), p.scale as f64, true)
+            .unwrap();
     let mut d_hidden = vec![0.0f32; n * h_s];
-    matmul(MatmulSpec { m: n, k: v, n: h_s, trans_a: false, trans_b: false, accumulate: false }, &out.grad, &ws[..v * h_s], &mut d_hidden);
+    matmul(
+        MatmulSpec { m: n, k: v, n: h_s, trans_a: false, trans_b: false, accumulate: false },
+        &out.grad,
+        &ws[..v * h_s],
+        &mut d_hidden,
+    );
     let mut d_head = d_head0.to_vec();
-    matmul(MatmulSpec { m: v, k: n, n: h_s, trans_a: true, trans_b: false, accumulate: true }, &out.grad, hs, &mut d_head[..v * h_s]);
+    matmul(
+        MatmulSpec { m: v, k: n, n: h_s, trans_a: true, trans_b: false, accumulate: true },
+        &out.grad,
+        hs,
+        &mut d_head[..v * h_s],
+    );
     Reference { loss: out.loss, d_hidden, d_head }
 }
 
 #[test]
 fn fused_linear_divergence_matches_cpu() {
-    let Some(dev) = common::cuda_or_skip("cuda_linear_divergence::fused_linear_divergence_matches_cpu") else {
+    let Some(dev) = common::cuda_or_skip("cuda_linear_divergence::fused_linear_divergence_matches_cpu")
+    else {
         return;
     };
     let st = dev.stream().clone();
@@ -95,7 +120,8 @@ fn fused_linear_divergence_matches_cpu() {
         let (dhs, dws) = (st.clone_htod(&to_bf16(&hs)).unwrap(), st.clone_htod(&to_bf16(&ws)).unwrap());
         let (dht, dwt) = (st.clone_htod(&to_bf16(&ht)).unwrap(), st.clone_htod(&to_bf16(&wt)).unwrap());
         let dmask = st.clone_htod(&mask.iter().map(|&m| m as u8).collect::<Vec<u8>>()).unwrap();
-        let (vhs, vws, vht, vwt, vmask) = (dhs.slice(..), dws.slice(..), dht.slice(..), dwt.slice(..), dmask.slice(..));
+        let (vhs, vws, vht, vwt, vmask) =
+            (dhs.slice(..), dws.slice(..), dht.slice(..), dwt.slice(..), dmask.slice(..));
         let x = LinearDivergenceInputs {
             student_hidden: &vhs,
             student_head: &vws,
@@ -108,14 +134,26 @@ fn fused_linear_divergence_matches_cpu() {
             let mut d_hidden = st.clone_htod(&vec![bf16::NAN; n * h_s]).unwrap();
             let mut d_head = st.clone_htod(&d_head0).unwrap();
             let out = if unfused {
-                linear_divergence_unfused(&p, &dev, &x, &mut d_hidden.slice_mut(..), &mut d_head.slice_mut(..)).unwrap()
+                linear_divergence_unfused(
+                    &p,
+                    &dev,
+                    &x,
+                    &mut d_hidden.slice_mut(..),
+                    &mut d_head.slice_mut(..),
+                )
+                .unwrap()
             } else {
                 p.run(&dev, &x, &mut d_hidden.slice_mut(..), &mut d_head.slice_mut(..)).unwrap()
             };
             let gh: Vec<f32> = st.clone_dtoh(&d_hidden).unwrap().iter().map(|x| x.to_f32()).collect();
             let gw = st.clone_dtoh(&d_head).unwrap();
             let tag = format!("{what} n={n} Hs={h_s} Ht={h_t} V={v} chunk={chunk} {div}");
-            assert!((out.loss - want.loss).abs() <= 2e-3 * want.loss.abs().max(1e-3), "{tag}: loss {} vs {}", out.loss, want.loss);
+            assert!(
+                (out.loss - want.loss).abs() <= 2e-3 * want.loss.abs().max(1e-3),
+                "{tag}: loss {} vs {}",
+                out.loss,
+                want.loss
+            );
             assert!(gh.iter().all(|x| x.is_finite()), "{tag}: d_hidden not fully written");
             let e = rel(&gh, &want.d_hidden);
             assert!(e < 2e-2, "{tag}: d_hidden rel err {e:.3e}");
@@ -126,21 +164,29 @@ fn fused_linear_divergence_matches_cpu() {
         // The matmuls-only variant runs the same products (its loss is 0: no divergence).
         let mut d_hidden = st.alloc_zeros::<bf16>(n * h_s).unwrap();
         let mut d_head = st.clone_htod(&d_head0).unwrap();
-        let out = p.run_matmuls_only(&dev, &x, &mut d_hidden.slice_mut(..), &mut d_head.slice_mut(..)).unwrap();
+        let out =
+            p.run_matmuls_only(&dev, &x, &mut d_hidden.slice_mut(..), &mut d_head.slice_mut(..)).unwrap();
         assert_eq!(out.loss, 0.0);
     }
 }
 
 #[test]
 fn fused_linear_divergence_rejects_short_buffers() {
-    let Some(dev) = common::cuda_or_skip("cuda_linear_divergence::fused_linear_divergence_rejects_short_buffers")
+    let Some(dev) =
+        common::cuda_or_skip("cuda_linear_divergence::fused_linear_divergence_rejects_short_buffers")
     else {
         return;
     };
     let st = dev.stream().clone();
     let small = st.alloc_zeros::<bf16>(10).unwrap();
     let v = small.slice(..);
-    let x = LinearDivergenceInputs { student_hidden: &v, student_head: &v, teacher_hidden: &v, teacher_head: &v, row_mask: None };
+    let x = LinearDivergenceInputs {
+        student_hidden: &v,
+        student_head: &v,
+        teacher_hidden: &v,
+        teacher_head: &v,
+        row_mask: None,
+    };
     let p = LinearDivergence {
         rows: 4,
         student_dim: 8,

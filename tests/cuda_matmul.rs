@@ -24,8 +24,10 @@ fn gemm_matches_cpu() {
         for ta in [false, true] {
             for tb in [false, true] {
                 // bf16-representable inputs so both precisions see identical operands.
-                let a: Vec<f32> = (0..m * k).map(|_| bf16::from_f32(rng.random::<f32>() - 0.5).to_f32()).collect();
-                let b: Vec<f32> = (0..k * n).map(|_| bf16::from_f32(rng.random::<f32>() - 0.5).to_f32()).collect();
+                let a: Vec<f32> =
+                    (0..m * k).map(|_| bf16::from_f32(rng.random::<f32>() - 0.5).to_f32()).collect();
+                let b: Vec<f32> =
+                    (0..k * n).map(|_| bf16::from_f32(rng.random::<f32>() - 0.5).to_f32()).collect();
                 let c0: Vec<f32> = (0..m * n).map(|_| rng.random::<f32>()).collect();
                 let spec = MatmulSpec { m, k, n, trans_a: ta, trans_b: tb, accumulate: true };
                 let mut want = c0.clone();
@@ -37,7 +39,11 @@ fn gemm_matches_cpu() {
                 let mut dc = s.clone_htod(&c0).unwrap();
                 gemm(&dev, &g, &da, &db, &mut dc).unwrap();
                 let got = s.clone_dtoh(&dc).unwrap();
-                assert!(rel(&got, &want) < 1e-5, "f32 m={m} n={n} k={k} ta={ta} tb={tb}: {}", rel(&got, &want));
+                assert!(
+                    rel(&got, &want) < 1e-5,
+                    "f32 m={m} n={n} k={k} ta={ta} tb={tb}: {}",
+                    rel(&got, &want)
+                );
 
                 // bf16 in, f32 out (the gradient-accumulator case)
                 let ab: Vec<bf16> = a.iter().map(|&x| bf16::from_f32(x)).collect();
@@ -71,7 +77,18 @@ fn gemm_on_strided_blocks() {
     let mut c = vec![-1.0f32; 30];
     let (da, db) = (s.clone_htod(&a).unwrap(), s.clone_htod(&b).unwrap());
     let mut dc = s.clone_htod(&c).unwrap();
-    let g = Gemm { m: 3, n: 3, k: 4, trans_a: false, trans_b: true, lda: 4, ldb: 6, ldc: 5, alpha: 1.0, beta: 0.0 };
+    let g = Gemm {
+        m: 3,
+        n: 3,
+        k: 4,
+        trans_a: false,
+        trans_b: true,
+        lda: 4,
+        ldb: 6,
+        ldc: 5,
+        alpha: 1.0,
+        beta: 0.0,
+    };
     gemm(&dev, &g, &da.slice(4..), &db, &mut dc.slice_mut(11..)).unwrap();
     let got = s.clone_dtoh(&dc).unwrap();
     for i in 0..3 {

@@ -32,7 +32,9 @@ pub fn random_values(n: usize, seed: u64, scale: f32) -> Vec<f32> {
 
 fn upload_bf16(dev: &CudaDevice, v: &[f32]) -> Result<CudaSlice<bf16>> {
     let h: Vec<bf16> = v.par_iter().map(|&x| bf16::from_f32(x)).collect();
-    dev.stream().clone_htod(&h).map_err(|e| Error::Cuda { context: "uploading bench data".into(), detail: e.to_string() })
+    dev.stream()
+        .clone_htod(&h)
+        .map_err(|e| Error::Cuda { context: "uploading bench data".into(), detail: e.to_string() })
 }
 
 /// Student and teacher logits (N, V) in bf16 and the outputs of one divergence call.
@@ -47,13 +49,23 @@ pub struct DivergenceCase {
 }
 
 impl DivergenceCase {
-    pub fn new(dev: &CudaDevice, rows: usize, vocab: usize, divergence: Divergence) -> Result<DivergenceCase> {
+    pub fn new(
+        dev: &CudaDevice,
+        rows: usize,
+        vocab: usize,
+        divergence: Divergence,
+    ) -> Result<DivergenceCase> {
         let n = rows * vocab;
         let student = upload_bf16(dev, &random_values(n, 1, 4.0))?;
         let teacher = upload_bf16(dev, &random_values(n, 2, 4.0))?;
-        let grad = dev.stream().alloc_zeros(n).map_err(|e| Error::Cuda { context: "bench".into(), detail: e.to_string() })?;
-        let row_loss =
-            dev.stream().alloc_zeros(rows).map_err(|e| Error::Cuda { context: "bench".into(), detail: e.to_string() })?;
+        let grad = dev
+            .stream()
+            .alloc_zeros(n)
+            .map_err(|e| Error::Cuda { context: "bench".into(), detail: e.to_string() })?;
+        let row_loss = dev
+            .stream()
+            .alloc_zeros(rows)
+            .map_err(|e| Error::Cuda { context: "bench".into(), detail: e.to_string() })?;
         Ok(DivergenceCase { rows, vocab, divergence, student, teacher, grad, row_loss })
     }
 
@@ -128,7 +140,8 @@ pub enum LinearVariant {
 impl LinearCase {
     pub fn new(dev: &CudaDevice, params: LinearDivergence) -> Result<LinearCase> {
         let (n, h_s, h_t, v) = (params.rows, params.student_dim, params.teacher_dim, params.vocab);
-        let e = |e: cudarc::driver::DriverError| Error::Cuda { context: "bench".into(), detail: e.to_string() };
+        let e =
+            |e: cudarc::driver::DriverError| Error::Cuda { context: "bench".into(), detail: e.to_string() };
         Ok(LinearCase {
             hs: upload_bf16(dev, &random_values(n * h_s, 3, 1.0))?,
             ws: upload_bf16(dev, &random_values(v * h_s, 4, 2.0 / (h_s as f32).sqrt()))?,

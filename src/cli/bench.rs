@@ -61,7 +61,8 @@ pub fn run(args: BenchArgs) -> Result<()> {
 fn parse_sizes(s: &str) -> Result<Vec<(usize, usize)>> {
     s.split(',')
         .map(|p| {
-            let (n, v) = p.trim().split_once(['x', 'X', '×']).with_context(|| format!("size `{p}` is not NxV"))?;
+            let (n, v) =
+                p.trim().split_once(['x', 'X', '×']).with_context(|| format!("size `{p}` is not NxV"))?;
             let (n, v) = (n.trim().parse::<usize>()?, v.trim().parse::<usize>()?);
             if n == 0 || v == 0 {
                 bail!("size `{p}`: N and V must be positive");
@@ -105,9 +106,19 @@ fn cpu_reference(div: Divergence, reps: usize) -> Value {
            "rows": [{"N": n, "V": v, "case": "cpu_reference_f32", "ms": ms, "GB_s": gbs}]})
 }
 
-fn cuda_bench(ordinal: usize, div: Divergence, sizes: &[(usize, usize)], a: &DivergenceArgs) -> Result<Value> {
+fn cuda_bench(
+    ordinal: usize,
+    div: Divergence,
+    sizes: &[(usize, usize)],
+    a: &DivergenceArgs,
+) -> Result<Value> {
     let dev = CudaDevice::get(ordinal)?;
-    let gpu = cuda::probe().gpus.get(ordinal).and_then(|g| g.as_ref().ok()).map(|g| g.name.clone()).unwrap_or_default();
+    let gpu = cuda::probe()
+        .gpus
+        .get(ordinal)
+        .and_then(|g| g.as_ref().ok())
+        .map(|g| g.name.clone())
+        .unwrap_or_default();
     let bw = measure_copy_bandwidth(&dev, 1 << 31, 10)?;
     println!("gkd bench divergence on {gpu} (cuda:{ordinal}), {div}, bf16; copy bandwidth {:.2} TB/s (read + write, 2 GiB)", bw / 1e12);
     let mut rows = Vec::new();
@@ -198,9 +209,13 @@ fn cuda_bench(ordinal: usize, div: Divergence, sizes: &[(usize, usize)], a: &Div
                 mem / (1u64 << 30) as f64,
                 100.0 * mem / unfused_bytes
             );
-            rows.push(json!({"N": n, "V": v, "case": format!("lm_head {name}"), "ms": ms, "x_matmuls": ms / mm_ms,
-                "extra_bytes": out.scratch_bytes, "extra_vs_unfused": mem / unfused_bytes, "loss": out.loss}));
+            rows.push(
+                json!({"N": n, "V": v, "case": format!("lm_head {name}"), "ms": ms, "x_matmuls": ms / mm_ms,
+                "extra_bytes": out.scratch_bytes, "extra_vs_unfused": mem / unfused_bytes, "loss": out.loss}),
+            );
         }
     }
-    Ok(json!({"device": gpu, "copy_bandwidth_B_s": bw, "divergence": div.to_string(), "dtype": "bf16", "rows": rows}))
+    Ok(
+        json!({"device": gpu, "copy_bandwidth_B_s": bw, "divergence": div.to_string(), "dtype": "bf16", "rows": rows}),
+    )
 }

@@ -2,11 +2,11 @@
 
 pub mod bench;
 pub mod data;
+pub mod demo;
+pub mod distill;
 pub mod doctor;
+pub mod eval;
 pub mod generate;
 pub mod init;
 pub mod score;
-pub mod demo;
-pub mod distill;
-pub mod eval;
 pub mod sft;

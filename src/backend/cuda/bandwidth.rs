@@ -3,13 +3,16 @@
 
 use super::device::{cuda_err, CudaDevice};
 use crate::error::{shape_err, Result};
-use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
 use cudarc::driver::sys::CUevent_flags;
+use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
 
 /// dst ← src, both holding `n16 · 16` bytes.
 pub fn copy(dev: &CudaDevice, src: &CudaSlice<u8>, dst: &mut CudaSlice<u8>) -> Result<()> {
     if src.len() != dst.len() || src.len() % 16 != 0 {
-        return shape_err("copy (cuda)", format!("{} and {} bytes (need equal multiples of 16)", src.len(), dst.len()));
+        return shape_err(
+            "copy (cuda)",
+            format!("{} and {} bytes (need equal multiples of 16)", src.len(), dst.len()),
+        );
     }
     let n16 = (src.len() / 16) as i64;
     let f = dev.function("bandwidth", "copy_u128")?;

@@ -163,8 +163,20 @@ impl LinearDivergence {
             let hs_c = x.student_hidden.slice(r0 * hs..(r0 + c) * hs);
             let ht_c = x.teacher_hidden.slice(r0 * ht..(r0 + c) * ht);
             // Logits: (c, V) = (c, H)·(V, H)ᵀ.
-            gemm(dev, &Gemm::dense(c, v, hs, false, true), &hs_c, &x.student_head.slice(..v * hs), &mut s.slice_mut(..c * v))?;
-            gemm(dev, &Gemm::dense(c, v, ht, false, true), &ht_c, &x.teacher_head.slice(..v * ht), &mut t.slice_mut(..c * v))?;
+            gemm(
+                dev,
+                &Gemm::dense(c, v, hs, false, true),
+                &hs_c,
+                &x.student_head.slice(..v * hs),
+                &mut s.slice_mut(..c * v),
+            )?;
+            gemm(
+                dev,
+                &Gemm::dense(c, v, ht, false, true),
+                &ht_c,
+                &x.teacher_head.slice(..v * ht),
+                &mut t.slice_mut(..c * v),
+            )?;
             if work == Work::Fused {
                 let launch = DivergenceLaunch {
                     rows: c,
@@ -221,8 +233,20 @@ pub fn linear_divergence_unfused(
     let mut t: CudaSlice<bf16> = stream.alloc_zeros(n * v).map_err(cuda_err(OP))?;
     let mut g: CudaSlice<bf16> = stream.alloc_zeros(n * v).map_err(cuda_err(OP))?;
     let mut row_loss: CudaSlice<f32> = stream.alloc_zeros(n.max(1)).map_err(cuda_err(OP))?;
-    gemm(dev, &Gemm::dense(n, v, hs, false, true), &x.student_hidden.slice(..n * hs), &x.student_head.slice(..v * hs), &mut s)?;
-    gemm(dev, &Gemm::dense(n, v, ht, false, true), &x.teacher_hidden.slice(..n * ht), &x.teacher_head.slice(..v * ht), &mut t)?;
+    gemm(
+        dev,
+        &Gemm::dense(n, v, hs, false, true),
+        &x.student_hidden.slice(..n * hs),
+        &x.student_head.slice(..v * hs),
+        &mut s,
+    )?;
+    gemm(
+        dev,
+        &Gemm::dense(n, v, ht, false, true),
+        &x.teacher_hidden.slice(..n * ht),
+        &x.teacher_head.slice(..v * ht),
+        &mut t,
+    )?;
     let launch = DivergenceLaunch {
         rows: n,
         vocab: v,
@@ -241,7 +265,13 @@ pub fn linear_divergence_unfused(
         mask.as_ref(),
         &mut row_loss.slice_mut(..),
     )?;
-    gemm(dev, &Gemm::dense(n, hs, v, false, false), &g, &x.student_head.slice(..v * hs), &mut d_hidden.slice_mut(..n * hs))?;
+    gemm(
+        dev,
+        &Gemm::dense(n, hs, v, false, false),
+        &g,
+        &x.student_head.slice(..v * hs),
+        &mut d_hidden.slice_mut(..n * hs),
+    )?;
     let gw = Gemm { beta: 1.0, ..Gemm::dense(v, hs, n, true, false) };
     gemm(dev, &gw, &g, &x.student_hidden.slice(..n * hs), &mut d_head.slice_mut(..v * hs))?;
     let losses = stream.clone_dtoh(&row_loss).map_err(cuda_err(OP))?;

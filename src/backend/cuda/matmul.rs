@@ -58,7 +58,8 @@ impl Gemm {
         let (ar, ac) = if self.trans_a { (self.k, self.m) } else { (self.m, self.k) };
         let (br, bc) = if self.trans_b { (self.n, self.k) } else { (self.k, self.n) };
         let need = |rows: usize, cols: usize, ld: usize| if rows == 0 { 0 } else { (rows - 1) * ld + cols };
-        let too_big = [self.m, self.n, self.k, self.lda, self.ldb, self.ldc].iter().any(|&d| d > i32::MAX as usize);
+        let too_big =
+            [self.m, self.n, self.k, self.lda, self.ldb, self.ldc].iter().any(|&d| d > i32::MAX as usize);
         if too_big
             || ac > self.lda
             || bc > self.ldb
