@@ -6,7 +6,8 @@
 //! a fatbin with SASS for sm_80/86/89/90 and PTX for compute_80, warnings as errors, and the
 //! register/spill report is written to `$OUT_DIR/kernel-report.txt`. Without `nvcc` the build still
 //! succeeds and the kernels are compiled at run time by NVRTC; set `GKD_REQUIRE_NVCC=1` (CI does)
-//! to make a missing compiler an error instead.
+//! to make a missing compiler an error instead, or `NVCC=none` to build the NVRTC way on purpose
+//! (scripts/gpu-check does, to test that path on a GPU).
 //!
 //! `kernels/abi_check.c` is compiled with the host C compiler: it exports the sizes and offsets of
 //! the structs in `kernels/abi.h`, which the Rust side compares with its own definitions.
@@ -123,7 +124,7 @@ fn main() {
 
 fn find_nvcc(root: &Path) -> Option<PathBuf> {
     if let Ok(p) = env::var("NVCC") {
-        return Some(PathBuf::from(p));
+        return (p != "none").then(|| PathBuf::from(p));
     }
     if let Ok(home) = env::var("CUDA_HOME") {
         let p = Path::new(&home).join("bin/nvcc");

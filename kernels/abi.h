@@ -41,6 +41,11 @@ typedef struct {
     float scale;    // multiplies the loss and the gradient
     int ctas;       // staged kernel: CTAs per row (the cluster size); 1 for the other kernels
     int chunk;      // staged kernel: elements per CTA, a multiple of the vector width
+    int flags;      // staged kernel: GKD_DIV_PREFETCH_*; 0 for the other kernels
 } gkd_divergence_params;
+
+// Staged kernel, sm_90, 16-byte-aligned rows: while a cluster works on a row, it asks L2 for its
+// slice of the next row it will take (cp.async.bulk.prefetch.L2), so that pass 1 reads from L2.
+#define GKD_DIV_PREFETCH_L2 1
 
 #endif

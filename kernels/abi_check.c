@@ -31,12 +31,14 @@ const gkd_abi_entry gkd_abi_layout[] = {
     FIELD(gkd_divergence_params, scale),
     FIELD(gkd_divergence_params, ctas),
     FIELD(gkd_divergence_params, chunk),
+    FIELD(gkd_divergence_params, flags),
     {"GKD_DIV_FKL", GKD_DIV_FKL},
     {"GKD_DIV_RKL", GKD_DIV_RKL},
     {"GKD_DIV_JSD", GKD_DIV_JSD},
     {"GKD_DIV_TVD", GKD_DIV_TVD},
     {"GKD_DIV_SKEW_FKL", GKD_DIV_SKEW_FKL},
     {"GKD_DIV_SKEW_RKL", GKD_DIV_SKEW_RKL},
+    {"GKD_DIV_PREFETCH_L2", GKD_DIV_PREFETCH_L2},
 };
 
 const unsigned long long gkd_abi_layout_len = sizeof(gkd_abi_layout) / sizeof(gkd_abi_layout[0]);

@@ -5,8 +5,9 @@
 //   q_j = 2^{lq_j},  p_j = 2^{lp_j};  a log that ends up in a result is multiplied by ln 2.
 // Three passes over each row:
 //   1. max and Σ 2^{k·(x − max)} of s and t (online per thread, merged across threads and CTAs);
-//   2. the two row sums a divergence needs: its loss D and Σ_j Q_j ∂D/∂Q_j (table in Div<> below);
-//   3. grad_k = scale/τ · Q_k (∂D/∂Q_k − Σ_j Q_j ∂D/∂Q_j), written in the logits' dtype.
+//   2. the two row sums a divergence needs, and per element the part h_k of the gradient that
+//      needs no row sum (Div<> in divergence_math.cuh);
+//   3. grad_k = scale/τ · (hscale·h_k + λ·q_k), λ from the row sums, written in the logits' dtype.
 // Probabilities are never stored. ex2/lg2 are the MUFU approximations (relative error ~2^-22).
 //
 // Arguments: s, t (rows, ld); grad (rows, ld), null for the loss alone, or s itself (in place);
@@ -17,395 +18,188 @@
 // _scalar (any alignment), for _f32 and _bf16:
 //   divergence_staged  a row is split over p.ctas CTAs (a thread-block cluster when > 1, sm_90);
 //                      each copies its p.chunk entries of s and t to shared memory in pass 1, so
-//                      HBM sees s and t read once and grad written once; the CTAs exchange their
-//                      partial statistics through distributed shared memory.
+//                      HBM sees s and t read once and grad written once; pass 2 keeps h_k there
+//                      in place of t_k, so pass 3 needs one exponential per element. The CTAs
+//                      exchange their partial statistics through distributed shared memory. The
+//                      grid is persistent: gridDim.x / p.ctas clusters walk the rows.
 //   divergence_rows    one block per row; every pass reads s and t from global memory (the second
 //                      and third reads hit L2 when the rows in flight fit in it).
 //   divergence_warps   one warp per row, DIV_WARPS_PER_BLOCK rows per block, for small V.
-#include "common.cuh"
+#include "divergence_math.cuh"
 
 #define DIV_STAGED_THREADS 256
 #define DIV_STAGED_MIN_BLOCKS 3 // per SM: one CTA loads while the others compute
 #define DIV_ROWS_THREADS 512
 #define DIV_WARPS_PER_BLOCK 8
-#define DIV_LN2 0.693147180559945309f
-#define DIV_LOG2E 1.442695040888963407f
-#define DIV_FLT_MIN 1.175494351e-38f
-
-__device__ __forceinline__ float ex2(float x) {
-    float y;
-    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
-    return y;
-}
-
-__device__ __forceinline__ float lg2(float x) {
-    float y;
-    asm("lg2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
-    return y;
-}
-
-__device__ __forceinline__ float sgn(float x) { return (x > 0.0f ? 1.0f : 0.0f) - (x < 0.0f ? 1.0f : 0.0f); }
 
 // ----------------------------------------------------------------------------------------------
-// VW consecutive elements of a row in registers: one 16-byte access, or one element.
+// A CTA's slice of a row in shared memory (staged kernel): s and t as loaded in pass 1, then h
+// (f32, scaled) in place of t from pass 2 on. Per element: f32 4 + 4 bytes; bf16 2 + 4 bytes,
+// t sitting in the first half of h's slot. Vector v (VW elements) of a bf16 slice is a 48-byte
+// block, s then t/h, so that 16-byte accesses of a quarter warp hit distinct banks; the elements
+// after the last whole vector use the same block layout one element at a time. The host's
+// staged_chunk() mirrors the sizes.
 
-// 16 bytes (no cuda vector types: NVRTC compiles this file without headers).
-struct alignas(16) Bits128 {
-    unsigned int w[4];
-};
+template <typename T, int VW> struct Stage;
 
-template <typename T, int VW> struct Vec;
-
-template <> struct Vec<float, 4> {
-    float x[4];
-    __device__ __forceinline__ void load(const float *p) {
-        const Bits128 v = *reinterpret_cast<const Bits128 *>(p);
-        x[0] = __uint_as_float(v.w[0]), x[1] = __uint_as_float(v.w[1]);
-        x[2] = __uint_as_float(v.w[2]), x[3] = __uint_as_float(v.w[3]);
+template <int VW> struct Stage<float, VW> {
+    float *s, *th; // (chunk) each
+    __device__ __forceinline__ Stage(void *base, int chunk)
+        : s(reinterpret_cast<float *>(base)), th(reinterpret_cast<float *>(base) + chunk) {}
+    __device__ __forceinline__ void put(int v, const Vec<float, VW> &a, const Vec<float, VW> &b) const {
+        a.store(s + v * VW);
+        b.store(th + v * VW);
     }
-    __device__ __forceinline__ void store(float *p) const {
-        Bits128 v;
-        for (int i = 0; i < 4; i++) v.w[i] = __float_as_uint(x[i]);
-        *reinterpret_cast<Bits128 *>(p) = v;
+    __device__ __forceinline__ void get(int v, Vec<float, VW> &a, Vec<float, VW> &b) const {
+        a.load(s + v * VW);
+        b.load(th + v * VW);
     }
-    __device__ __forceinline__ float get(int i) const { return x[i]; }
-    __device__ __forceinline__ void pack(const float (&v)[4]) {
-        for (int i = 0; i < 4; i++) x[i] = v[i];
+    __device__ __forceinline__ void get_s(int v, Vec<float, VW> &a) const { a.load(s + v * VW); }
+    __device__ __forceinline__ void put_h(int v, const float (&h)[VW]) const {
+        Vec<float, VW> x;
+        x.pack(h);
+        x.store(th + v * VW);
     }
-    __device__ __forceinline__ void zero() { x[0] = x[1] = x[2] = x[3] = 0.0f; }
-};
-
-template <> struct Vec<bf16, 8> {
-    unsigned int w[4]; // element 2i in the low half of w[i]
-    __device__ __forceinline__ void load(const bf16 *p) {
-        const Bits128 v = *reinterpret_cast<const Bits128 *>(p);
-        for (int i = 0; i < 4; i++) w[i] = v.w[i];
-    }
-    __device__ __forceinline__ void store(bf16 *p) const {
-        Bits128 v;
-        for (int i = 0; i < 4; i++) v.w[i] = w[i];
-        *reinterpret_cast<Bits128 *>(p) = v;
-    }
-    __device__ __forceinline__ float get(int i) const {
-        return __uint_as_float((i & 1) ? (w[i >> 1] & 0xffff0000u) : (w[i >> 1] << 16));
-    }
-    // Round to nearest even, two at a time (one instruction on sm_80+; NaN stays NaN).
-    __device__ __forceinline__ void pack(const float (&v)[8]) {
-        for (int i = 0; i < 4; i++)
-            asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(w[i]) : "f"(v[2 * i + 1]), "f"(v[2 * i]));
-    }
-    __device__ __forceinline__ void zero() { w[0] = w[1] = w[2] = w[3] = 0u; }
-};
-
-template <typename T> struct Vec<T, 1> {
-    T x;
-    __device__ __forceinline__ void load(const T *p) { x = *p; }
-    __device__ __forceinline__ void store(T *p) const { *p = x; }
-    __device__ __forceinline__ float get(int) const { return load_f32(&x, 0); }
-    __device__ __forceinline__ void pack(const float (&v)[1]) { store_f32(&x, 0, v[0]); }
-    __device__ __forceinline__ void zero() { store_f32(&x, 0, 0.0f); }
-};
-
-// ----------------------------------------------------------------------------------------------
-// Row statistics and their merges: per thread, then warp, block and cluster.
-
-struct MaxSum {
-    float m; // max of the raw logits seen
-    float z; // Σ 2^{k·x − k·m} over them
-};
-struct RowStats {
-    MaxSum s, t;
-};
-struct RowSums {
-    float a, b;
-};
-
-// k·m, with 0 for m = −inf so that 2^{k·x − k·m} stays 0 (not NaN) for x = −inf.
-__device__ __forceinline__ float kmax(float m, float k) { return m == GKD_NEG_INF ? 0.0f : m * k; }
-
-__device__ __forceinline__ RowStats stats_identity() {
-    RowStats r;
-    r.s.m = r.t.m = GKD_NEG_INF;
-    r.s.z = r.t.z = 0.0f;
-    return r;
-}
-
-__device__ __forceinline__ MaxSum ms_merge(MaxSum a, MaxSum b, float k) {
-    MaxSum r;
-    r.m = fmaxf(a.m, b.m);
-    const float mk = kmax(r.m, k);
-    r.z = a.z * ex2(fmaf(a.m, k, -mk)) + b.z * ex2(fmaf(b.m, k, -mk));
-    return r;
-}
-
-// Folds N values into a running (max, sum): one rescale per batch.
-template <int N> __device__ __forceinline__ void ms_fold(MaxSum &a, const float (&x)[N], float k) {
-    float m = a.m;
+    __device__ __forceinline__ void get_h(int v, float (&h)[VW]) const {
+        Vec<float, VW> x;
+        x.load(th + v * VW);
 #pragma unroll
-    for (int i = 0; i < N; i++) m = fmaxf(m, x[i]);
-    const float mk = kmax(m, k);
-    float z0 = a.z * ex2(fmaf(a.m, k, -mk)), z1 = 0.0f;
+        for (int i = 0; i < VW; i++) h[i] = x.get(i);
+    }
+    __device__ __forceinline__ void put1(int e, float a, float b) const { s[e] = a, th[e] = b; }
+    __device__ __forceinline__ void get1(int e, float &a, float &b) const { a = s[e], b = th[e]; }
+    __device__ __forceinline__ float get_s1(int e) const { return s[e]; }
+    __device__ __forceinline__ void put_h1(int e, float h) const { th[e] = h; }
+    __device__ __forceinline__ float get_h1(int e) const { return th[e]; }
+};
+
+template <> struct Stage<bf16, 8> {
+    unsigned char *base; // 48-byte blocks: 8 s (16 bytes), then 8 t (16 bytes) / 8 h (32 bytes)
+    __device__ __forceinline__ Stage(void *b, int) : base(reinterpret_cast<unsigned char *>(b)) {}
+    __device__ __forceinline__ bf16 *sv(int v) const { return reinterpret_cast<bf16 *>(base + 48 * v); }
+    __device__ __forceinline__ unsigned char *slot(int e) const { return base + 48 * (e >> 3) + 16 + 4 * (e & 7); }
+    __device__ __forceinline__ void put(int v, const Vec<bf16, 8> &a, const Vec<bf16, 8> &b) const {
+        a.store(sv(v));
+        b.store(sv(v) + 8);
+    }
+    __device__ __forceinline__ void get(int v, Vec<bf16, 8> &a, Vec<bf16, 8> &b) const {
+        a.load(sv(v));
+        b.load(sv(v) + 8);
+    }
+    __device__ __forceinline__ void get_s(int v, Vec<bf16, 8> &a) const { a.load(sv(v)); }
+    __device__ __forceinline__ void put_h(int v, const float (&h)[8]) const {
+        Bits128 *d = reinterpret_cast<Bits128 *>(sv(v) + 8);
+        Bits128 x, y;
 #pragma unroll
-    for (int i = 0; i < N; i += 2) {
-        z0 += ex2(fmaf(x[i], k, -mk));
-        if (i + 1 < N) z1 += ex2(fmaf(x[i + 1], k, -mk));
+        for (int i = 0; i < 4; i++) x.w[i] = __float_as_uint(h[i]), y.w[i] = __float_as_uint(h[4 + i]);
+        d[0] = x;
+        d[1] = y;
     }
-    a.m = m;
-    a.z = z0 + z1;
-}
-
-__device__ __forceinline__ RowStats warp_stats(RowStats v, float k) {
-    for (int o = 16; o > 0; o >>= 1) {
-        MaxSum s, t;
-        s.m = __shfl_xor_sync(0xffffffffu, v.s.m, o);
-        s.z = __shfl_xor_sync(0xffffffffu, v.s.z, o);
-        t.m = __shfl_xor_sync(0xffffffffu, v.t.m, o);
-        t.z = __shfl_xor_sync(0xffffffffu, v.t.z, o);
-        v.s = ms_merge(v.s, s, k);
-        v.t = ms_merge(v.t, t, k);
+    __device__ __forceinline__ void get_h(int v, float (&h)[8]) const {
+        const Bits128 *d = reinterpret_cast<const Bits128 *>(sv(v) + 8);
+        const Bits128 x = d[0], y = d[1];
+#pragma unroll
+        for (int i = 0; i < 4; i++) h[i] = __uint_as_float(x.w[i]), h[4 + i] = __uint_as_float(y.w[i]);
     }
-    return v;
-}
-
-__device__ __forceinline__ RowSums warp_sums(RowSums v) {
-    v.a = warp_sum(v.a);
-    v.b = warp_sum(v.b);
-    return v;
-}
-
-// Over the block (blockDim.x a multiple of 32); every thread gets the result. `scratch` holds 32
-// entries of shared memory and may be reused on return.
-__device__ __forceinline__ RowStats block_stats(RowStats v, float k, RowStats *scratch) {
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    v = warp_stats(v, k);
-    if (lane == 0) scratch[warp] = v;
-    __syncthreads();
-    v = lane < (int)(blockDim.x >> 5) ? scratch[lane] : stats_identity();
-    v = warp_stats(v, k);
-    __syncthreads();
-    return v;
-}
-
-__device__ __forceinline__ RowSums block_sums(RowSums v, RowSums *scratch) {
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    v = warp_sums(v);
-    if (lane == 0) scratch[warp] = v;
-    __syncthreads();
-    if (lane < (int)(blockDim.x >> 5)) {
-        v = scratch[lane];
-    } else {
-        v.a = v.b = 0.0f;
+    __device__ __forceinline__ void put1(int e, bf16 a, bf16 b) const {
+        sv(e >> 3)[e & 7] = a;
+        *reinterpret_cast<bf16 *>(slot(e)) = b;
     }
-    v = warp_sums(v);
-    __syncthreads();
-    return v;
-}
-
-#if __CUDA_ARCH__ >= 900
-__device__ __forceinline__ unsigned int cluster_rank() {
-    unsigned int r;
-    asm volatile("mov.u32 %0, %%cluster_ctarank;" : "=r"(r));
-    return r;
-}
-
-__device__ __forceinline__ unsigned int cluster_index() {
-    unsigned int r;
-    asm volatile("mov.u32 %0, %%clusterid.x;" : "=r"(r));
-    return r;
-}
-
-__device__ __forceinline__ void cluster_arrive() { asm volatile("barrier.cluster.arrive.release;" ::: "memory"); }
-__device__ __forceinline__ void cluster_wait() { asm volatile("barrier.cluster.wait.acquire;" ::: "memory"); }
-
-// The float at `p` (in this CTA's shared memory) as held by CTA `rank` of the cluster.
-__device__ __forceinline__ float cluster_load(const float *p, unsigned int rank) {
-    unsigned int local, remote;
-    float v;
-    asm volatile("{ .reg .u64 g; cvta.to.shared.u64 g, %1; cvt.u32.u64 %0, g; }" : "=r"(local) : "l"(p));
-    asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(remote) : "r"(local), "r"(rank));
-    asm volatile("ld.shared::cluster.f32 %0, [%1];" : "=f"(v) : "r"(remote) : "memory");
-    return v;
-}
-
-// Merge of every CTA's block result: each publishes it in `slot`, then every warp reads the
-// `ctas` slots (ctas <= 32) and merges them in rank order, so all CTAs get the same bits.
-__device__ __forceinline__ RowStats cluster_stats(RowStats v, float k, RowStats *slot, int ctas) {
-    if (threadIdx.x == 0) *slot = v;
-    cluster_arrive();
-    cluster_wait();
-    const int lane = threadIdx.x & 31;
-    RowStats r = stats_identity();
-    if (lane < ctas) {
-        const float *f = reinterpret_cast<const float *>(slot);
-        r.s.m = cluster_load(f + 0, lane);
-        r.s.z = cluster_load(f + 1, lane);
-        r.t.m = cluster_load(f + 2, lane);
-        r.t.z = cluster_load(f + 3, lane);
+    __device__ __forceinline__ void get1(int e, bf16 &a, bf16 &b) const {
+        a = sv(e >> 3)[e & 7];
+        b = *reinterpret_cast<const bf16 *>(slot(e));
     }
-    return warp_stats(r, k);
-}
-
-__device__ __forceinline__ RowSums cluster_sums(RowSums v, RowSums *slot, int ctas) {
-    if (threadIdx.x == 0) *slot = v;
-    cluster_arrive();
-    cluster_wait();
-    const int lane = threadIdx.x & 31;
-    RowSums r;
-    r.a = r.b = 0.0f;
-    if (lane < ctas) {
-        const float *f = reinterpret_cast<const float *>(slot);
-        r.a = cluster_load(f + 0, lane);
-        r.b = cluster_load(f + 1, lane);
-    }
-    return warp_sums(r);
-}
-#endif
-
-// ----------------------------------------------------------------------------------------------
-// The divergences. sums() adds one element's share of the two row sums (a, b) of pass 2 from its
-// log2-probs lq, lp; loss() is D in nats; grad() is ∂D/∂a_k = Q_k (g_k − Σ_j Q_j g_j) before the
-// scale/τ factor. A P·(…) or Q·(…) term is 0 where that probability is 0 (0·log 0 = 0). M below
-// FLT_MIN means P and Q are both negligible there: the element is dropped, so lg2(M) is finite.
-
-template <int KIND> struct Div;
-
-template <> struct Div<GKD_DIV_FKL> { // a = Σ P log2(P/Q)
-    static __device__ __forceinline__ void sums(float lq, float lp, float, RowSums &r) {
-        const float p = ex2(lp);
-        r.a += p > 0.0f ? p * (lp - lq) : 0.0f;
-    }
-    static __device__ __forceinline__ float loss(RowSums r, float) { return DIV_LN2 * r.a; }
-    static __device__ __forceinline__ float grad(float lq, float lp, float, RowSums, float) { return ex2(lq) - ex2(lp); }
+    __device__ __forceinline__ bf16 get_s1(int e) const { return sv(e >> 3)[e & 7]; }
+    __device__ __forceinline__ void put_h1(int e, float h) const { *reinterpret_cast<float *>(slot(e)) = h; }
+    __device__ __forceinline__ float get_h1(int e) const { return *reinterpret_cast<const float *>(slot(e)); }
 };
 
-template <> struct Div<GKD_DIV_RKL> { // a = Σ Q log2(Q/P)
-    static __device__ __forceinline__ void sums(float lq, float lp, float, RowSums &r) {
-        const float q = ex2(lq);
-        r.a += q > 0.0f ? q * (lq - lp) : 0.0f;
+template <> struct Stage<bf16, 1> {
+    bf16 *s;            // (chunk), then padding to 16 bytes
+    unsigned char *sl; // (chunk) 4-byte slots: t in the first half, then h
+    __device__ __forceinline__ Stage(void *b, int chunk)
+        : s(reinterpret_cast<bf16 *>(b)), sl(reinterpret_cast<unsigned char *>(b) + ((2 * chunk + 15) & ~15)) {}
+    __device__ __forceinline__ void put(int e, const Vec<bf16, 1> &a, const Vec<bf16, 1> &b) const { put1(e, a.x, b.x); }
+    __device__ __forceinline__ void get(int e, Vec<bf16, 1> &a, Vec<bf16, 1> &b) const { get1(e, a.x, b.x); }
+    __device__ __forceinline__ void get_s(int e, Vec<bf16, 1> &a) const { a.x = s[e]; }
+    __device__ __forceinline__ void put_h(int e, const float (&h)[1]) const { put_h1(e, h[0]); }
+    __device__ __forceinline__ void get_h(int e, float (&h)[1]) const { h[0] = get_h1(e); }
+    __device__ __forceinline__ void put1(int e, bf16 a, bf16 b) const {
+        s[e] = a;
+        *reinterpret_cast<bf16 *>(sl + 4 * e) = b;
     }
-    static __device__ __forceinline__ float loss(RowSums r, float) { return DIV_LN2 * r.a; }
-    static __device__ __forceinline__ float grad(float lq, float lp, float, RowSums, float d) {
-        const float q = ex2(lq);
-        return q > 0.0f ? q * fmaf(DIV_LN2, lq - lp, -d) : 0.0f;
+    __device__ __forceinline__ void get1(int e, bf16 &a, bf16 &b) const {
+        a = s[e];
+        b = *reinterpret_cast<const bf16 *>(sl + 4 * e);
     }
+    __device__ __forceinline__ bf16 get_s1(int e) const { return s[e]; }
+    __device__ __forceinline__ void put_h1(int e, float h) const { *reinterpret_cast<float *>(sl + 4 * e) = h; }
+    __device__ __forceinline__ float get_h1(int e) const { return *reinterpret_cast<const float *>(sl + 4 * e); }
 };
 
-template <> struct Div<GKD_DIV_JSD> { // M = βP + (1−β)Q; a = Σ P log2(P/M), b = Σ Q log2(Q/M)
-    static __device__ __forceinline__ void sums(float lq, float lp, float beta, RowSums &r) {
-        const float p = ex2(lp), q = ex2(lq), m = fmaf(beta, p, (1.0f - beta) * q), lm = lg2(m);
-        const bool ok = m >= DIV_FLT_MIN;
-        r.a += ok && p > 0.0f ? p * (lp - lm) : 0.0f;
-        r.b += ok && q > 0.0f ? q * (lq - lm) : 0.0f;
-    }
-    static __device__ __forceinline__ float loss(RowSums r, float beta) {
-        return DIV_LN2 * fmaf(beta, r.a, (1.0f - beta) * r.b);
-    }
-    static __device__ __forceinline__ float grad(float lq, float lp, float beta, RowSums r, float) {
-        const float p = ex2(lp), q = ex2(lq), m = fmaf(beta, p, (1.0f - beta) * q), lm = lg2(m);
-        return m >= DIV_FLT_MIN && q > 0.0f ? (1.0f - beta) * DIV_LN2 * q * (lq - lm - r.b) : 0.0f;
-    }
-};
-
-template <> struct Div<GKD_DIV_TVD> { // a = Σ |P − Q|, b = Σ Q sign(Q − P)
-    static __device__ __forceinline__ void sums(float lq, float lp, float, RowSums &r) {
-        const float p = ex2(lp), q = ex2(lq);
-        r.a += fabsf(p - q);
-        r.b += q * sgn(q - p);
-    }
-    static __device__ __forceinline__ float loss(RowSums r, float) { return 0.5f * r.a; }
-    static __device__ __forceinline__ float grad(float lq, float lp, float, RowSums r, float) {
-        const float p = ex2(lp), q = ex2(lq);
-        return 0.5f * q * (sgn(q - p) - r.b);
-    }
-};
-
-template <> struct Div<GKD_DIV_SKEW_FKL> { // M = αP + (1−α)Q, R = Q/M; a = Σ P log2(P/M), b = Σ P R
-    static __device__ __forceinline__ void sums(float lq, float lp, float alpha, RowSums &r) {
-        const float p = ex2(lp), q = ex2(lq), m = fmaf(alpha, p, (1.0f - alpha) * q), lm = lg2(m);
-        const bool ok = m >= DIV_FLT_MIN;
-        r.a += ok && p > 0.0f ? p * (lp - lm) : 0.0f;
-        r.b += ok ? p * __fdividef(q, m) : 0.0f;
-    }
-    static __device__ __forceinline__ float loss(RowSums r, float) { return DIV_LN2 * r.a; }
-    static __device__ __forceinline__ float grad(float lq, float lp, float alpha, RowSums r, float) {
-        const float p = ex2(lp), q = ex2(lq), m = fmaf(alpha, p, (1.0f - alpha) * q);
-        const float pr = m >= DIV_FLT_MIN ? p * __fdividef(q, m) : 0.0f;
-        return (1.0f - alpha) * (q * r.b - pr);
-    }
-};
-
-template <> struct Div<GKD_DIV_SKEW_RKL> { // M = αQ + (1−α)P, R = Q/M; a = Σ Q log2(Q/M), b = Σ Q R
-    static __device__ __forceinline__ void sums(float lq, float lp, float alpha, RowSums &r) {
-        const float p = ex2(lp), q = ex2(lq), m = fmaf(alpha, q, (1.0f - alpha) * p), lm = lg2(m);
-        const bool ok = m >= DIV_FLT_MIN;
-        r.a += ok && q > 0.0f ? q * (lq - lm) : 0.0f;
-        r.b += ok ? q * __fdividef(q, m) : 0.0f;
-    }
-    static __device__ __forceinline__ float loss(RowSums r, float) { return DIV_LN2 * r.a; }
-    static __device__ __forceinline__ float grad(float lq, float lp, float alpha, RowSums r, float d) {
-        const float p = ex2(lp), q = ex2(lq), m = fmaf(alpha, q, (1.0f - alpha) * p), lm = lg2(m);
-        if (!(m >= DIV_FLT_MIN && q > 0.0f)) return 0.0f;
-        return q * (DIV_LN2 * (lq - lm) - alpha * __fdividef(q, m) - d + alpha * r.b);
-    }
+// Pass 1 of the streaming kernels keeps nothing.
+template <typename T, int VW> struct NoStage {
+    __device__ __forceinline__ void put(int, const Vec<T, VW> &, const Vec<T, VW> &) const {}
+    __device__ __forceinline__ void put1(int, T, T) const {}
 };
 
 // ----------------------------------------------------------------------------------------------
-// The three passes over elements [0, n) of a row slice, by thread `rank` of `size`; s, t and g
-// are 16-byte aligned when VW > 1. U vectors per thread are loaded before any is used.
+// The passes over elements [0, n) of a row slice, by thread `rank` of `size`; global pointers are
+// 16-byte aligned when VW > 1. U vectors per thread are loaded before any is used. A thread
+// visits the same elements in every pass, so what it keeps in the stage is its own.
 
-// Pass 1: this thread's statistics; with STAGE the elements are also copied to ss, st.
-template <typename T, int VW, int U, bool STAGE>
-__device__ __forceinline__ RowStats pass_stats(const T *s, const T *t, T *ss, T *st, int n, int rank, int size,
+template <typename T, int VW>
+__device__ __forceinline__ void fold_vec(RowStats &acc, const Vec<T, VW> &a, const Vec<T, VW> &b, float k) {
+    float xs[VW], xt[VW];
+#pragma unroll
+    for (int i = 0; i < VW; i++) xs[i] = a.get(i), xt[i] = b.get(i);
+    ms_fold(acc.s, xs, k);
+    ms_fold(acc.t, xt, k);
+}
+
+// Pass 1: this thread's statistics; the elements also go to `sink` (a Stage, or nowhere).
+template <typename T, int VW, int U, typename Sink>
+__device__ __forceinline__ RowStats pass_stats(const T *s, const T *t, const Sink &sink, int n, int rank, int size,
                                                float k) {
     RowStats acc = stats_identity();
     const int nvec = n / VW;
-    for (int v0 = rank; v0 < nvec; v0 += U * size) {
+    int v0 = rank;
+    for (; v0 + (U - 1) * size < nvec; v0 += U * size) { // whole iterations: no bounds checks
         Vec<T, VW> a[U], b[U];
 #pragma unroll
         for (int u = 0; u < U; u++) {
-            const int v = v0 + u * size;
-            if (v < nvec) {
-                a[u].load(s + v * VW);
-                b[u].load(t + v * VW);
-            } else {
-                a[u].zero();
-                b[u].zero();
-            }
+            a[u].load(s + (v0 + u * size) * VW);
+            b[u].load(t + (v0 + u * size) * VW);
         }
         float xs[U * VW], xt[U * VW];
 #pragma unroll
         for (int u = 0; u < U; u++) {
-            const int v = v0 + u * size;
-            const bool in = v < nvec;
-            if (STAGE && in) {
-                a[u].store(ss + v * VW);
-                b[u].store(st + v * VW);
-            }
+            sink.put(v0 + u * size, a[u], b[u]);
 #pragma unroll
-            for (int i = 0; i < VW; i++) {
-                xs[u * VW + i] = in ? a[u].get(i) : GKD_NEG_INF;
-                xt[u * VW + i] = in ? b[u].get(i) : GKD_NEG_INF;
-            }
+            for (int i = 0; i < VW; i++) xs[u * VW + i] = a[u].get(i), xt[u * VW + i] = b[u].get(i);
         }
         ms_fold(acc.s, xs, k);
         ms_fold(acc.t, xt, k);
+    }
+    for (int v = v0; v < nvec; v += size) {
+        Vec<T, VW> a, b;
+        a.load(s + v * VW);
+        b.load(t + v * VW);
+        sink.put(v, a, b);
+        fold_vec(acc, a, b, k);
     }
     for (int e = nvec * VW + rank; e < n; e += size) {
         Vec<T, 1> a, b;
         a.load(s + e);
         b.load(t + e);
-        if (STAGE) {
-            a.store(ss + e);
-            b.store(st + e);
-        }
-        const float xs[1] = {a.get(0)}, xt[1] = {b.get(0)};
-        ms_fold(acc.s, xs, k);
-        ms_fold(acc.t, xt, k);
+        sink.put1(e, a.x, b.x);
+        fold_vec(acc, a, b, k);
     }
     return acc;
 }
 
-// Pass 2: this thread's share of the row sums. A, B: the log2 normalizers of s and t.
+// Pass 2 of the streaming kernels: this thread's share of the row sums. A, B: the log2
+// normalizers of s and t.
 template <int KIND, typename T, int VW, int U>
 __device__ __forceinline__ RowSums pass_sums(const T *s, const T *t, int n, int rank, int size, float k, float A,
                                              float B, float coef) {
@@ -426,20 +220,22 @@ __device__ __forceinline__ RowSums pass_sums(const T *s, const T *t, int n, int 
             if (v0 + u * size < nvec) {
 #pragma unroll
                 for (int i = 0; i < VW; i++)
-                    Div<KIND>::sums(fmaf(a[u].get(i), k, -A), fmaf(b[u].get(i), k, -B), coef, acc);
+                    Div<KIND>::element(fmaf(a[u].get(i), k, -A), fmaf(b[u].get(i), k, -B), coef, acc);
             }
         }
     }
     for (int e = nvec * VW + rank; e < n; e += size)
-        Div<KIND>::sums(fmaf(load_f32(s, e), k, -A), fmaf(load_f32(t, e), k, -B), coef, acc);
+        Div<KIND>::element(fmaf(load_f32(s, e), k, -A), fmaf(load_f32(t, e), k, -B), coef, acc);
     return acc;
 }
 
-// Pass 3: g = gscale · ∂D/∂a over the slice. g may be s (each element is read before it is
-// written, by the same thread).
+// Pass 3 of the streaming kernels: g = hs·h + lam·q over the slice, h recomputed. g may be s
+// (each element is read before it is written, by the same thread).
 template <int KIND, typename T, int VW, int U>
 __device__ __forceinline__ void pass_grad(const T *s, const T *t, T *g, int n, int rank, int size, float k, float A,
-                                          float B, float coef, RowSums r, float d, float gscale) {
+                                          float B, float coef, float hs, float lam) {
+    RowSums unused;
+    unused.a = unused.b = 0.0f;
     const int nvec = n / VW;
     for (int v0 = rank; v0 < nvec; v0 += U * size) {
         Vec<T, VW> a[U], b[U];
@@ -455,16 +251,99 @@ __device__ __forceinline__ void pass_grad(const T *s, const T *t, T *g, int n, i
             if (v0 + u * size < nvec) {
                 float o[VW];
 #pragma unroll
-                for (int i = 0; i < VW; i++)
-                    o[i] = gscale * Div<KIND>::grad(fmaf(a[u].get(i), k, -A), fmaf(b[u].get(i), k, -B), coef, r, d);
+                for (int i = 0; i < VW; i++) {
+                    const float lq = fmaf(a[u].get(i), k, -A), lp = fmaf(b[u].get(i), k, -B);
+                    o[i] = combine<true>(hs * Div<KIND>::element(lq, lp, coef, unused), lam, ex2(lq));
+                }
                 Vec<T, VW> out;
                 out.pack(o);
                 out.store(g + (v0 + u * size) * VW);
             }
         }
     }
-    for (int e = nvec * VW + rank; e < n; e += size)
-        store_f32(g, e, gscale * Div<KIND>::grad(fmaf(load_f32(s, e), k, -A), fmaf(load_f32(t, e), k, -B), coef, r, d));
+    for (int e = nvec * VW + rank; e < n; e += size) {
+        const float lq = fmaf(load_f32(s, e), k, -A), lp = fmaf(load_f32(t, e), k, -B);
+        store_f32(g, e, combine<true>(hs * Div<KIND>::element(lq, lp, coef, unused), lam, ex2(lq)));
+    }
+}
+
+// Pass 2 of the staged kernel: the row sums, and hs·h into the stage in place of t.
+template <int KIND, typename T, int VW>
+__device__ __forceinline__ void sums_vec(const Stage<T, VW> &sg, int v, const Vec<T, VW> &a, const Vec<T, VW> &b,
+                                         float k, float A, float B, float coef, float hs, RowSums &acc) {
+    float h[VW];
+#pragma unroll
+    for (int i = 0; i < VW; i++) h[i] = hs * Div<KIND>::element(fmaf(a.get(i), k, -A), fmaf(b.get(i), k, -B), coef, acc);
+    sg.put_h(v, h);
+}
+
+template <int KIND, typename T, int VW, int U>
+__device__ __forceinline__ RowSums staged_sums(const Stage<T, VW> &sg, int n, int rank, int size, float k, float A,
+                                               float B, float coef, float hs) {
+    RowSums acc;
+    acc.a = acc.b = 0.0f;
+    const int nvec = n / VW;
+    int v0 = rank;
+    for (; v0 + (U - 1) * size < nvec; v0 += U * size) {
+        Vec<T, VW> a[U], b[U];
+#pragma unroll
+        for (int u = 0; u < U; u++) sg.get(v0 + u * size, a[u], b[u]);
+#pragma unroll
+        for (int u = 0; u < U; u++) sums_vec<KIND, T, VW>(sg, v0 + u * size, a[u], b[u], k, A, B, coef, hs, acc);
+    }
+    for (int v = v0; v < nvec; v += size) {
+        Vec<T, VW> a, b;
+        sg.get(v, a, b);
+        sums_vec<KIND, T, VW>(sg, v, a, b, k, A, B, coef, hs, acc);
+    }
+    for (int e = nvec * VW + rank; e < n; e += size) {
+        Vec<T, 1> a, b;
+        sg.get1(e, a.x, b.x);
+        sg.put_h1(e, hs * Div<KIND>::element(fmaf(a.get(0), k, -A), fmaf(b.get(0), k, -B), coef, acc));
+    }
+    return acc;
+}
+
+// Pass 3 of the staged kernel: g = h + lam·q from the stage (h already scaled), one exponential
+// per element, whatever the divergence; GUARD as in combine().
+template <bool GUARD, typename T, int VW>
+__device__ __forceinline__ void grad_vec(const Vec<T, VW> &a, const float (&h)[VW], T *g, float k, float A, float lam) {
+    float o[VW];
+#pragma unroll
+    for (int i = 0; i < VW; i++) o[i] = combine<GUARD>(h[i], lam, ex2(fmaf(a.get(i), k, -A)));
+    Vec<T, VW> out;
+    out.pack(o);
+    out.store(g);
+}
+
+template <bool GUARD, typename T, int VW, int U>
+__device__ __forceinline__ void staged_grad(const Stage<T, VW> &sg, T *g, int n, int rank, int size, float k, float A,
+                                            float lam) {
+    const int nvec = n / VW;
+    int v0 = rank;
+    for (; v0 + (U - 1) * size < nvec; v0 += U * size) {
+        Vec<T, VW> a[U];
+        float h[U][VW];
+#pragma unroll
+        for (int u = 0; u < U; u++) {
+            sg.get_s(v0 + u * size, a[u]);
+            sg.get_h(v0 + u * size, h[u]);
+        }
+#pragma unroll
+        for (int u = 0; u < U; u++) grad_vec<GUARD>(a[u], h[u], g + (v0 + u * size) * VW, k, A, lam);
+    }
+    for (int v = v0; v < nvec; v += size) {
+        Vec<T, VW> a;
+        float h[VW];
+        sg.get_s(v, a);
+        sg.get_h(v, h);
+        grad_vec<GUARD>(a, h, g + v * VW, k, A, lam);
+    }
+    for (int e = nvec * VW + rank; e < n; e += size) {
+        Vec<T, 1> a;
+        a.x = sg.get_s1(e);
+        store_f32(g, e, combine<GUARD>(sg.get_h1(e), lam, ex2(fmaf(a.get(0), k, -A))));
+    }
 }
 
 template <typename T, int VW> __device__ __forceinline__ void fill_zero(T *g, int n, int rank, int size) {
@@ -489,7 +368,7 @@ __device__ __forceinline__ void streaming_row(const T *s, const T *t, T *g, floa
                                               RowSums *sum_scratch) {
     constexpr int U = VW == 1 ? 4 : 16 / VW; // 16 elements of each row in flight per thread
     const int rank = WARP ? (threadIdx.x & 31) : threadIdx.x, size = WARP ? 32 : blockDim.x;
-    RowStats st = pass_stats<T, VW, U, false>(s, t, nullptr, nullptr, n, rank, size, k);
+    RowStats st = pass_stats<T, VW, U>(s, t, NoStage<T, VW>(), n, rank, size, k);
     st = WARP ? warp_stats(st, k) : block_stats(st, k, st_scratch);
     if (degenerate(st)) {
         if (g) fill_zero<T, VW>(g, n, rank, size);
@@ -499,9 +378,11 @@ __device__ __forceinline__ void streaming_row(const T *s, const T *t, T *g, floa
     const float A = kmax(st.s.m, k) + lg2(st.s.z), B = kmax(st.t.m, k) + lg2(st.t.z);
     RowSums r = pass_sums<KIND, T, VW, U>(s, t, n, rank, size, k, A, B, p.coef);
     r = WARP ? warp_sums(r) : block_sums(r, sum_scratch);
-    const float d = Div<KIND>::loss(r, p.coef);
+    const float d = Div<KIND>::loss(r, p.coef), gscale = p.scale * p.inv_temp;
     if (rank == 0) *loss = p.scale * d;
-    if (g) pass_grad<KIND, T, VW, U>(s, t, g, n, rank, size, k, A, B, p.coef, r, d, p.scale * p.inv_temp);
+    if (g)
+        pass_grad<KIND, T, VW, U>(s, t, g, n, rank, size, k, A, B, p.coef, gscale * Div<KIND>::hscale(p.coef),
+                                  gscale * Div<KIND>::lambda(r, p.coef, d));
 }
 
 template <typename T, int VW, bool WARP>
@@ -534,12 +415,14 @@ __device__ __forceinline__ void streaming_kernel(const T *s, const T *t, const u
 }
 
 // ----------------------------------------------------------------------------------------------
-// divergence_staged: CTA `part` of the row's p.ctas holds entries [part·chunk, part·chunk + n) of s
-// and t in shared memory. With a cluster the statistics and sums are merged through distributed
-// shared memory; a CTA does not exit before every CTA of its cluster has read its slots.
+// divergence_staged: CTA `part` of a cluster of p.ctas holds entries [part·chunk, part·chunk + n)
+// of its row in the stage. With a cluster the statistics and sums are merged through distributed
+// shared memory; a CTA does not leave a row before every CTA of its cluster has read its slots,
+// so the next row may overwrite them. Every decision that skips a barrier (mask, degenerate row)
+// is uniform over the cluster.
 
 template <int KIND, typename T, int VW>
-__device__ __forceinline__ void staged_rest(const T *ss, const T *st, T *g, float *loss, int n, float k,
+__device__ __forceinline__ void staged_rest(const Stage<T, VW> &sg, T *g, float *loss, int n, float k,
                                             const RowStats &stats, bool first, const gkd_divergence_params &p,
                                             RowSums *sum_scratch, RowSums *sum_slot) {
 #if __CUDA_ARCH__ >= 900
@@ -558,7 +441,9 @@ __device__ __forceinline__ void staged_rest(const T *ss, const T *st, T *g, floa
         return;
     }
     const float A = kmax(stats.s.m, k) + lg2(stats.s.z), B = kmax(stats.t.m, k) + lg2(stats.t.z);
-    RowSums r = block_sums(pass_sums<KIND, T, VW, 2>(ss, st, n, rank, size, k, A, B, p.coef), sum_scratch);
+    const float gscale = p.scale * p.inv_temp;
+    RowSums r = staged_sums<KIND, T, VW, 2>(sg, n, rank, size, k, A, B, p.coef, gscale * Div<KIND>::hscale(p.coef));
+    r = block_sums(r, sum_scratch);
 #if __CUDA_ARCH__ >= 900
     if (cluster) {
         r = cluster_sums(r, sum_slot, p.ctas);
@@ -567,7 +452,14 @@ __device__ __forceinline__ void staged_rest(const T *ss, const T *st, T *g, floa
 #endif
     const float d = Div<KIND>::loss(r, p.coef);
     if (first && rank == 0) *loss = p.scale * d;
-    if (g) pass_grad<KIND, T, VW, 2>(ss, st, g, n, rank, size, k, A, B, p.coef, r, d, p.scale * p.inv_temp);
+    if (g) {
+        const float lam = gscale * Div<KIND>::lambda(r, p.coef, d);
+        if (fabsf(lam) <= 3.402823466e38f) { // uniform over the row: the fast loop when λ is finite
+            staged_grad<false, T, VW, 2>(sg, g, n, rank, size, k, A, lam);
+        } else {
+            staged_grad<true, T, VW, 2>(sg, g, n, rank, size, k, A, lam);
+        }
+    }
 #if __CUDA_ARCH__ >= 900
     if (cluster) cluster_wait(); // and every other CTA is done reading ours
 #endif
@@ -576,9 +468,11 @@ __device__ __forceinline__ void staged_rest(const T *ss, const T *st, T *g, floa
 template <typename T, int VW>
 __device__ __forceinline__ void staged_kernel(const T *s, const T *t, const unsigned char *mask, T *g,
                                               float *row_loss, const gkd_divergence_params &p) {
-    extern __shared__ Bits128 div_stage[]; // (2, p.chunk) elements: the slice of s, then of t
-    __shared__ RowStats st_scratch[32];
-    __shared__ RowSums sum_scratch[32];
+    extern __shared__ Bits128 div_stage[]; // this CTA's Stage<T, VW> of p.chunk elements
+    // One entry per warp: block_stats/block_sums read blockDim.x / 32 of them, and the launch
+    // bounds cap blockDim.x at DIV_STAGED_THREADS.
+    __shared__ RowStats st_scratch[DIV_STAGED_THREADS / 32];
+    __shared__ RowSums sum_scratch[DIV_STAGED_THREADS / 32];
 #if __CUDA_ARCH__ >= 900
     __shared__ RowStats st_slot; // this CTA's statistics, read by the cluster
     __shared__ RowSums sum_slot; // this CTA's sums, read by the cluster
@@ -586,47 +480,60 @@ __device__ __forceinline__ void staged_kernel(const T *s, const T *t, const unsi
 #else
     RowSums *sum_slot_p = nullptr;
 #endif
-    long row;
+    long row0, stride;
     int part;
 #if __CUDA_ARCH__ >= 900
     if (p.ctas > 1) {
-        row = cluster_index();
+        row0 = cluster_index();
         part = cluster_rank();
+        stride = gridDim.x / p.ctas;
     } else {
-        row = blockIdx.x;
+        row0 = blockIdx.x;
         part = 0;
+        stride = gridDim.x;
     }
 #else
     if (p.ctas > 1) __trap(); // clusters need sm_90; the launcher never asks for them below
-    row = blockIdx.x;
+    row0 = blockIdx.x;
     part = 0;
+    stride = gridDim.x;
 #endif
     const int c0 = part * p.chunk;
     const int n = max(0, min(p.vocab - c0, p.chunk));
-    const long off = row * p.ld + c0;
-    T *gr = g ? g + off : nullptr;
     const bool first = part == 0;
-    if (mask && !mask[row]) { // uniform over the cluster: no CTA touches shared memory of another
-        if (gr) fill_zero<T, VW>(gr, n, threadIdx.x, blockDim.x);
-        if (first && threadIdx.x == 0) row_loss[row] = 0.0f;
-        return;
-    }
-    T *ss = reinterpret_cast<T *>(div_stage), *st = ss + p.chunk;
+    const Stage<T, VW> sg(div_stage, p.chunk);
     const float k = p.inv_temp * DIV_LOG2E;
-    RowStats stats = pass_stats<T, VW, 4, true>(s + off, t + off, ss, st, n, threadIdx.x, blockDim.x, k);
-    stats = block_stats(stats, k, st_scratch); // its barriers also publish the staged slice
+    for (long row = row0; row < p.rows; row += stride) {
+        const long off = row * p.ld + c0;
+        T *gr = g ? g + off : nullptr;
+        if (mask && !mask[row]) { // no barrier and no shared memory: the next row may start at once
+            if (gr) fill_zero<T, VW>(gr, n, threadIdx.x, blockDim.x);
+            if (first && threadIdx.x == 0) row_loss[row] = 0.0f;
+            continue;
+        }
+        RowStats stats = pass_stats<T, VW, 4>(s + off, t + off, sg, n, threadIdx.x, blockDim.x, k);
+        stats = block_stats(stats, k, st_scratch);
 #if __CUDA_ARCH__ >= 900
-    if (p.ctas > 1) stats = cluster_stats(stats, k, &st_slot, p.ctas);
+        const long next = row + stride;
+        const unsigned int bytes = (unsigned int)(n * sizeof(T)) & ~15u;
+        if (VW > 1 && (p.flags & GKD_DIV_PREFETCH_L2) && threadIdx.x == 0 && next < p.rows && bytes > 0 &&
+            !(mask && !mask[next])) {
+            prefetch_l2(s + next * p.ld + c0, bytes);
+            prefetch_l2(t + next * p.ld + c0, bytes);
+        }
+        if (p.ctas > 1) stats = cluster_stats(stats, k, &st_slot, p.ctas);
 #endif
-    float *l = row_loss + row;
-    switch (p.kind) {
-    case GKD_DIV_FKL: staged_rest<GKD_DIV_FKL, T, VW>(ss, st, gr, l, n, k, stats, first, p, sum_scratch, sum_slot_p); break;
-    case GKD_DIV_RKL: staged_rest<GKD_DIV_RKL, T, VW>(ss, st, gr, l, n, k, stats, first, p, sum_scratch, sum_slot_p); break;
-    case GKD_DIV_JSD: staged_rest<GKD_DIV_JSD, T, VW>(ss, st, gr, l, n, k, stats, first, p, sum_scratch, sum_slot_p); break;
-    case GKD_DIV_TVD: staged_rest<GKD_DIV_TVD, T, VW>(ss, st, gr, l, n, k, stats, first, p, sum_scratch, sum_slot_p); break;
-    case GKD_DIV_SKEW_FKL: staged_rest<GKD_DIV_SKEW_FKL, T, VW>(ss, st, gr, l, n, k, stats, first, p, sum_scratch, sum_slot_p); break;
-    case GKD_DIV_SKEW_RKL: staged_rest<GKD_DIV_SKEW_RKL, T, VW>(ss, st, gr, l, n, k, stats, first, p, sum_scratch, sum_slot_p); break;
-    default: break;
+        float *l = row_loss + row;
+        switch (p.kind) {
+        case GKD_DIV_FKL: staged_rest<GKD_DIV_FKL, T, VW>(sg, gr, l, n, k, stats, first, p, sum_scratch, sum_slot_p); break;
+        case GKD_DIV_RKL: staged_rest<GKD_DIV_RKL, T, VW>(sg, gr, l, n, k, stats, first, p, sum_scratch, sum_slot_p); break;
+        case GKD_DIV_JSD: staged_rest<GKD_DIV_JSD, T, VW>(sg, gr, l, n, k, stats, first, p, sum_scratch, sum_slot_p); break;
+        case GKD_DIV_TVD: staged_rest<GKD_DIV_TVD, T, VW>(sg, gr, l, n, k, stats, first, p, sum_scratch, sum_slot_p); break;
+        case GKD_DIV_SKEW_FKL: staged_rest<GKD_DIV_SKEW_FKL, T, VW>(sg, gr, l, n, k, stats, first, p, sum_scratch, sum_slot_p); break;
+        case GKD_DIV_SKEW_RKL: staged_rest<GKD_DIV_SKEW_RKL, T, VW>(sg, gr, l, n, k, stats, first, p, sum_scratch, sum_slot_p); break;
+        default: break;
+        }
+        __syncthreads(); // every thread is done with the stage before the next row fills it
     }
 }
 

@@ -503,6 +503,105 @@ fn rows_without_distribution_are_zero() {
     }
 }
 
+/// The staged kernel's grid is persistent: each cluster walks rows r, r + clusters, … Here there
+/// are more rows than resident clusters, so every cluster handles several rows, with masked rows
+/// (no barrier) and rows without a distribution (one barrier phase fewer) among them.
+#[test]
+fn persistent_staged_grid_walks_many_rows() {
+    let test = "cuda_divergence::persistent_staged_grid_walks_many_rows";
+    let Some(dev) = cuda_or_skip(test) else { return };
+    let (v, ld) = (515, 520); // a tail after the last whole vector; 16-byte aligned rows
+    let mut ctas_list = vec![1];
+    if dev.compute_capability().0 >= 9 {
+        ctas_list.extend([2, 16]);
+    }
+    for ctas in ctas_list {
+        let base = DivergenceLaunch {
+            rows: 1,
+            vocab: v,
+            ld,
+            divergence: Divergence::Jsd { beta: 0.5 },
+            temperature: 1.0,
+            scale: 0.5,
+            path: KernelPath::Staged { ctas },
+        };
+        let resident =
+            gkd::backend::cuda::divergence::plan(&dev, &base, DType::BF16, true).unwrap().resident as usize;
+        assert!(resident > 0, "ctas {ctas}: no resident cluster");
+        let rows = 2 * resident + 5;
+        let (mut s, t) = logits(ctas as u64, rows, v, true);
+        for r in (3..rows).step_by(11) {
+            s[r * v..(r + 1) * v].iter_mut().for_each(|x| *x = f64::NEG_INFINITY);
+        }
+        for div in
+            [Divergence::Jsd { beta: 0.5 }, Divergence::ReverseKl, Divergence::SkewForwardKl { alpha: 0.1 }]
+        {
+            let mut c = Case::new(rows, v, div, 1.0, Impl::Fused(KernelPath::Staged { ctas }));
+            c.ld = ld;
+            c.mask = Some((0..rows).map(|r| r % 7 != 5).collect());
+            for mode in [Mode::Into, Mode::InPlace] {
+                c.mode = mode;
+                let plan = run::<f32>(&dev, &c, &s, &t)
+                    .unwrap_or_else(|e| panic!("f32 {ctas} CTAs {div:?} {mode:?}: {e}"));
+                let plan = plan.expect("fused");
+                assert!(plan.grid < (rows * ctas as usize) as u32, "{plan}: the grid should be persistent");
+                run::<bf16>(&dev, &c, &s, &t)
+                    .unwrap_or_else(|e| panic!("bf16 {ctas} CTAs {div:?} {mode:?}: {e}"));
+            }
+        }
+    }
+}
+
+/// Reverse KL of a row where the teacher gives probability 0 (logit −inf) to a token the student
+/// does not: the loss is +inf, and the gradient of every token the student gives 0 stays exactly
+/// 0 (the CPU reference's `q > 0` guard), not NaN from ∞·0.
+#[test]
+fn infinite_reverse_kl_keeps_zero_gradients() {
+    let test = "cuda_divergence::infinite_reverse_kl_keeps_zero_gradients";
+    let Some(dev) = cuda_or_skip(test) else { return };
+    let (rows, v) = (3usize, 4104usize);
+    let (mut s, t) = logits(5, rows, v, false);
+    let mut t = t;
+    for r in 0..rows {
+        for j in (1..v).step_by(5) {
+            s[r * v + j] = f64::NEG_INFINITY; // q = 0 here
+        }
+        if r != 1 {
+            t[r * v + 2] = f64::NEG_INFINITY; // p = 0 where q > 0: D = +inf
+        }
+    }
+    for path in paths(&dev, test) {
+        let sd = up(&dev, &s.iter().map(|&x| x as f32).collect::<Vec<f32>>());
+        let td = up(&dev, &t.iter().map(|&x| x as f32).collect::<Vec<f32>>());
+        let mut gd = up(&dev, &vec![0f32; rows * v]);
+        let mut ld_ = up(&dev, &vec![0f32; rows]);
+        let launch = DivergenceLaunch {
+            rows,
+            vocab: v,
+            ld: v,
+            divergence: Divergence::ReverseKl,
+            temperature: 1.0,
+            scale: 1.0,
+            path,
+        };
+        let student = StudentGrad::Into { student: sd.slice(..), grad: gd.slice_mut(..) };
+        divergence_fwd_bwd(&dev, &launch, student, &td.slice(..), None, &mut ld_.slice_mut(..)).unwrap();
+        dev.synchronize().unwrap();
+        let (g, l) = (down(&dev, &gd), down(&dev, &ld_));
+        for r in 0..rows {
+            let want_inf = r != 1;
+            assert!(
+                if want_inf { l[r] == f32::INFINITY } else { l[r].is_finite() },
+                "{path:?}: row {r} loss {} (want +inf for rows 0 and 2, finite for row 1)",
+                l[r]
+            );
+            for j in (1..v).step_by(5) {
+                assert_eq!(g[r * v + j], 0.0, "{path:?}: gradient [{r}, {j}] where the student gives 0");
+            }
+        }
+    }
+}
+
 #[test]
 fn tensor_level_divergence_matches_cpu() {
     let test = "cuda_divergence::tensor_level_divergence_matches_cpu";

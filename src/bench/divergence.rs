@@ -97,7 +97,7 @@ impl DivergenceCase {
             None,
             &mut self.row_loss.slice_mut(..),
         )?;
-        Ok(format!("{:?} {}", plan.path, plan.kernel))
+        Ok(plan.to_string())
     }
 
     pub fn unfused(&mut self, dev: &CudaDevice) -> Result<()> {

@@ -4,7 +4,7 @@
 
 use anyhow::{bail, Context, Result};
 use gkd::backend::cuda::bandwidth::{measure_copy_bandwidth, time_ms};
-use gkd::backend::cuda::divergence::KernelPath;
+use gkd::backend::cuda::divergence::{set_staged_tuning, KernelPath, StagedTuning};
 use gkd::backend::cuda::linear_divergence::LinearDivergence;
 use gkd::backend::cuda::{self, CudaDevice};
 use gkd::bench::divergence::{random_values, DivergenceCase, LinearCase, LinearVariant};
@@ -131,19 +131,29 @@ fn cuda_bench(
         let unfused_loss = case.loss(&dev)?;
         let gbs = |ms: f64| floor_bytes / (ms * 1e-3) / 1e9;
         println!("| {n} × {v} | floor: 3·N·V·2 bytes at the copy bandwidth | {floor_ms:.3} | | 1.00 | |");
+        // Auto with each staged-kernel switch off too, so one run compares them.
+        let on = StagedTuning::default();
+        let variants = [
+            (KernelPath::Auto, on),
+            (KernelPath::Auto, StagedTuning { persistent: false, ..on }),
+            (KernelPath::Auto, StagedTuning { l2_prefetch: false, ..on }),
+        ];
         let paths = [
-            KernelPath::Auto,
             KernelPath::Rows,
             KernelPath::Staged { ctas: 2 },
+            KernelPath::Staged { ctas: 3 },
             KernelPath::Staged { ctas: 4 },
             KernelPath::Staged { ctas: 8 },
-            KernelPath::Staged { ctas: 10 },
             KernelPath::Staged { ctas: 12 },
+            KernelPath::Staged { ctas: 14 },
             KernelPath::Staged { ctas: 16 },
         ];
-        for path in paths {
+        for (path, tuning) in variants.into_iter().chain(paths.map(|p| (p, on))) {
             let mut plan = String::new();
-            let ms = match time_ms(&dev, a.reps, || case.fused(&dev, path).map(|p| plan = p)) {
+            set_staged_tuning(tuning);
+            let ms = time_ms(&dev, a.reps, || case.fused(&dev, path).map(|p| plan = p));
+            set_staged_tuning(on);
+            let ms = match ms {
                 Ok(ms) => ms,
                 Err(e) if path != KernelPath::Auto => {
                     // A forced path that cannot run at this size (shared memory, cluster limits).

@@ -42,6 +42,7 @@ pub struct DivergenceParams {
     pub scale: f32,
     pub ctas: i32,
     pub chunk: i32,
+    pub flags: i32,
 }
 
 /// `GKD_DIV_*`: the `kind` of `DivergenceParams`.
@@ -51,6 +52,8 @@ pub const DIV_JSD: i32 = 2;
 pub const DIV_TVD: i32 = 3;
 pub const DIV_SKEW_FKL: i32 = 4;
 pub const DIV_SKEW_RKL: i32 = 5;
+/// `GKD_DIV_PREFETCH_L2`: a bit of `DivergenceParams::flags`.
+pub const DIV_PREFETCH_L2: i32 = 1;
 
 // SAFETY: plain-old-data #[repr(C)] struct whose layout is checked against abi.h.
 unsafe impl DeviceRepr for DivergenceParams {}
@@ -88,6 +91,7 @@ fn rust_layout() -> Vec<(String, usize)> {
     field!("gkd_divergence_params", DivergenceParams, scale);
     field!("gkd_divergence_params", DivergenceParams, ctas);
     field!("gkd_divergence_params", DivergenceParams, chunk);
+    field!("gkd_divergence_params", DivergenceParams, flags);
     for (name, value) in [
         ("GKD_DIV_FKL", DIV_FKL),
         ("GKD_DIV_RKL", DIV_RKL),
@@ -95,6 +99,7 @@ fn rust_layout() -> Vec<(String, usize)> {
         ("GKD_DIV_TVD", DIV_TVD),
         ("GKD_DIV_SKEW_FKL", DIV_SKEW_FKL),
         ("GKD_DIV_SKEW_RKL", DIV_SKEW_RKL),
+        ("GKD_DIV_PREFETCH_L2", DIV_PREFETCH_L2),
     ] {
         v.push((name.to_string(), value as usize));
     }

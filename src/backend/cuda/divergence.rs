@@ -21,10 +21,14 @@
 //!
 //! Kernel paths (`KernelPath`, `Auto` picks; each can be forced, e.g. by tests):
 //! - `Staged { ctas }`: a row is split over `ctas` CTAs of 256 threads (a thread-block cluster
-//!   when > 1, sm_90 only, up to 16), each holding its slice of both rows in shared memory, so
-//!   HBM traffic per row is the floor: V·sizeof(T) read twice, V·sizeof(T) written once.
-//!   `ctas: 0` picks the count: on sm_90 enough CTAs for ≤ 64 KiB of shared memory each (3 CTAs
-//!   per SM), at most 8 unless more are needed to fit; below sm_90, 1 if the row fits.
+//!   when > 1, sm_90 only, up to 16), each holding its slice of both rows in shared memory (and,
+//!   from the second pass on, the gradient's per-element part in place of the teacher's: 6 bytes
+//!   per bf16 entry, 8 per f32), so HBM traffic per row is the floor: V·sizeof(T) read twice,
+//!   V·sizeof(T) written once. The grid is persistent: as many clusters as fit on the GPU at once
+//!   (the driver's occupancy calculator) walk the rows. `ctas: 0` picks the count: on sm_90,
+//!   from ⌈row's shared memory / 64 KiB⌉ (about 64 KiB each, 3 CTAs per SM) up to 16, the count
+//!   that keeps the most CTAs resident (clusters pack into GPCs unevenly); below sm_90, 1 if it
+//!   fits.
 //! - `Rows`: one 512-thread block per row, three passes over global memory (2 + 2 + 3 row
 //!   transfers; the re-reads hit L2 only while the rows in flight fit in it). Any V, any GPU.
 //! - `Warps`: the same with one warp per row, 8 rows per block: for small V (Auto: V ≤ 1024).
@@ -32,7 +36,9 @@
 //! Each kernel has a 16-byte-access variant (used when s, t, grad and ld·sizeof(T) are 16-byte
 //! aligned) and a scalar one (any alignment, e.g. odd V with ld = V).
 
-use super::abi::{DivergenceParams, DIV_FKL, DIV_JSD, DIV_RKL, DIV_SKEW_FKL, DIV_SKEW_RKL, DIV_TVD};
+use super::abi::{
+    DivergenceParams, DIV_FKL, DIV_JSD, DIV_PREFETCH_L2, DIV_RKL, DIV_SKEW_FKL, DIV_SKEW_RKL, DIV_TVD,
+};
 use super::device::{cuda_err, CudaBuf, CudaDevice, CudaStorage};
 use crate::distill::Divergence;
 use crate::error::{shape_err, Error, Result};
@@ -44,6 +50,7 @@ use cudarc::driver::{CudaFunction, CudaView, CudaViewMut, DevicePtr, DevicePtrMu
 use half::bf16;
 use std::collections::{HashMap, HashSet};
 use std::ffi::c_void;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Mutex, OnceLock};
 
 const MODULE: &str = "divergence";
@@ -55,7 +62,6 @@ const WARPS_PER_BLOCK: u32 = 8;
 const WARPS_MAX_VOCAB: usize = 1024;
 /// Auto on sm_90: shared memory per CTA to aim for (3 CTAs per SM).
 const STAGED_TARGET_SMEM: usize = 64 << 10;
-const MAX_PORTABLE_CLUSTER: u32 = 8;
 const MAX_CLUSTER: u32 = 16;
 /// Shared memory the staged kernel declares statically (reduction scratch and cluster slots),
 /// rounded up; the dynamic slice must fit in the opt-in maximum minus this.
@@ -105,6 +111,35 @@ pub enum StudentGrad<'a, T> {
     Into { student: CudaView<'a, T>, grad: CudaViewMut<'a, T> },
 }
 
+/// Two switches of the staged kernel, process-wide, for benchmarks that compare them; both are on
+/// unless `set_staged_tuning` turns them off.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StagedTuning {
+    /// Launch only as many clusters as can be resident and let each walk several rows (otherwise
+    /// one cluster per row).
+    pub persistent: bool,
+    /// sm_90, 16-byte-aligned rows: prefetch a cluster's next row into L2 while it works on one.
+    pub l2_prefetch: bool,
+}
+
+impl Default for StagedTuning {
+    fn default() -> Self {
+        StagedTuning { persistent: true, l2_prefetch: true }
+    }
+}
+
+static TUNING: AtomicU8 = AtomicU8::new(0b11);
+
+/// Sets the staged kernel's switches for every later launch in this process.
+pub fn set_staged_tuning(t: StagedTuning) {
+    TUNING.store(u8::from(t.persistent) | u8::from(t.l2_prefetch) << 1, Ordering::Relaxed);
+}
+
+pub fn staged_tuning() -> StagedTuning {
+    let b = TUNING.load(Ordering::Relaxed);
+    StagedTuning { persistent: b & 1 != 0, l2_prefetch: b & 2 != 0 }
+}
+
 /// What a launch ran: the kernel, the resolved path, and its configuration.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LaunchPlan {
@@ -118,6 +153,29 @@ pub struct LaunchPlan {
     pub smem_bytes: u32,
     /// Elements of a row per CTA (`Staged`), the whole row otherwise.
     pub chunk: usize,
+    /// `Staged`: clusters (CTAs when `ctas` is 1) resident on the GPU at once, which is how many
+    /// the persistent grid launches (at most one per row); 0 for the other paths.
+    pub resident: u32,
+    /// `Staged`: the switches this launch used.
+    pub tuning: StagedTuning,
+}
+
+impl std::fmt::Display for LaunchPlan {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.path {
+            KernelPath::Staged { ctas } => write!(
+                f,
+                "Staged {ctas} CTA{} per row, {} KiB shared each, {} resident{}{} ({})",
+                if ctas == 1 { "" } else { "s" },
+                self.smem_bytes.div_ceil(1024),
+                self.resident,
+                if self.tuning.persistent { "" } else { ", one cluster per row" },
+                if self.tuning.l2_prefetch { "" } else { ", no L2 prefetch" },
+                self.kernel
+            ),
+            path => write!(f, "{path:?} ({})", self.kernel),
+        }
+    }
 }
 
 /// (kind, coefficient) of the kernels for a divergence, after validation and TRL's β / α ends.
@@ -175,6 +233,7 @@ pub(crate) fn check_launch(
         scale: p.scale,
         ctas: 1,
         chunk: p.vocab as i32,
+        flags: 0,
     })
 }
 
@@ -204,10 +263,11 @@ fn staged_smem_limit(dev: &CudaDevice) -> Result<usize> {
     Ok((optin.max(0) as usize).saturating_sub(STAGED_STATIC_SMEM))
 }
 
-/// Elements per CTA and dynamic shared memory of the staged kernel with `ctas` CTAs per row.
+/// Elements per CTA and dynamic shared memory of the staged kernel with `ctas` CTAs per row: per
+/// element s, then t replaced by an f32 (Stage<> in kernels/divergence.cu).
 fn staged_chunk(vocab: usize, ctas: u32, width: usize, elem: usize) -> (usize, usize) {
     let chunk = vocab.div_ceil(ctas as usize).div_ceil(width) * width;
-    (chunk, 2 * chunk * elem)
+    (chunk, (chunk * elem).next_multiple_of(16) + chunk * elem.max(4))
 }
 
 /// Sets a staged kernel's function attributes once per device: the opt-in shared memory limit,
@@ -235,48 +295,58 @@ fn prepare_staged(dev: &CudaDevice, name: &'static str, limit: usize) -> Result<
     Ok(f)
 }
 
-/// Whether clusters of `ctas` CTAs of the staged kernel with `smem` bytes each fit on one GPC
-/// (the driver's occupancy calculator; answers are cached).
-fn cluster_schedulable(
-    dev: &CudaDevice,
-    f: &CudaFunction,
-    name: &'static str,
-    ctas: u32,
-    smem: usize,
-) -> bool {
+/// How many clusters of `ctas` CTAs (CTAs when `ctas` is 1) of the staged kernel with `smem`
+/// bytes each can be resident on the GPU at once; 0 when none can be scheduled (the driver's
+/// occupancy calculator; answers are cached).
+fn staged_resident(dev: &CudaDevice, f: &CudaFunction, name: &'static str, ctas: u32, smem: usize) -> u32 {
     type Key = (usize, &'static str, u32, usize);
-    static SEEN: OnceLock<Mutex<HashMap<Key, bool>>> = OnceLock::new();
-    if ctas <= 1 {
-        return true;
-    }
+    static SEEN: OnceLock<Mutex<HashMap<Key, u32>>> = OnceLock::new();
     let key = (dev.ordinal(), name, ctas, smem);
     let seen = SEEN.get_or_init(Default::default);
-    if let Some(&ok) = seen.lock().ok().as_ref().and_then(|m| m.get(&key)) {
-        return ok;
+    if let Some(&n) = seen.lock().ok().as_ref().and_then(|m| m.get(&key)) {
+        return n;
     }
     let mut n: std::ffi::c_int = 0;
-    let ok = dev.context().bind_to_thread().is_ok() && {
-        // SAFETY: a zeroed attribute is valid plain data; the config only lives for the call.
-        let mut attr = unsafe { cluster_attr(ctas) };
-        let cfg = CUlaunchConfig {
-            gridDimX: ctas,
-            gridDimY: 1,
-            gridDimZ: 1,
-            blockDimX: STAGED_THREADS,
-            blockDimY: 1,
-            blockDimZ: 1,
-            sharedMemBytes: smem as u32,
-            hStream: dev.stream().cu_stream(),
-            attrs: &mut attr,
-            numAttrs: 1,
+    let ok = dev.context().bind_to_thread().is_ok()
+        && if ctas <= 1 {
+            let sms = dev
+                .context()
+                .attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
+                .unwrap_or(0);
+            // SAFETY: writes one int; `f` is a loaded function of this context.
+            let per_sm = unsafe {
+                sys::cuOccupancyMaxActiveBlocksPerMultiprocessor(
+                    &mut n,
+                    f.cu_function(),
+                    STAGED_THREADS as i32,
+                    smem,
+                )
+            };
+            n *= sms;
+            per_sm.result().is_ok()
+        } else {
+            // SAFETY: a zeroed attribute is valid plain data; the config only lives for the call.
+            let mut attr = unsafe { cluster_attr(ctas) };
+            let cfg = CUlaunchConfig {
+                gridDimX: ctas,
+                gridDimY: 1,
+                gridDimZ: 1,
+                blockDimX: STAGED_THREADS,
+                blockDimY: 1,
+                blockDimZ: 1,
+                sharedMemBytes: smem as u32,
+                hStream: dev.stream().cu_stream(),
+                attrs: &mut attr,
+                numAttrs: 1,
+            };
+            // SAFETY: writes one int; `f` is a loaded function of this context.
+            unsafe { sys::cuOccupancyMaxActiveClusters(&mut n, f.cu_function(), &cfg) }.result().is_ok()
         };
-        // SAFETY: writes one int; `f` is a loaded function of this context.
-        unsafe { sys::cuOccupancyMaxActiveClusters(&mut n, f.cu_function(), &cfg) }.result().is_ok() && n > 0
-    };
+    let n = if ok { n.max(0) as u32 } else { 0 };
     if let Ok(mut m) = seen.lock() {
-        m.insert(key, ok);
+        m.insert(key, n);
     }
-    ok
+    n
 }
 
 /// The launch configuration `p.path` resolves to on `dev` for element type `dtype` (and, for the
@@ -288,28 +358,37 @@ pub fn plan(dev: &CudaDevice, p: &DivergenceLaunch, dtype: DType, vectorized: bo
     let (major, minor) = dev.compute_capability();
     let cluster_ok = major >= 9;
     let limit = staged_smem_limit(dev)?;
+    let tuning = staged_tuning();
     let staged_name = kernel_name(KernelPath::Staged { ctas: 1 }, vectorized, dtype);
-    // Ok(None) when the slice does not fit or the cluster cannot be scheduled.
-    let staged = |ctas: u32| -> Result<Option<(usize, usize)>> {
+    // Ok(None) when the slice does not fit or the cluster cannot be scheduled; else (chunk, smem,
+    // resident clusters).
+    let staged = |ctas: u32| -> Result<Option<(usize, usize, u32)>> {
         let (chunk, smem) = staged_chunk(p.vocab, ctas, width, elem);
         if smem > limit {
             return Ok(None);
         }
         let f = prepare_staged(dev, staged_name, limit)?;
-        Ok(cluster_schedulable(dev, &f, staged_name, ctas, smem).then_some((chunk, smem)))
+        let resident = staged_resident(dev, &f, staged_name, ctas, smem);
+        Ok((resident > 0).then_some((chunk, smem, resident)))
     };
     let auto_ctas = || -> Result<Option<u32>> {
         if !cluster_ok {
             return Ok(staged(1)?.map(|_| 1));
         }
-        let want =
-            (2 * p.vocab * elem).div_ceil(STAGED_TARGET_SMEM).clamp(1, MAX_PORTABLE_CLUSTER as usize) as u32;
+        // From the fewest CTAs that stay near the target, the count that keeps the most CTAs
+        // resident: clusters pack into GPCs, so e.g. 16 can beat 14 (the fewest on ties).
+        let (_, row_smem) = staged_chunk(p.vocab, 1, width, elem);
+        let want = row_smem.div_ceil(STAGED_TARGET_SMEM).clamp(1, MAX_CLUSTER as usize) as u32;
+        let mut best: Option<(u64, u32)> = None;
         for c in want..=MAX_CLUSTER {
-            if staged(c)?.is_some() {
-                return Ok(Some(c));
+            if let Some((_, _, resident)) = staged(c)? {
+                let ctas_resident = resident as u64 * c as u64;
+                if best.is_none_or(|(r, _)| ctas_resident > r) {
+                    best = Some((ctas_resident, c));
+                }
             }
         }
-        Ok(None)
+        Ok(best.map(|(_, c)| c))
     };
     let path = match p.path {
         KernelPath::Auto if p.vocab <= WARPS_MAX_VOCAB => KernelPath::Warps,
@@ -328,9 +407,9 @@ pub fn plan(dev: &CudaDevice, p: &DivergenceLaunch, dtype: DType, vectorized: bo
         other => other,
     };
     let rows = p.rows as u64;
-    let (grid, block, smem, chunk) = match path {
-        KernelPath::Warps => (rows.div_ceil(WARPS_PER_BLOCK as u64), 32 * WARPS_PER_BLOCK, 0, p.vocab),
-        KernelPath::Rows => (rows, ROWS_THREADS, 0, p.vocab),
+    let (grid, block, smem, chunk, resident) = match path {
+        KernelPath::Warps => (rows.div_ceil(WARPS_PER_BLOCK as u64), 32 * WARPS_PER_BLOCK, 0, p.vocab, 0),
+        KernelPath::Rows => (rows, ROWS_THREADS, 0, p.vocab, 0),
         KernelPath::Staged { ctas } => {
             if ctas > 1 && !cluster_ok {
                 return Err(Error::Msg(format!(
@@ -342,13 +421,18 @@ pub fn plan(dev: &CudaDevice, p: &DivergenceLaunch, dtype: DType, vectorized: bo
                     "{OP}: at most {MAX_CLUSTER} CTAs per row, asked for {ctas}"
                 )));
             }
-            let Some((chunk, smem)) = staged(ctas)? else {
+            let Some((chunk, smem, resident)) = staged(ctas)? else {
                 let (chunk, smem) = staged_chunk(p.vocab, ctas, width, elem);
                 return Err(Error::Msg(if smem > limit {
                     format!(
                         "{OP}: a slice of {chunk} {dtype} entries of both rows needs {smem} bytes of \
                          shared memory, this GPU allows {limit} per CTA: use more CTAs per row or \
                          KernelPath::Rows"
+                    )
+                } else if ctas == 1 {
+                    format!(
+                        "{OP}: a CTA with {smem} bytes of shared memory cannot be scheduled on this \
+                         GPU (the occupancy calculator says none fits): use KernelPath::Rows"
                     )
                 } else {
                     format!(
@@ -357,7 +441,9 @@ pub fn plan(dev: &CudaDevice, p: &DivergenceLaunch, dtype: DType, vectorized: bo
                     )
                 }));
             };
-            (rows * ctas as u64, STAGED_THREADS, smem, chunk)
+            // Persistent: one cluster per row at most, as many as can be resident.
+            let clusters = if tuning.persistent { rows.min(resident as u64).max(1) } else { rows };
+            (clusters * ctas as u64, STAGED_THREADS, smem, chunk, resident)
         }
         KernelPath::Auto => unreachable!("resolved above"),
     };
@@ -372,6 +458,8 @@ pub fn plan(dev: &CudaDevice, p: &DivergenceLaunch, dtype: DType, vectorized: bo
         block,
         smem_bytes: smem as u32,
         chunk,
+        resident,
+        tuning,
     })
 }
 
@@ -495,6 +583,7 @@ pub fn divergence_fwd_bwd<T: DivElem>(
     if let KernelPath::Staged { ctas } = plan.path {
         params.ctas = ctas as i32;
         params.chunk = plan.chunk as i32;
+        params.flags = if plan.tuning.l2_prefetch { DIV_PREFETCH_L2 } else { 0 };
     }
     let f = dev.function(MODULE, plan.kernel)?; // configured by plan() when staged
     let cluster = match plan.path {
