@@ -112,10 +112,50 @@ impl DivergenceCase {
         )
     }
 
-    /// Σ of the row losses of the last call (a check that both variants computed the same thing).
-    pub fn loss(&self, dev: &CudaDevice) -> Result<f64> {
-        let v = dev.download_f32(&self.row_loss)?;
-        Ok(v.iter().map(|&x| x as f64).sum())
+    /// The last call's row losses and its gradient on the first and last `SAMPLE_ROWS` rows (the
+    /// rows a persistent grid takes first and last), as f32: what `Outputs::max_diff` compares.
+    pub fn outputs(&self, dev: &CudaDevice) -> Result<Outputs> {
+        let k = SAMPLE_ROWS.min(self.rows) * self.vocab;
+        let n = self.rows * self.vocab;
+        let mut grad = Vec::with_capacity(2 * k);
+        for range in [0..k, n - k..n] {
+            let part = dev.stream().clone_dtoh(&self.grad.slice(range)).map_err(|e| Error::Cuda {
+                context: "reading the bench gradient".into(),
+                detail: e.to_string(),
+            })?;
+            grad.extend(part.iter().map(|x| x.to_f32()));
+        }
+        Ok(Outputs { row_loss: dev.download_f32(&self.row_loss)?, grad })
+    }
+}
+
+/// Rows at each end whose gradient `DivergenceCase::outputs` reads back.
+const SAMPLE_ROWS: usize = 8;
+
+/// Row losses and a sample of the gradient of one divergence call.
+pub struct Outputs {
+    pub row_loss: Vec<f32>,
+    pub grad: Vec<f32>,
+}
+
+impl Outputs {
+    /// (largest relative row-loss difference, largest gradient difference ÷ the largest |gradient|
+    /// of `reference`); NaN anywhere makes both NaN.
+    pub fn max_diff(&self, reference: &Outputs) -> (f64, f64) {
+        let rel = |a: &[f32], b: &[f32], denom: &dyn Fn(f32) -> f64| {
+            a.iter().zip(b).map(|(&x, &y)| (x as f64 - y as f64).abs() / denom(y)).fold(0.0, |m: f64, d| {
+                if d.is_nan() || m.is_nan() {
+                    f64::NAN
+                } else {
+                    m.max(d)
+                }
+            })
+        };
+        let gmax = reference.grad.iter().fold(0f64, |m, &y| m.max((y as f64).abs())).max(1e-30);
+        (
+            rel(&self.row_loss, &reference.row_loss, &|y| (y as f64).abs().max(1e-30)),
+            rel(&self.grad, &reference.grad, &|_| gmax),
+        )
     }
 }
 

@@ -83,8 +83,22 @@ fn divergence(a: DivergenceArgs) -> Result<()> {
         std::fs::write(path, serde_json::to_string_pretty(&report)?)
             .with_context(|| format!("writing {}", path.display()))?;
     }
+    if let Some(bad) = report["mismatches"].as_array().filter(|m| !m.is_empty()) {
+        let lines: Vec<&str> = bad.iter().filter_map(|m| m.as_str()).collect();
+        bail!(
+            "{} fused variant(s) disagree with the unfused baseline (Δ loss > {MAX_LOSS_DIFF:.0e} or \
+             Δ grad > {MAX_GRAD_DIFF:.0e}): a kernel bug; run `cargo test --release --test cuda_divergence`:\n  {}",
+            lines.len(),
+            lines.join("\n  ")
+        );
+    }
     Ok(())
 }
+
+/// Largest relative row-loss difference a fused variant may show against the unfused baseline.
+const MAX_LOSS_DIFF: f64 = 1e-3;
+/// Largest gradient difference ÷ the largest |gradient| (bf16 on both sides: one ulp is 2^-8).
+const MAX_GRAD_DIFF: f64 = 1e-2;
 
 fn cpu_reference(div: Divergence, reps: usize) -> Value {
     let (n, v) = (256, 32000);
@@ -122,13 +136,20 @@ fn cuda_bench(
     let bw = measure_copy_bandwidth(&dev, 1 << 31, 10)?;
     println!("gkd bench divergence on {gpu} (cuda:{ordinal}), {div}, bf16; copy bandwidth {:.2} TB/s (read + write, 2 GiB)", bw / 1e12);
     let mut rows = Vec::new();
-    println!("\n| N × V | variant | ms | GB/s | × floor | speed-up vs unfused |\n|---|---|---|---|---|---|");
+    let mut mismatches = Vec::new();
+    println!(
+        "\nEvery fused row is checked against the unfused baseline: the largest relative row-loss \
+         difference, and the largest gradient difference (first and last 8 rows) ÷ the largest |gradient|.\n"
+    );
+    println!(
+        "| N × V | variant | ms | GB/s | × floor | speed-up vs unfused | Δ loss, Δ grad |\n|---|---|---|---|---|---|---|"
+    );
     for &(n, v) in sizes {
         let mut case = DivergenceCase::new(&dev, n, v, div)?;
         let floor_bytes = case.floor_bytes() as f64;
         let floor_ms = floor_bytes / bw * 1e3;
         let unfused_ms = time_ms(&dev, a.reps, || case.unfused(&dev))?;
-        let unfused_loss = case.loss(&dev)?;
+        let reference = case.outputs(&dev)?;
         let gbs = |ms: f64| floor_bytes / (ms * 1e-3) / 1e9;
         println!("| {n} × {v} | floor: 3·N·V·2 bytes at the copy bandwidth | {floor_ms:.3} | | 1.00 | |");
         // Auto with each staged-kernel switch off too, so one run compares them.
@@ -162,19 +183,24 @@ fn cuda_bench(
                 }
                 Err(e) => return Err(e.into()),
             };
-            let loss = case.loss(&dev)?;
-            let rel = (loss - unfused_loss).abs() / unfused_loss.abs().max(1e-30);
+            let (d_loss, d_grad) = case.outputs(&dev)?.max_diff(&reference);
+            // bf16 outputs on both sides: a gradient entry may differ by an ulp (2^-8 relative).
+            let ok = d_loss <= MAX_LOSS_DIFF && d_grad <= MAX_GRAD_DIFF;
+            if !ok {
+                mismatches.push(format!("{n} × {v} {plan}: Δ loss {d_loss:.1e}, Δ grad {d_grad:.1e}"));
+            }
             println!(
-                "| {n} × {v} | fused {plan} | {ms:.3} | {:.0} | {:.2} | {:.1}× |",
+                "| {n} × {v} | fused {plan} | {ms:.3} | {:.0} | {:.2} | {:.1}× | {d_loss:.0e}, {d_grad:.0e}{} |",
                 gbs(ms),
                 ms / floor_ms,
-                unfused_ms / ms
+                unfused_ms / ms,
+                if ok { "" } else { " MISMATCH" }
             );
             rows.push(json!({"N": n, "V": v, "case": format!("fused {plan}"), "ms": ms, "GB_s": gbs(ms),
                 "x_floor": ms / floor_ms, "speedup_vs_unfused": unfused_ms / ms, "floor_ms": floor_ms,
-                "loss_rel_diff_vs_unfused": rel}));
+                "loss_rel_diff_vs_unfused": d_loss, "grad_diff_vs_unfused": d_grad}));
         }
-        println!("| {n} × {v} | unfused (5 kernels, fp32 intermediates) | {unfused_ms:.3} | {:.0} | {:.2} | 1.0× |", gbs(unfused_ms), unfused_ms / floor_ms);
+        println!("| {n} × {v} | unfused (5 kernels, fp32 intermediates) | {unfused_ms:.3} | {:.0} | {:.2} | 1.0× | reference |", gbs(unfused_ms), unfused_ms / floor_ms);
         rows.push(json!({"N": n, "V": v, "case": "unfused", "ms": unfused_ms, "GB_s": gbs(unfused_ms),
             "x_floor": unfused_ms / floor_ms, "floor_ms": floor_ms}));
     }
@@ -226,6 +252,7 @@ fn cuda_bench(
         }
     }
     Ok(
-        json!({"device": gpu, "copy_bandwidth_B_s": bw, "divergence": div.to_string(), "dtype": "bf16", "rows": rows}),
+        json!({"device": gpu, "copy_bandwidth_B_s": bw, "divergence": div.to_string(), "dtype": "bf16", "rows": rows,
+               "mismatches": mismatches}),
     )
 }
