@@ -28,7 +28,8 @@
 //!   (the driver's occupancy calculator) walk the rows. `ctas: 0` picks the count: on sm_90,
 //!   from ⌈row's shared memory / 64 KiB⌉ (about 64 KiB each, 3 CTAs per SM) up to 16, the count
 //!   that keeps the most CTAs resident (clusters pack into GPCs unevenly); below sm_90, 1 if it
-//!   fits.
+//!   fits (on an A100, 163 KiB per CTA: V up to about 27K in bf16, 20K in f32; larger rows take
+//!   `Rows`).
 //! - `Rows`: one 512-thread block per row, three passes over global memory (2 + 2 + 3 row
 //!   transfers; the re-reads hit L2 only while the rows in flight fit in it). Any V, any GPU.
 //! - `Warps`: the same with one warp per row, 8 rows per block: for small V (Auto: V ≤ 1024).
