@@ -8,7 +8,7 @@ use cudarc::cublaslt::CudaBlasLT;
 use cudarc::driver::{
     sys::CUresult, CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DriverError,
 };
-use cudarc::nvrtc::{CompileOptions, Ptx};
+use cudarc::nvrtc::Ptx;
 use half::{bf16, f16};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -179,34 +179,11 @@ impl CudaDevice {
             .ok_or_else(|| Error::Msg(format!("no kernel module `{module}` in this build")))?;
         let image = match em.fatbin {
             Some(bytes) => Ptx::from_binary(bytes.to_vec()),
-            None => self.nvrtc_compile(em)?,
+            None => modules::nvrtc_ptx(em, self.compute_capability)?,
         };
         let m = self.ctx.load_module(image).map_err(cuda_err(format!("loading module {module}.cu")))?;
         mods.insert(module, m.clone());
         Ok(m)
-    }
-
-    fn nvrtc_compile(&self, em: &modules::EmbeddedModule) -> Result<Ptx> {
-        // SAFETY: only tries to dlopen libnvrtc.
-        if !unsafe { cudarc::nvrtc::sys::is_culib_present() } {
-            return Err(Error::NoCuda(
-                "this binary was built without nvcc and libnvrtc cannot be loaded: add the CUDA \
-                 libraries to LD_LIBRARY_PATH (e.g. /usr/local/cuda/lib64) or rebuild after \
-                 scripts/install-cuda-compiler"
-                    .into(),
-            ));
-        }
-        let (major, minor) = self.compute_capability;
-        // NVRTC needs a &'static str; the set of architectures is small and fixed.
-        let arch: &'static str = Box::leak(format!("compute_{major}{minor}").into_boxed_str());
-        let opts = CompileOptions {
-            arch: Some(arch),
-            name: Some(format!("{}.cu", em.name)),
-            options: vec!["-std=c++17".into(), "-default-device".into()],
-            ..Default::default()
-        };
-        cudarc::nvrtc::compile_ptx_with_opts(em.source, opts)
-            .map_err(|e| Error::Msg(format!("NVRTC failed to compile {}.cu for {arch}: {e}", em.name)))
     }
 
     fn alloc_err(&self, bytes: usize, context: &str) -> impl FnOnce(DriverError) -> Error + '_ {

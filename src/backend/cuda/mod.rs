@@ -17,5 +17,7 @@ pub mod norm;
 mod probe;
 
 pub use device::{CudaBuf, CudaDevice, CudaStorage};
-pub use modules::{compiled_by, compiled_by_nvcc, kernel_targets, EmbeddedModule, MODULES};
+pub use modules::{
+    compiled_by, compiled_by_nvcc, kernel_targets, nvrtc_available, nvrtc_ptx, EmbeddedModule, MODULES,
+};
 pub use probe::{probe, GpuInfo, Probe};
