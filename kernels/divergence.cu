@@ -421,48 +421,27 @@ __device__ __forceinline__ void streaming_kernel(const T *s, const T *t, const u
 // so the next row may overwrite them. Every decision that skips a barrier (mask, degenerate row)
 // is uniform over the cluster.
 
+// Passes 2 of the staged kernel for one divergence: the row sums over the block and the cluster,
+// the loss, and h in the stage; returns λ·scale/τ for pass 3, which is the same for every
+// divergence and runs in staged_kernel. With a cluster it ends with this CTA's "done reading the
+// other CTAs' shared memory" arrive, whose wait follows pass 3.
 template <int KIND, typename T, int VW>
-__device__ __forceinline__ void staged_rest(const Stage<T, VW> &sg, T *g, float *loss, int n, float k,
-                                            const RowStats &stats, bool first, const gkd_divergence_params &p,
-                                            RowSums *sum_scratch, RowSums *sum_slot) {
-#if __CUDA_ARCH__ >= 900
-    const bool cluster = p.ctas > 1;
-#endif
-    const int rank = threadIdx.x, size = blockDim.x;
-    if (degenerate(stats)) {
-#if __CUDA_ARCH__ >= 900
-        if (cluster) cluster_arrive();
-#endif
-        if (g) fill_zero<T, VW>(g, n, rank, size);
-        if (first && rank == 0) *loss = 0.0f;
-#if __CUDA_ARCH__ >= 900
-        if (cluster) cluster_wait();
-#endif
-        return;
-    }
-    const float A = kmax(stats.s.m, k) + lg2(stats.s.z), B = kmax(stats.t.m, k) + lg2(stats.t.z);
+__device__ __forceinline__ float staged_sums_row(const Stage<T, VW> &sg, float *loss, int n, float k, float A,
+                                                 float B, bool first, const gkd_divergence_params &p,
+                                                 RowSums *sum_scratch, RowSums *sum_slot) {
     const float gscale = p.scale * p.inv_temp;
-    RowSums r = staged_sums<KIND, T, VW, 2>(sg, n, rank, size, k, A, B, p.coef, gscale * Div<KIND>::hscale(p.coef));
+    RowSums r = staged_sums<KIND, T, VW, 2>(sg, n, threadIdx.x, blockDim.x, k, A, B, p.coef,
+                                            gscale * Div<KIND>::hscale(p.coef));
     r = block_sums(r, sum_scratch);
 #if __CUDA_ARCH__ >= 900
-    if (cluster) {
+    if (p.ctas > 1) {
         r = cluster_sums(r, sum_slot, p.ctas);
-        cluster_arrive(); // done reading the other CTAs' shared memory
+        cluster_arrive();
     }
 #endif
     const float d = Div<KIND>::loss(r, p.coef);
-    if (first && rank == 0) *loss = p.scale * d;
-    if (g) {
-        const float lam = gscale * Div<KIND>::lambda(r, p.coef, d);
-        if (fabsf(lam) <= 3.402823466e38f) { // uniform over the row: the fast loop when λ is finite
-            staged_grad<false, T, VW, 2>(sg, g, n, rank, size, k, A, lam);
-        } else {
-            staged_grad<true, T, VW, 2>(sg, g, n, rank, size, k, A, lam);
-        }
-    }
-#if __CUDA_ARCH__ >= 900
-    if (cluster) cluster_wait(); // and every other CTA is done reading ours
-#endif
+    if (first && threadIdx.x == 0) *loss = p.scale * d;
+    return gscale * Div<KIND>::lambda(r, p.coef, d);
 }
 
 template <typename T, int VW>
@@ -523,16 +502,35 @@ __device__ __forceinline__ void staged_kernel(const T *s, const T *t, const unsi
         }
         if (p.ctas > 1) stats = cluster_stats(stats, k, &st_slot, p.ctas);
 #endif
-        float *l = row_loss + row;
-        switch (p.kind) {
-        case GKD_DIV_FKL: staged_rest<GKD_DIV_FKL, T, VW>(sg, gr, l, n, k, stats, first, p, sum_scratch, sum_slot_p); break;
-        case GKD_DIV_RKL: staged_rest<GKD_DIV_RKL, T, VW>(sg, gr, l, n, k, stats, first, p, sum_scratch, sum_slot_p); break;
-        case GKD_DIV_JSD: staged_rest<GKD_DIV_JSD, T, VW>(sg, gr, l, n, k, stats, first, p, sum_scratch, sum_slot_p); break;
-        case GKD_DIV_TVD: staged_rest<GKD_DIV_TVD, T, VW>(sg, gr, l, n, k, stats, first, p, sum_scratch, sum_slot_p); break;
-        case GKD_DIV_SKEW_FKL: staged_rest<GKD_DIV_SKEW_FKL, T, VW>(sg, gr, l, n, k, stats, first, p, sum_scratch, sum_slot_p); break;
-        case GKD_DIV_SKEW_RKL: staged_rest<GKD_DIV_SKEW_RKL, T, VW>(sg, gr, l, n, k, stats, first, p, sum_scratch, sum_slot_p); break;
-        default: break;
+        if (degenerate(stats)) { // uniform over the cluster: one barrier phase instead of two
+#if __CUDA_ARCH__ >= 900
+            if (p.ctas > 1) cluster_arrive();
+#endif
+            if (gr) fill_zero<T, VW>(gr, n, threadIdx.x, blockDim.x);
+            if (first && threadIdx.x == 0) row_loss[row] = 0.0f;
+#if __CUDA_ARCH__ >= 900
+            if (p.ctas > 1) cluster_wait();
+#endif
+            continue;
         }
+        const float A = kmax(stats.s.m, k) + lg2(stats.s.z), B = kmax(stats.t.m, k) + lg2(stats.t.z);
+        float *l = row_loss + row;
+        float lam;
+        switch (p.kind) {
+        case GKD_DIV_FKL: lam = staged_sums_row<GKD_DIV_FKL, T, VW>(sg, l, n, k, A, B, first, p, sum_scratch, sum_slot_p); break;
+        case GKD_DIV_RKL: lam = staged_sums_row<GKD_DIV_RKL, T, VW>(sg, l, n, k, A, B, first, p, sum_scratch, sum_slot_p); break;
+        case GKD_DIV_JSD: lam = staged_sums_row<GKD_DIV_JSD, T, VW>(sg, l, n, k, A, B, first, p, sum_scratch, sum_slot_p); break;
+        case GKD_DIV_TVD: lam = staged_sums_row<GKD_DIV_TVD, T, VW>(sg, l, n, k, A, B, first, p, sum_scratch, sum_slot_p); break;
+        case GKD_DIV_SKEW_FKL: lam = staged_sums_row<GKD_DIV_SKEW_FKL, T, VW>(sg, l, n, k, A, B, first, p, sum_scratch, sum_slot_p); break;
+        case GKD_DIV_SKEW_RKL: lam = staged_sums_row<GKD_DIV_SKEW_RKL, T, VW>(sg, l, n, k, A, B, first, p, sum_scratch, sum_slot_p); break;
+        default: __trap(); // the launcher validates the kind
+        }
+        // Pass 3: the fast loop when λ is finite (uniform over the row), else the guarded one.
+        if (gr && fabsf(lam) <= 3.402823466e38f) staged_grad<false, T, VW, 2>(sg, gr, n, threadIdx.x, blockDim.x, k, A, lam);
+        else if (gr) staged_grad<true, T, VW, 2>(sg, gr, n, threadIdx.x, blockDim.x, k, A, lam);
+#if __CUDA_ARCH__ >= 900
+        if (p.ctas > 1) cluster_wait(); // every other CTA is done reading this one's slots
+#endif
         __syncthreads(); // every thread is done with the stage before the next row fills it
     }
 }

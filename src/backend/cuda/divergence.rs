@@ -328,18 +328,7 @@ fn staged_resident(dev: &CudaDevice, f: &CudaFunction, name: &'static str, ctas:
         } else {
             // SAFETY: a zeroed attribute is valid plain data; the config only lives for the call.
             let mut attr = unsafe { cluster_attr(ctas) };
-            let cfg = CUlaunchConfig {
-                gridDimX: ctas,
-                gridDimY: 1,
-                gridDimZ: 1,
-                blockDimX: STAGED_THREADS,
-                blockDimY: 1,
-                blockDimZ: 1,
-                sharedMemBytes: smem as u32,
-                hStream: dev.stream().cu_stream(),
-                attrs: &mut attr,
-                numAttrs: 1,
-            };
+            let cfg = launch_config(dev, ctas, STAGED_THREADS, smem as u32, ctas, &mut attr);
             // SAFETY: writes one int; `f` is a loaded function of this context.
             unsafe { sys::cuOccupancyMaxActiveClusters(&mut n, f.cu_function(), &cfg) }.result().is_ok()
         };
@@ -372,7 +361,7 @@ pub fn plan(dev: &CudaDevice, p: &DivergenceLaunch, dtype: DType, vectorized: bo
         let resident = staged_resident(dev, &f, staged_name, ctas, smem);
         Ok((resident > 0).then_some((chunk, smem, resident)))
     };
-    let auto_ctas = || -> Result<Option<u32>> {
+    let pick_ctas = || -> Result<Option<u32>> {
         if !cluster_ok {
             return Ok(staged(1)?.map(|_| 1));
         }
@@ -390,6 +379,21 @@ pub fn plan(dev: &CudaDevice, p: &DivergenceLaunch, dtype: DType, vectorized: bo
             }
         }
         Ok(best.map(|(_, c)| c))
+    };
+    // Auto's count depends on the device, the kernel and V only: decided once, then looked up.
+    type AutoKey = (usize, &'static str, usize);
+    static AUTO: OnceLock<Mutex<HashMap<AutoKey, Option<u32>>>> = OnceLock::new();
+    let auto_key = (dev.ordinal(), staged_name, p.vocab);
+    let auto_ctas = || -> Result<Option<u32>> {
+        let table = AUTO.get_or_init(Default::default);
+        if let Some(&c) = table.lock().ok().as_ref().and_then(|m| m.get(&auto_key)) {
+            return Ok(c);
+        }
+        let c = pick_ctas()?;
+        if let Ok(mut m) = table.lock() {
+            m.insert(auto_key, c);
+        }
+        Ok(c)
     };
     let path = match p.path {
         KernelPath::Auto if p.vocab <= WARPS_MAX_VOCAB => KernelPath::Warps,
@@ -493,7 +497,21 @@ pub(crate) unsafe fn launch_raw(
 ) -> std::result::Result<(), cudarc::driver::DriverError> {
     dev.context().bind_to_thread()?;
     let mut attr = cluster_attr(cluster);
-    let cfg = CUlaunchConfig {
+    let cfg = launch_config(dev, grid, block, smem, cluster, &mut attr);
+    sys::cuLaunchKernelEx(&cfg, f.cu_function(), args.as_mut_ptr(), std::ptr::null_mut()).result()
+}
+
+/// A 1-D launch on `dev`'s stream, with `attr` (the cluster dimension) attached when `cluster` > 1;
+/// the config points at `attr`, which must outlive its use.
+fn launch_config(
+    dev: &CudaDevice,
+    grid: u32,
+    block: u32,
+    smem: u32,
+    cluster: u32,
+    attr: &mut CUlaunchAttribute,
+) -> CUlaunchConfig {
+    CUlaunchConfig {
         gridDimX: grid,
         gridDimY: 1,
         gridDimZ: 1,
@@ -502,10 +520,9 @@ pub(crate) unsafe fn launch_raw(
         blockDimZ: 1,
         sharedMemBytes: smem,
         hStream: dev.stream().cu_stream(),
-        attrs: &mut attr,
+        attrs: attr,
         numAttrs: u32::from(cluster > 1),
-    };
-    sys::cuLaunchKernelEx(&cfg, f.cu_function(), args.as_mut_ptr(), std::ptr::null_mut()).result()
+    }
 }
 
 fn aligned(ptr: u64) -> bool {
