@@ -1,25 +1,10 @@
 //! `gkd sft`, `gkd distill` (flags and --config), `gkd eval` and resume, as a user runs them.
 
+mod cli_common;
+
+use cli_common::{fails, ok};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
-use std::process::Command;
-
-fn gkd(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_gkd")).args(args).output().unwrap();
-    (out.status.success(), String::from_utf8(out.stdout).unwrap(), String::from_utf8(out.stderr).unwrap())
-}
-
-fn ok(args: &[&str]) -> String {
-    let (success, stdout, stderr) = gkd(args);
-    assert!(success, "gkd {args:?} failed: {stderr}");
-    stdout
-}
-
-fn fails(args: &[&str]) -> String {
-    let (success, _, stderr) = gkd(args);
-    assert!(!success, "gkd {args:?} should have failed");
-    stderr
-}
 
 fn scratch(name: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("gkd-cli-train-{name}-{}", std::process::id()));

@@ -5,6 +5,10 @@ use gkd::data::arithmetic::{self, Op, Template};
 use gkd::data::{parse_jsonl, read_jsonl, write_jsonl, Example};
 use std::path::PathBuf;
 
+mod cli_common;
+
+use cli_common::{fails, ok};
+
 fn scratch(test: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("gkd-data-{test}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -192,14 +196,9 @@ fn arithmetic_is_deterministic_per_seed() {
 fn cli_writes_the_same_file_for_the_same_seed() {
     let dir = scratch("cli");
     let out = dir.join("arith.jsonl");
-    let run = |args: &[&str]| {
-        let o = std::process::Command::new(env!("CARGO_BIN_EXE_gkd")).args(args).output().unwrap();
-        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-        o.stdout
-    };
-    let stdout = run(&["data", "arithmetic", "--n", "25", "--seed", "5"]);
-    run(&["data", "arithmetic", "--n", "25", "--seed", "5", "--out", out.to_str().unwrap()]);
-    assert_eq!(stdout, std::fs::read(&out).unwrap());
+    let stdout = ok(&["data", "arithmetic", "--n", "25", "--seed", "5"]);
+    ok(&["data", "arithmetic", "--n", "25", "--seed", "5", "--out", out.to_str().unwrap()]);
+    assert_eq!(stdout.as_bytes(), std::fs::read(&out).unwrap());
     let parsed = read_jsonl(&out, true).unwrap();
     assert_eq!(parsed, arithmetic::generate_examples(25, 5));
     std::fs::remove_dir_all(dir).ok();
@@ -221,12 +220,8 @@ fn held_out_problems_exclude_training_prompts() {
 
     let dir = scratch("exclude");
     let (train_file, test_file) = (dir.join("train.jsonl"), dir.join("test.jsonl"));
-    let gkd =
-        |args: &[&str]| std::process::Command::new(env!("CARGO_BIN_EXE_gkd")).args(args).output().unwrap();
-    assert!(gkd(&["data", "arithmetic", "--n", "400", "--seed", "1", "--out", train_file.to_str().unwrap()])
-        .status
-        .success());
-    let o = gkd(&[
+    ok(&["data", "arithmetic", "--n", "400", "--seed", "1", "--out", train_file.to_str().unwrap()]);
+    ok(&[
         "data",
         "arithmetic",
         "--n",
@@ -238,14 +233,13 @@ fn held_out_problems_exclude_training_prompts() {
         "--out",
         test_file.to_str().unwrap(),
     ]);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let train: Vec<Example> = read_jsonl(&train_file, true).unwrap();
     let test: Vec<Example> = read_jsonl(&test_file, true).unwrap();
     assert_eq!(test.len(), 100);
     assert!(test.iter().all(|t| train.iter().all(|e| e.prompt != t.prompt)));
     // A bad exclude file is a clear error.
-    let o = gkd(&["data", "arithmetic", "--n", "5", "--exclude", dir.join("none.jsonl").to_str().unwrap()]);
-    assert!(!o.status.success());
-    assert!(String::from_utf8_lossy(&o.stderr).contains("none.jsonl"));
+    let stderr =
+        fails(&["data", "arithmetic", "--n", "5", "--exclude", dir.join("none.jsonl").to_str().unwrap()]);
+    assert!(stderr.contains("none.jsonl"));
     std::fs::remove_dir_all(dir).ok();
 }

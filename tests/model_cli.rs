@@ -1,21 +1,11 @@
 //! `gkd score`, `gkd generate` and `gkd init` as a user runs them.
 
+mod cli_common;
 mod model_common;
 
+use cli_common::{gkd, ok};
 use model_common::{fixture, reference, scratch};
 use serde_json::Value;
-use std::process::Command;
-
-fn gkd(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_gkd")).args(args).output().unwrap();
-    (out.status.success(), String::from_utf8(out.stdout).unwrap(), String::from_utf8(out.stderr).unwrap())
-}
-
-fn ok(args: &[&str]) -> String {
-    let (success, stdout, stderr) = gkd(args);
-    assert!(success, "gkd {args:?} failed: {stderr}");
-    stdout
-}
 
 #[test]
 fn score_ids_and_text() {
