@@ -5,12 +5,13 @@
 //! size. `gkd bench divergence` prints the same comparison as a table without criterion.
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use gkd::backend::cpu::divergence_fwd_bwd;
 use gkd::backend::cuda::bandwidth::{measure_copy_bandwidth, time_ms};
 use gkd::backend::cuda::divergence::KernelPath;
 use gkd::backend::cuda::linear_divergence::LinearDivergence;
 use gkd::backend::cuda::{self, CudaDevice};
+use gkd::backend::Divergence;
 use gkd::bench::divergence::{random_values, DivergenceCase, LinearCase, LinearVariant};
-use gkd::distill::{divergence_fwd_bwd, Divergence};
 use std::time::{Duration, Instant};
 
 const DIV: Divergence = Divergence::Jsd { beta: 0.5 };

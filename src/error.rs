@@ -1,6 +1,7 @@
 //! The library's error type: every failure says what went wrong and what to do about it.
-
-use crate::tensor::{DType, Device};
+//!
+//! The bottom of the crate's layers: it imports nothing from the crate, so dtypes and devices
+//! appear here by name.
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -8,13 +9,13 @@ pub enum Error {
     Shape { op: &'static str, detail: String },
 
     #[error("{op}: dtype {dtype} is not supported on {device} (supported: {supported})")]
-    DType { op: &'static str, dtype: DType, device: Device, supported: &'static str },
+    DType { op: &'static str, dtype: &'static str, device: String, supported: &'static str },
 
     #[error("{op}: inputs are on different devices ({a} and {b}); move them to one device first")]
-    DeviceMismatch { op: &'static str, a: Device, b: Device },
+    DeviceMismatch { op: &'static str, a: String, b: String },
 
     #[error("{op} has no {device} implementation yet; run it with --device cpu")]
-    Unsupported { op: &'static str, device: Device },
+    Unsupported { op: &'static str, device: String },
 
     #[error("CUDA is not available: {0}")]
     NoCuda(String),
@@ -23,7 +24,7 @@ pub enum Error {
     Cuda { context: String, detail: String },
 
     #[error("out of GPU memory while allocating {bytes} bytes on {device} for {context}: use a smaller batch or sequence length")]
-    OutOfMemory { bytes: usize, device: Device, context: String },
+    OutOfMemory { bytes: usize, device: String, context: String },
 
     #[error("{0}")]
     Msg(String),

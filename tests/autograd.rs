@@ -4,8 +4,9 @@
 //! ignored targets) recorded in f64; every parameter's gradient from one backward pass is checked
 //! against central finite differences of the whole forward.
 
-use gkd::autograd::{AttentionSpec, Tape, Var, WeightLayout};
-use gkd::Tensor;
+use gkd::autograd::{AttnDims, Tape, Var, WeightLayout};
+use gkd::backend::ops::IGNORE;
+use gkd::{Device, Tensor};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use std::sync::Arc;
@@ -50,10 +51,11 @@ impl Model {
 
     /// The loss for these parameter values; with `grads`, also the gradient of each parameter.
     fn loss(&self, params: &[Vec<f64>], want_grads: bool) -> (f64, Vec<Vec<f64>>) {
-        let ids: Vec<u32> = vec![3, 1, 4, 1, 5, 9, 2, 6];
-        let lengths = [4usize, 3];
+        let ids = Tensor::from_u32(&[3, 1, 4, 1, 5, 9, 2, 6], Device::Cpu).unwrap();
+        let lengths = Tensor::from_u32(&[4, 3], Device::Cpu).unwrap();
         let positions: Vec<u32> = (0..B * T).map(|i| (i % T) as u32).collect();
-        let targets: Vec<i32> = vec![1, 4, -100, 5, 9, 2, -100, -100];
+        let positions = Tensor::from_u32(&positions, Device::Cpu).unwrap();
+        let targets = Tensor::from_u32(&[1, 4, IGNORE, 5, 9, 2, IGNORE, IGNORE], Device::Cpu).unwrap();
         let inv_freq: Arc<[f64]> = (0..D / 2).map(|i| 1.0 / 500f64.powf(2.0 * i as f64 / D as f64)).collect();
         let mut tape = Tape::new();
         let p: Vec<Var> = params
@@ -61,35 +63,35 @@ impl Model {
             .zip(&self.shapes)
             .map(|(v, s)| tape.leaf(Tensor::from_vec(v.clone(), s.clone()).unwrap(), true))
             .collect();
-        let x = tape.embedding(&ids, p[0]).unwrap();
-        let h = tape.rmsnorm(x, p[1], 1e-6).unwrap();
-        let q = tape.linear(h, p[2], Some(p[3]), WeightLayout::OutIn).unwrap();
-        let k = tape.linear(h, p[4], None, WeightLayout::OutIn).unwrap();
-        let v = tape.linear(h, p[5], Some(p[6]), WeightLayout::OutIn).unwrap();
-        let q = tape.rope(q, &positions, inv_freq.clone(), HQ).unwrap();
-        let k = tape.rope(k, &positions, inv_freq, HKV).unwrap();
-        let spec = AttentionSpec { batch: B, seq: T, q_heads: HQ, kv_heads: HKV, head_dim: D };
-        let a = tape.attention(q, k, v, spec, &lengths).unwrap();
-        let o = tape.linear(a, p[7], None, WeightLayout::OutIn).unwrap();
-        let x = tape.add(x, o).unwrap();
-        let h = tape.layernorm(x, p[8], p[9], 1e-5).unwrap();
-        let g = tape.linear(h, p[10], None, WeightLayout::OutIn).unwrap();
-        let u = tape.linear(h, p[11], None, WeightLayout::OutIn).unwrap();
-        let m = tape.swiglu(g, u).unwrap();
-        let m = tape.linear(m, p[12], None, WeightLayout::OutIn).unwrap();
-        let x = tape.add(x, m).unwrap();
-        let f = tape.linear(x, p[13], None, WeightLayout::InOut).unwrap();
-        let f = tape.gelu(f).unwrap();
-        let f = tape.linear(f, p[14], None, WeightLayout::InOut).unwrap();
-        let x = tape.add(x, f).unwrap();
-        let logits = tape.linear(x, p[15], Some(p[16]), WeightLayout::InOut).unwrap();
-        let loss = tape.cross_entropy(logits, &targets).unwrap();
-        let value = tape.value(loss).scalar().unwrap();
+        let x = tape.embedding(&ids, &p[0]).unwrap();
+        let h = tape.rms_norm(&x, &p[1], 1e-6).unwrap();
+        let q = tape.linear(&h, &p[2], Some(&p[3]), WeightLayout::OutIn).unwrap();
+        let k = tape.linear(&h, &p[4], None, WeightLayout::OutIn).unwrap();
+        let v = tape.linear(&h, &p[5], Some(&p[6]), WeightLayout::OutIn).unwrap();
+        let q = tape.rope(&q, &positions, inv_freq.clone(), HQ).unwrap();
+        let k = tape.rope(&k, &positions, inv_freq, HKV).unwrap();
+        let a = tape.attention(&q, &k, &v, AttnDims::new(B, T, HQ, HKV, D), &lengths).unwrap();
+        let o = tape.linear(&a, &p[7], None, WeightLayout::OutIn).unwrap();
+        let x = tape.add(&x, &o).unwrap();
+        let h = tape.layer_norm(&x, &p[8], &p[9], 1e-5).unwrap();
+        let g = tape.linear(&h, &p[10], None, WeightLayout::OutIn).unwrap();
+        let u = tape.linear(&h, &p[11], None, WeightLayout::OutIn).unwrap();
+        let m = tape.swiglu(&g, &u).unwrap();
+        let m = tape.linear(&m, &p[12], None, WeightLayout::OutIn).unwrap();
+        let x = tape.add(&x, &m).unwrap();
+        let f = tape.linear(&x, &p[13], None, WeightLayout::InOut).unwrap();
+        let f = tape.gelu(&f).unwrap();
+        let f = tape.linear(&f, &p[14], None, WeightLayout::InOut).unwrap();
+        let x = tape.add(&x, &f).unwrap();
+        let logits = tape.linear(&x, &p[15], Some(&p[16]), WeightLayout::InOut).unwrap();
+        // The mean over the 5 counted targets.
+        let (loss, _) = tape.cross_entropy(&logits, &targets, 1.0 / 5.0).unwrap();
+        let value = loss.value().scalar().unwrap();
         if !want_grads {
             return (value, vec![]);
         }
-        let grads = tape.backward(loss).unwrap();
-        (value, p.iter().map(|&v| grads.get(v).unwrap().to_vec_f64().unwrap()).collect())
+        let grads = tape.backward(&loss).unwrap();
+        (value, p.iter().map(|v| grads.get(v).unwrap().to_vec_f64().unwrap()).collect())
     }
 }
 
@@ -136,10 +138,28 @@ fn tape_reports_shape_errors() {
     let mut tape = Tape::new();
     let x = tape.leaf(Tensor::from_vec(vec![1.0f32; 6], [2, 3]).unwrap(), true);
     let w = tape.leaf(Tensor::from_vec(vec![1.0f32; 8], [2, 4]).unwrap(), true);
-    let e = tape.linear(x, w, None, WeightLayout::OutIn).unwrap_err().to_string();
+    let e = tape.linear(&x, &w, None, WeightLayout::OutIn).unwrap_err().to_string();
     assert!(e.contains("does not match weight"), "{e}");
-    assert!(tape.backward(x).unwrap_err().to_string().contains("scalar"));
     let table = tape.leaf(Tensor::from_vec(vec![0.0f32; 6], [3, 2]).unwrap(), true);
-    let e = tape.embedding(&[0, 3], table).unwrap_err().to_string();
+    let e = tape.embedding(&Tensor::from_u32(&[0, 3], Device::Cpu).unwrap(), &table).unwrap_err().to_string();
     assert!(e.contains("outside the vocabulary"), "{e}");
+    assert!(tape.backward(&x).unwrap_err().to_string().contains("scalar"));
+}
+
+/// A no-grad tape records nothing and keeps no intermediate alive; backward from it is an error.
+#[test]
+fn no_grad_tape_records_nothing() {
+    let mut tape = Tape::no_grad();
+    let x = tape.leaf(Tensor::from_vec(vec![1.0f32, -2.0, 3.0, 0.5], [2, 2]).unwrap(), true);
+    let w = tape.leaf(Tensor::from_vec(vec![0.5f32, 1.0, -1.0, 2.0], [2, 2]).unwrap(), true);
+    let y = tape.linear(&x, &w, None, WeightLayout::OutIn).unwrap();
+    assert!(!y.requires_grad() && tape.is_empty());
+    assert_eq!(y.value().to_vec_f32().unwrap(), vec![-1.5, -5.0, 2.0, -2.0]);
+    let e = tape.backward_from(&y, Tensor::zeros([2, 2], gkd::DType::F32, Device::Cpu).unwrap()).unwrap_err();
+    assert!(e.to_string().contains("does not depend"), "{e}");
+    // On a recording tape, an op over constants only is not recorded either.
+    let mut tape = Tape::new();
+    let c = Var::constant(Tensor::from_vec(vec![1.0f32; 4], [2, 2]).unwrap());
+    let y = tape.add(&c, &c).unwrap();
+    assert!(!y.requires_grad() && tape.is_empty());
 }

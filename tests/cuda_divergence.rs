@@ -1,33 +1,45 @@
-//! The CUDA divergence kernels against the CPU reference (`gkd::distill::divergence_fwd_bwd` in
-//! f64, run on the same inputs rounded to the kernel's dtype): every divergence, β ∈ {0, 0.1,
-//! 0.5, 0.9, 1}, τ ∈ {0.5, 1, 2}, masked rows, logits up to ±80 and −inf entries, f32 and bf16,
-//! odd and large vocabularies, row strides with padding, misaligned bases, in place and out of
-//! place, every kernel path (clusters on sm_90 only), and the unfused baseline.
+//! The CUDA divergence kernels, at the launcher level (every kernel path forced, strides, in place),
+//! against the CPU reference (`gkd::backend::cpu::divergence_fwd_bwd` in f64, run on the same
+//! inputs rounded to the kernel's dtype): every divergence, β ∈ {0, 0.1, 0.5, 0.9, 1},
+//! τ ∈ {0.5, 1, 2}, masked rows, −inf entries, f32 and bf16, odd and large vocabularies, row
+//! strides with padding, misaligned bases, in place and out of place, every kernel path (clusters
+//! on sm_90 only), and the unfused baseline. (The op through the backend contract is in
+//! tests/device_ops.rs.)
+//!
+//! Inputs are ordinary logits (normal, σ = 2) at every vocabulary and path, so each row's gradient
+//! is large beside the tolerance: a kernel writing zeros, a sign flip or another row's gradient
+//! fails. Logits up to ±80 (nearly one-hot rows, whose gradients are tiny) are a separate case
+//! that checks robustness (finite, no NaN) with the bound derived below.
 //!
 //! Outputs are poisoned (NaN) before each launch; every element the kernel owns must be written
 //! and every element it does not own (padding, the student when the gradient goes elsewhere) must
 //! be left alone. Without a GPU each test prints a SKIPPED line and passes.
 //!
-//! Tolerances, from the fp32 error model (the log-normalizers carry ~1e-6·|log| absolute error,
-//! which every gradient element sees through D and the log-ratios): loss within 1e-4 (f32) or
-//! 1e-3 (bf16) relative; gradient |x − y| ≤ rel·|y| + 5e-5·(scale/τ)·max(1, |D_r|/scale) with rel
-//! 1e-4 (f32) or 1e-2 (bf16: the gradient is rounded to bf16).
+//! Tolerances, from the fp32 error model. Loss within 1e-4 (f32) or 1e-3 (bf16) relative. Each
+//! gradient element: |x − y| ≤ rel·|y| + 1e-5·max_row|y| (+ the extreme-case term), rel 1e-4 (f32)
+//! or 1e-2 (bf16: the gradient is rounded to bf16); the row term covers cancellation in
+//! differences like Q_k − P_k, whose inputs carry ~1e-6 relative error. With logits up to ±80 at
+//! τ = 0.5 the exponents reach |a| = 160, where f32 values are ulp(160) = 1.5e-5 apart: a/τ, the
+//! log-normalizer and log Q_k = a_k − lse each round by ≤ ulp(160)/2, so log Q_k (and log P_k) are
+//! off by ≤ 2.4e-5, D by ≤ 4.8e-5, and the reverse-KL gradient Q_k(log Q_k − log P_k − D) by
+//! ≤ 1.2e-4·Q_k ≤ 1.2e-4 (per unit of scale/τ): the extreme case adds 1.5e-4·(scale/τ)·
+//! max(1, |D_r|/scale) (seen on the H100, 2026-11-27: a one-hot RKL row off by 1.04e-4).
 
 mod common;
 
 use common::cuda_or_skip;
 use cudarc::driver::CudaSlice;
+use gkd::backend::cpu::divergence_fwd_bwd as cpu_divergence;
 use gkd::backend::cuda::divergence::{
-    divergence, divergence_fwd_bwd, DivElem, DivergenceLaunch, KernelPath, LaunchPlan, StudentGrad,
+    divergence_fwd_bwd, DivElem, DivergenceLaunch, KernelPath, LaunchPlan, StudentGrad,
 };
 use gkd::backend::cuda::divergence_unfused::divergence_unfused_fwd_bwd;
 use gkd::backend::cuda::CudaDevice;
-use gkd::distill::{divergence_fwd_bwd as cpu_divergence, Divergence};
-use gkd::{DType, Device, Tensor};
+use gkd::backend::Divergence;
+use gkd::DType;
 use half::bf16;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use std::io::Write;
 use std::sync::Arc;
 
 const ALL: [Divergence; 11] = [
@@ -46,10 +58,11 @@ const ALL: [Divergence; 11] = [
 const TAUS: [f32; 3] = [0.5, 1.0, 2.0];
 /// What the inputs hold in the padding between V and ld.
 const PAD: f64 = 7.0;
-/// Absolute gradient tolerance per unit of scale/τ and of max(1, D/scale). The inputs reach ±80
-/// at τ = 0.5, i.e. ±160 in the exponent, where f32 values are 1.5e-5 apart: a nearly one-hot row
-/// (seen on the H100, 2026-11-27: RKL, one logit at 47) cancels to 1.04e-4 where f64 gives 0.
-const GRAD_ABS: f64 = 1.5e-4;
+/// Gradient tolerance per element, as a fraction of the row's largest reference gradient.
+const GRAD_ROW: f64 = 1e-5;
+/// Extreme logits (±80): absolute gradient tolerance per unit of scale/τ and of max(1, D/scale),
+/// derived in the header.
+const GRAD_ABS_EXTREME: f64 = 1.5e-4;
 
 trait El: DivElem + Copy + Send + Sync + std::fmt::Debug {
     const NAME: &'static str;
@@ -110,6 +123,18 @@ enum Impl {
     Unfused,
 }
 
+/// The logits a case draws.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Logits {
+    /// Normal, σ = 2.
+    Ordinary,
+    /// Normal, σ = 2, about 1% of the entries −inf in both (the same positions, so every
+    /// divergence is finite).
+    NegInf,
+    /// Uniform in ±4 with about 2% of the entries in ±80 (nearly one-hot rows), and −inf entries.
+    Extreme,
+}
+
 #[derive(Clone, Debug)]
 struct Case {
     rows: usize,
@@ -131,18 +156,22 @@ impl Case {
     }
 }
 
-/// (rows, V) student and teacher logits: uniform in ±4, about 2% of entries in ±80, and, when
-/// `neg_inf`, about 1% of the entries −inf in both (the same positions, so every divergence is
-/// finite).
-fn logits(seed: u64, rows: usize, vocab: usize, neg_inf: bool) -> (Vec<f64>, Vec<f64>) {
+/// (rows, V) student and teacher logits of the given kind.
+fn logits(seed: u64, rows: usize, vocab: usize, kind: Logits) -> (Vec<f64>, Vec<f64>) {
     let mut rng = StdRng::seed_from_u64(seed);
-    let gen = |rng: &mut StdRng| {
-        let big = rng.random::<f64>() < 0.02;
-        (if big { 80.0 } else { 4.0 }) * (2.0 * rng.random::<f64>() - 1.0)
+    let gen = |rng: &mut StdRng| match kind {
+        Logits::Extreme => {
+            let big = rng.random::<f64>() < 0.02;
+            (if big { 80.0 } else { 4.0 }) * (2.0 * rng.random::<f64>() - 1.0)
+        }
+        _ => {
+            let (u1, u2): (f64, f64) = (1.0 - rng.random::<f64>(), rng.random());
+            2.0 * (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()
+        }
     };
     let mut s: Vec<f64> = (0..rows * vocab).map(|_| gen(&mut rng)).collect();
     let mut t: Vec<f64> = (0..rows * vocab).map(|_| gen(&mut rng)).collect();
-    if neg_inf && vocab > 2 {
+    if kind != Logits::Ordinary && vocab > 2 {
         for i in 0..rows * vocab {
             // Never the whole row: entry 0 of each row stays finite.
             if i % vocab != 0 && rng.random::<f64>() < 0.01 {
@@ -152,10 +181,6 @@ fn logits(seed: u64, rows: usize, vocab: usize, neg_inf: bool) -> (Vec<f64>, Vec
         }
     }
     (s, t)
-}
-
-fn skip_line(line: &str) {
-    let _ = std::io::stderr().write_all(format!("{line}\n").as_bytes());
 }
 
 /// The kernel paths to test on this GPU; the cluster paths only on sm_90+ (a SKIPPED line otherwise).
@@ -171,7 +196,7 @@ fn paths(dev: &CudaDevice, test: &str) -> Vec<KernelPath> {
     if major >= 9 {
         p.extend([2, 3, 8, 16].map(|ctas| KernelPath::Staged { ctas }));
     } else {
-        skip_line(&format!(
+        common::visible(&format!(
             "SKIPPED {test} (cluster paths): the GPU is sm_{major}{minor}, clusters need sm_90"
         ));
     }
@@ -187,7 +212,14 @@ fn down<T: cudarc::driver::DeviceRepr>(dev: &CudaDevice, s: &CudaSlice<T>) -> Ve
 }
 
 /// Runs one case on the GPU and checks it against the CPU reference; Ok(plan) (None: unfused).
-fn run<T: El>(dev: &Arc<CudaDevice>, c: &Case, s: &[f64], t: &[f64]) -> Result<Option<LaunchPlan>, String> {
+/// `extreme`: the logits reach ±80 (the tolerance adds the derived absolute term).
+fn run<T: El>(
+    dev: &Arc<CudaDevice>,
+    c: &Case,
+    s: &[f64],
+    t: &[f64],
+    extreme: bool,
+) -> Result<Option<LaunchPlan>, String> {
     let (rows, v, ld, off) = (c.rows, c.vocab, c.ld, c.offset);
     let total = off + rows * ld;
     let at = |r: usize, j: usize| off + r * ld + j;
@@ -288,9 +320,24 @@ fn run<T: El>(dev: &Arc<CudaDevice>, c: &Case, s: &[f64], t: &[f64]) -> Result<O
             return Err(format!("row {r}: loss {x}, reference {y} (relative error {le:.2e})"));
         }
         let Some(g) = grad_buf else { continue };
-        let abs = GRAD_ABS * (c.scale / c.tau) as f64 * (y.abs() / c.scale as f64).max(1.0);
+        let row_ref = &want.grad[r * v..(r + 1) * v];
+        let row_max = row_ref.iter().fold(0.0f64, |m, y| m.max(y.abs()));
+        let extreme_abs = if extreme {
+            GRAD_ABS_EXTREME * (c.scale / c.tau) as f64 * (y.abs() / c.scale as f64).max(1.0)
+        } else {
+            0.0
+        };
+        let abs = GRAD_ROW * row_max + extreme_abs;
+        // The check must be able to fail: an ordinary row's largest gradient is far above its
+        // tolerance, so zeros or another row's values would not pass. A row whose reference
+        // gradient is exactly zero (masked, or without a distribution) must be exactly zero.
+        if !extreme && row_max > 0.0 && row_max <= 2.0 * abs {
+            return Err(format!(
+                "row {r}: largest reference gradient {row_max:.2e} is not above the tolerance {abs:.2e}: a degenerate case"
+            ));
+        }
         for j in 0..v {
-            let (x, y) = (g[at(r, j)].to_f64(), want.grad[r * v + j]);
+            let (x, y) = (g[at(r, j)].to_f64(), row_ref[j]);
             if masked && x != 0.0 {
                 return Err(format!("masked row {r}: gradient {x} at {j}, expected exactly 0"));
             }
@@ -308,12 +355,16 @@ fn run<T: El>(dev: &Arc<CudaDevice>, c: &Case, s: &[f64], t: &[f64]) -> Result<O
 }
 
 /// Runs `cases` for one dtype; panics with every failure listed.
-fn run_all<T: El>(dev: &Arc<CudaDevice>, test: &str, cases: &[(Case, u64, bool)]) -> Vec<Option<LaunchPlan>> {
+fn run_all<T: El>(
+    dev: &Arc<CudaDevice>,
+    test: &str,
+    cases: &[(Case, u64, Logits)],
+) -> Vec<Option<LaunchPlan>> {
     let mut failures = Vec::new();
     let mut plans = Vec::new();
-    for (c, seed, neg_inf) in cases {
-        let (s, t) = logits(*seed, c.rows, c.vocab, *neg_inf);
-        match run::<T>(dev, c, &s, &t) {
+    for (c, seed, kind) in cases {
+        let (s, t) = logits(*seed, c.rows, c.vocab, *kind);
+        match run::<T>(dev, c, &s, &t, *kind == Logits::Extreme) {
             Ok(p) => plans.push(p),
             Err(e) => failures.push(format!("{} {c:?}: {e}", T::NAME)),
         }
@@ -340,8 +391,18 @@ fn fused_every_path_matches_cpu() {
                 for tau in TAUS {
                     let mut c = Case::new(rows, v, div, tau, Impl::Fused(path));
                     c.mask = Some((0..rows).map(|r| r != 1).collect());
-                    cases.push((c, (rows * v) as u64 + tau.to_bits() as u64, true));
+                    cases.push((c, (rows * v) as u64 + tau.to_bits() as u64, Logits::NegInf));
                 }
+            }
+        }
+    }
+    // Nearly one-hot rows (logits up to ±80 at τ = 0.5): finite, and within the derived bound.
+    for (rows, v) in [(5, 7), (4, 2056), (3, 4099)] {
+        for path in paths(&dev, test) {
+            for div in ALL {
+                let mut c = Case::new(rows, v, div, 0.5, Impl::Fused(path));
+                c.mask = Some((0..rows).map(|r| r != 1).collect());
+                cases.push((c, (rows * v) as u64, Logits::Extreme));
             }
         }
     }
@@ -373,13 +434,13 @@ fn fused_odd_and_large_vocabularies() {
                 let tau = if i == 0 { 0.5 } else { 1.0 };
                 let mut c = Case::new(3, v, *div, tau, Impl::Fused(path));
                 c.mask = Some(vec![true, false, true]);
-                cases.push((c, v as u64, true));
+                cases.push((c, v as u64, Logits::NegInf));
             }
         }
     }
     for dtype in [DType::F32, DType::BF16] {
         // A path whose row does not fit (Staged on a small GPU) is an error by design: skip it.
-        let fits: Vec<(Case, u64, bool)> = cases
+        let fits: Vec<(Case, u64, Logits)> = cases
             .iter()
             .filter(|(c, _, _)| {
                 let launch = DivergenceLaunch {
@@ -396,7 +457,7 @@ fn fused_odd_and_large_vocabularies() {
                 };
                 let ok = gkd::backend::cuda::divergence::plan(&dev, &launch, dtype, true).is_ok();
                 if !ok {
-                    skip_line(&format!(
+                    common::visible(&format!(
                         "SKIPPED {test}: {dtype} V={} on {:?} does not fit this GPU",
                         c.vocab, c.imp
                     ));
@@ -433,7 +494,7 @@ fn fused_in_place_out_of_place_and_strides() {
                         c.mode = mode;
                         c.scale = 1.0 / 1024.0;
                         c.mask = Some(vec![true, true, false, true]);
-                        cases.push((c, 11, true));
+                        cases.push((c, 11, Logits::NegInf));
                     }
                 }
             }
@@ -469,7 +530,7 @@ fn unfused_matches_cpu() {
                     c.mode = mode;
                     c.ld = v + 3;
                     c.mask = Some((0..rows).map(|r| r != 1).collect());
-                    cases.push((c, v as u64, true));
+                    cases.push((c, v as u64, Logits::NegInf));
                 }
             }
         }
@@ -484,7 +545,7 @@ fn rows_without_distribution_are_zero() {
     let test = "cuda_divergence::rows_without_distribution_are_zero";
     let Some(dev) = cuda_or_skip(test) else { return };
     for v in [7usize, 4096, 4099] {
-        let (mut s, mut t) = logits(3, 3, v, false);
+        let (mut s, mut t) = logits(3, 3, v, Logits::Ordinary);
         s[..v].iter_mut().for_each(|x| *x = f64::NEG_INFINITY);
         t[2 * v..].iter_mut().for_each(|x| *x = f64::NEG_INFINITY);
         let mut imps: Vec<Impl> = paths(&dev, test).into_iter().map(Impl::Fused).collect();
@@ -492,8 +553,10 @@ fn rows_without_distribution_are_zero() {
         for imp in imps {
             for div in ALL {
                 let c = Case::new(3, v, div, 1.0, imp);
-                for r in [run::<f32>(&dev, &c, &s, &t).map(|_| ()), run::<bf16>(&dev, &c, &s, &t).map(|_| ())]
-                {
+                for r in [
+                    run::<f32>(&dev, &c, &s, &t, false).map(|_| ()),
+                    run::<bf16>(&dev, &c, &s, &t, false).map(|_| ()),
+                ] {
                     if let Err(e) = r {
                         panic!("{c:?}: {e}");
                     }
@@ -529,7 +592,7 @@ fn persistent_staged_grid_walks_many_rows() {
             gkd::backend::cuda::divergence::plan(&dev, &base, DType::BF16, true).unwrap().resident as usize;
         assert!(resident > 0, "ctas {ctas}: no resident cluster");
         let rows = 2 * resident + 5;
-        let (mut s, t) = logits(ctas as u64, rows, v, true);
+        let (mut s, t) = logits(ctas as u64, rows, v, Logits::NegInf);
         for r in (3..rows).step_by(11) {
             s[r * v..(r + 1) * v].iter_mut().for_each(|x| *x = f64::NEG_INFINITY);
         }
@@ -541,11 +604,11 @@ fn persistent_staged_grid_walks_many_rows() {
             c.mask = Some((0..rows).map(|r| r % 7 != 5).collect());
             for mode in [Mode::Into, Mode::InPlace] {
                 c.mode = mode;
-                let plan = run::<f32>(&dev, &c, &s, &t)
+                let plan = run::<f32>(&dev, &c, &s, &t, false)
                     .unwrap_or_else(|e| panic!("f32 {ctas} CTAs {div:?} {mode:?}: {e}"));
                 let plan = plan.expect("fused");
                 assert!(plan.grid < (rows * ctas as usize) as u32, "{plan}: the grid should be persistent");
-                run::<bf16>(&dev, &c, &s, &t)
+                run::<bf16>(&dev, &c, &s, &t, false)
                     .unwrap_or_else(|e| panic!("bf16 {ctas} CTAs {div:?} {mode:?}: {e}"));
             }
         }
@@ -560,7 +623,7 @@ fn infinite_reverse_kl_keeps_zero_gradients() {
     let test = "cuda_divergence::infinite_reverse_kl_keeps_zero_gradients";
     let Some(dev) = cuda_or_skip(test) else { return };
     let (rows, v) = (3usize, 4104usize);
-    let (mut s, t) = logits(5, rows, v, false);
+    let (mut s, t) = logits(5, rows, v, Logits::Ordinary);
     let mut t = t;
     for r in 0..rows {
         for j in (1..v).step_by(5) {
@@ -598,40 +661,6 @@ fn infinite_reverse_kl_keeps_zero_gradients() {
             for j in (1..v).step_by(5) {
                 assert_eq!(g[r * v + j], 0.0, "{path:?}: gradient [{r}, {j}] where the student gives 0");
             }
-        }
-    }
-}
-
-#[test]
-fn tensor_level_divergence_matches_cpu() {
-    let test = "cuda_divergence::tensor_level_divergence_matches_cpu";
-    let Some(dev) = cuda_or_skip(test) else { return };
-    let (rows, v) = (6, 3001);
-    let (s, t) = logits(21, rows, v, true);
-    let mask: Vec<bool> = (0..rows).map(|r| r % 3 != 2).collect();
-    for dtype in [DType::F32, DType::BF16] {
-        let st = Tensor::from_vec(s.clone(), [2, 3, v]).unwrap().to_dtype(dtype).unwrap();
-        let tt = Tensor::from_vec(t.clone(), [2, 3, v]).unwrap().to_dtype(dtype).unwrap();
-        let (s_ref, t_ref) = (st.to_vec_f64().unwrap(), tt.to_vec_f64().unwrap());
-        let dev_ = Device::Cuda(dev.ordinal());
-        let div = Divergence::Jsd { beta: 0.9 };
-        let (loss, grad) = divergence(
-            &st.to_device(dev_).unwrap(),
-            &tt.to_device(dev_).unwrap(),
-            Some(&mask),
-            div,
-            2.0,
-            0.25,
-        )
-        .unwrap();
-        let want = cpu_divergence(div, 2.0, &s_ref, &t_ref, v, Some(&mask), 0.25, true).unwrap();
-        assert_eq!(grad.dims(), &[2, 3, v]);
-        assert_eq!(grad.dtype(), dtype);
-        assert!((loss - want.loss).abs() <= 1e-3 * want.loss.abs(), "{dtype}: loss {loss} vs {}", want.loss);
-        let g = grad.to_vec_f64().unwrap();
-        for (i, (x, y)) in g.iter().zip(&want.grad).enumerate() {
-            let tol = if dtype == DType::F32 { 1e-4 } else { 1e-2 };
-            assert!((x - y).abs() <= tol * y.abs() + GRAD_ABS * 0.125, "{dtype} [{i}]: {x} vs {y}");
         }
     }
 }

@@ -1,16 +1,19 @@
 //! Fused lm_head + divergence (src/backend/cuda/linear_divergence.rs) against CPU matrix products
-//! and the CPU divergence reference, on the same bf16-rounded inputs: loss, d(student hidden),
-//! d(student head) (accumulated into, padding rows untouched), with several chunks and a row mask;
-//! the matmuls-only variant and the unfused baseline against the same reference.
+//! and the CPU divergence reference, on the same bf16-rounded inputs: loss, d(student hidden), and
+//! the increment added to d(student head) (checked by itself, not hidden in the preset buffer it
+//! is added to; padding rows untouched), with several chunks and a row mask; the unfused baseline
+//! against the same reference, and the matmuls-only variant against its own products (the raw
+//! logits in place of the gradient).
 
 mod common;
 
+use gkd::backend::cpu::divergence_fwd_bwd;
 use gkd::backend::cpu::{matmul, MatmulSpec};
 use gkd::backend::cuda::divergence::KernelPath;
 use gkd::backend::cuda::linear_divergence::{
     linear_divergence_unfused, LinearDivergence, LinearDivergenceInputs,
 };
-use gkd::distill::{divergence_fwd_bwd, Divergence};
+use gkd::backend::Divergence;
 use half::bf16;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -32,10 +35,41 @@ fn rel(a: &[f32], b: &[f32]) -> f64 {
 struct Reference {
     loss: f64,
     d_hidden: Vec<f32>,
+    /// What the call adds to d(student head), (V, Hs).
     d_head: Vec<f32>,
 }
 
-#[allow(clippy::too_many_arguments)]
+/// hs·Wᵀ over the first V rows of W, rounded to bf16 as the GPU holds logits.
+fn logits_bf16(hs: &[f32], w: &[f32], n: usize, h: usize, v: usize) -> Vec<f32> {
+    let mut s = vec![0.0f32; n * v];
+    matmul(
+        MatmulSpec { m: n, k: h, n: v, trans_a: false, trans_b: true, accumulate: false },
+        hs,
+        &w[..v * h],
+        &mut s,
+    );
+    s.iter().map(|&x| bf16::from_f32(x).to_f32()).collect()
+}
+
+/// The backward products of a (n, V) logit gradient g: (g·W, gᵀ·hs).
+fn backward_products(g: &[f32], hs: &[f32], w: &[f32], n: usize, h: usize, v: usize) -> (Vec<f32>, Vec<f32>) {
+    let mut d_hidden = vec![0.0f32; n * h];
+    matmul(
+        MatmulSpec { m: n, k: v, n: h, trans_a: false, trans_b: false, accumulate: false },
+        g,
+        &w[..v * h],
+        &mut d_hidden,
+    );
+    let mut d_head = vec![0.0f32; v * h];
+    matmul(
+        MatmulSpec { m: v, k: n, n: h, trans_a: true, trans_b: false, accumulate: false },
+        g,
+        hs,
+        &mut d_head,
+    );
+    (d_hidden, d_head)
+}
+
 fn reference(
     p: &LinearDivergence,
     hs: &[f32],
@@ -43,43 +77,14 @@ fn reference(
     ht: &[f32],
     wt: &[f32],
     mask: &[bool],
-    d_head0: &[f32],
 ) -> Reference {
     let (n, h_s, h_t, v) = (p.rows, p.student_dim, p.teacher_dim, p.vocab);
-    let mut s = vec![0.0f32; n * v];
-    matmul(
-        MatmulSpec { m: n, k: h_s, n: v, trans_a: false, trans_b: true, accumulate: false },
-        hs,
-        &ws[..v * h_s],
-        &mut s,
-    );
-    let mut t = vec![0.0f32; n * v];
-    matmul(
-        MatmulSpec { m: n, k: h_t, n: v, trans_a: false, trans_b: true, accumulate: false },
-        ht,
-        &wt[..v * h_t],
-        &mut t,
-    );
-    // The GPU holds logits in bf16: round the same way before the divergence.
-    let s: Vec<f32> = s.iter().map(|&x| bf16::from_f32(x).to_f32()).collect();
-    let t: Vec<f32> = t.iter().map(|&x| bf16::from_f32(x).to_f32()).collect();
+    let s = logits_bf16(hs, ws, n, h_s, v);
+    let t = logits_bf16(ht, wt, n, h_t, v);
     let out =
         divergence_fwd_bwd(p.divergence, p.temperature as f64, &s, &t, v, Some(mask), p.scale as f64, true)
             .unwrap();
-    let mut d_hidden = vec![0.0f32; n * h_s];
-    matmul(
-        MatmulSpec { m: n, k: v, n: h_s, trans_a: false, trans_b: false, accumulate: false },
-        &out.grad,
-        &ws[..v * h_s],
-        &mut d_hidden,
-    );
-    let mut d_head = d_head0.to_vec();
-    matmul(
-        MatmulSpec { m: v, k: n, n: h_s, trans_a: true, trans_b: false, accumulate: true },
-        &out.grad,
-        hs,
-        &mut d_head[..v * h_s],
-    );
+    let (d_hidden, d_head) = backward_products(&out.grad, hs, ws, n, h_s, v);
     Reference { loss: out.loss, d_hidden, d_head }
 }
 
@@ -115,7 +120,7 @@ fn fused_linear_divergence_matches_cpu() {
             chunk_rows: chunk,
             path: KernelPath::Auto,
         };
-        let want = reference(&p, &hs, &ws, &ht, &wt, &mask, &d_head0);
+        let want = reference(&p, &hs, &ws, &ht, &wt, &mask);
 
         let (dhs, dws) = (st.clone_htod(&to_bf16(&hs)).unwrap(), st.clone_htod(&to_bf16(&ws)).unwrap());
         let (dht, dwt) = (st.clone_htod(&to_bf16(&ht)).unwrap(), st.clone_htod(&to_bf16(&wt)).unwrap());
@@ -157,16 +162,28 @@ fn fused_linear_divergence_matches_cpu() {
             assert!(gh.iter().all(|x| x.is_finite()), "{tag}: d_hidden not fully written");
             let e = rel(&gh, &want.d_hidden);
             assert!(e < 2e-2, "{tag}: d_hidden rel err {e:.3e}");
-            let e = rel(&gw[..v * h_s], &want.d_head[..v * h_s]);
-            assert!(e < 2e-2, "{tag}: d_head rel err {e:.3e}");
+            // The increment itself: a missing or sign-flipped gradient fails here.
+            let added: Vec<f32> = gw[..v * h_s].iter().zip(&d_head0).map(|(g, g0)| g - g0).collect();
+            let e = rel(&added, &want.d_head);
+            assert!(e < 2e-2, "{tag}: d_head increment rel err {e:.3e}");
             assert_eq!(&gw[v * h_s..], &d_head0[v * h_s..], "{tag}: padding rows of d_head were touched");
         }
-        // The matmuls-only variant runs the same products (its loss is 0: no divergence).
-        let mut d_hidden = st.alloc_zeros::<bf16>(n * h_s).unwrap();
+        // The matmuls-only variant runs the same products on the raw logits (no divergence in
+        // between, loss 0): its outputs are the backward products of the student's logits.
+        let mut d_hidden = st.clone_htod(&vec![bf16::NAN; n * h_s]).unwrap();
         let mut d_head = st.clone_htod(&d_head0).unwrap();
         let out =
             p.run_matmuls_only(&dev, &x, &mut d_hidden.slice_mut(..), &mut d_head.slice_mut(..)).unwrap();
         assert_eq!(out.loss, 0.0);
+        let (mm_hidden, mm_head) = backward_products(&logits_bf16(&hs, &ws, n, h_s, v), &hs, &ws, n, h_s, v);
+        let gh: Vec<f32> = st.clone_dtoh(&d_hidden).unwrap().iter().map(|x| x.to_f32()).collect();
+        let gw = st.clone_dtoh(&d_head).unwrap();
+        let added: Vec<f32> = gw[..v * h_s].iter().zip(&d_head0).map(|(g, g0)| g - g0).collect();
+        let (eh, ew) = (rel(&gh, &mm_hidden), rel(&added, &mm_head));
+        assert!(
+            eh < 2e-2 && ew < 2e-2,
+            "matmuls only, n={n} V={v}: d_hidden {eh:.3e}, d_head increment {ew:.3e}"
+        );
     }
 }
 

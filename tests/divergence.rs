@@ -1,9 +1,10 @@
-//! The CPU reference of the distillation divergences (`gkd::distill::divergence`) against an
+//! The CPU reference of the distillation divergences (`gkd::backend::cpu::divergence_fwd_bwd`) against an
 //! independent naive f64 formula written here: values, gradients by central finite differences of
 //! that formula, the TRL ends of JSD, symmetry, temperature, masks, −inf logits, f32 vs f64, and
 //! the command-line names.
 
-use gkd::distill::{divergence_fwd_bwd, Divergence, DivergenceOut};
+use gkd::backend::cpu::{divergence_fwd_bwd, DivergenceOut};
+use gkd::backend::Divergence;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 

@@ -20,7 +20,7 @@ fn load_err(dir: &Path) -> String {
 fn rewrite(dir: &Path, edit: impl FnOnce(&mut Vec<(String, Tensor)>)) {
     let model = Model::load(dir).unwrap();
     let mut named: Vec<(String, Tensor)> =
-        model.names().iter().cloned().zip(model.tensors().iter().cloned()).collect();
+        model.names().iter().cloned().zip(model.tensors().unwrap().iter().cloned()).collect();
     edit(&mut named);
     checkpoint::save(dir, &named, gkd::DType::F32, None).unwrap();
 }
@@ -43,7 +43,7 @@ fn wrong_dtype() {
     let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = model
         .names()
         .iter()
-        .zip(model.tensors())
+        .zip(model.tensors().unwrap())
         .map(|(n, t)| {
             (
                 n.clone(),

@@ -129,8 +129,8 @@ fn critical(df: usize) -> f64 {
 }
 
 fn next_token_logits(model: &Model, prompt: &[u32]) -> Vec<f32> {
-    let mut cache = model.new_cache(1);
-    model.forward_cached(&mut cache, &[(0, prompt)]).unwrap()
+    let mut cache = model.new_cache(1, prompt.len()).unwrap();
+    model.next_token_logits(&mut cache, &[(0, prompt)]).unwrap().to_vec_f32().unwrap()
 }
 
 const SETTINGS: [(f64, usize, f64); 4] = [(0.7, 0, 1.0), (1.5, 20, 1.0), (1.0, 0, 0.8), (0.9, 50, 0.9)];

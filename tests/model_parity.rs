@@ -43,7 +43,7 @@ fn llama_gqa_rope_theta_llama3_scaling_untied_matches_transformers() {
     ] {
         let mut cfg = model.config.clone();
         edit(&mut cfg);
-        let named = model.names().iter().cloned().zip(model.tensors().iter().cloned()).collect();
+        let named = model.names().iter().cloned().zip(model.tensors().unwrap()).collect();
         let wrong = Model::from_tensors(cfg, named).unwrap();
         let diff = max_abs_diff(&wrong.logprobs(&r.sequences).unwrap(), &r.logprobs);
         assert!(diff > 1e-2, "a wrong RoPE still matches ({diff:e})");
@@ -98,31 +98,37 @@ fn greedy_generation_matches_transformers() {
     }
 }
 
-/// Prefill half a sequence, then feed one token at a time: every step's logits equal the taped
-/// forward's logits at that position.
+/// Prefill half a sequence, then feed one token at a time through the key/value cache: every
+/// step's logits equal the logits of the padded (training) forward at that position.
 #[test]
-fn cached_forward_equals_taped_forward() {
+fn cached_forward_equals_padded_forward() {
     for name in FAMILIES {
         let model = Model::load(&fixture(name)).unwrap();
         let seq = reference(name).sequences.pop().unwrap();
         let v = model.config.vocab_size;
-        let mut tape = Tape::new();
-        let p = model.bind(&mut tape, false);
+        let mut tape = Tape::no_grad();
+        let p = model.bind(&mut tape, false).unwrap();
         let batch = TokenBatch::new(std::slice::from_ref(&seq)).unwrap();
-        let logits = model.forward_logits(&mut tape, &p, &batch).unwrap();
-        let full = tape.value(logits).to_vec_f32().unwrap();
-        let mut cache = model.new_cache(1);
+        let h = model.forward(&mut tape, &p, &mut batch.inputs(model.device()).unwrap()).unwrap();
+        let full = model.logits(&mut tape, &p, &h).unwrap().value().to_vec_f32().unwrap();
+        let mut cache = model.new_cache(1, seq.len()).unwrap();
         let half = seq.len() / 2;
         let mut worst = 0.0f32;
-        let mut check = |pos: usize, got: &[f32]| {
+        let mut check = |pos: usize, got: Vec<f32>| {
             for (a, b) in got.iter().zip(&full[pos * v..(pos + 1) * v]) {
                 worst = worst.max((a - b).abs());
             }
         };
-        check(half - 1, &model.forward_cached(&mut cache, &[(0, &seq[..half])]).unwrap());
+        let step = |cache: &mut gkd::model::KvCache, toks: &[u32]| {
+            model.next_token_logits(cache, &[(0, toks)]).unwrap().to_vec_f32().unwrap()
+        };
+        check(half - 1, step(&mut cache, &seq[..half]));
         for t in half..seq.len() {
-            check(t, &model.forward_cached(&mut cache, &[(0, &seq[t..t + 1])]).unwrap());
+            check(t, step(&mut cache, &seq[t..t + 1]));
         }
-        assert!(worst < 1e-4, "{name}: cached and taped logits differ by {worst}");
+        assert!(worst < 1e-4, "{name}: cached and padded logits differ by {worst}");
+        // The cache is full: one more token is an error naming the capacity.
+        let e = model.next_token_logits(&mut cache, &[(0, &seq[..1])]).unwrap_err().to_string();
+        assert!(e.contains("past the cache"), "{e}");
     }
 }

@@ -1,8 +1,22 @@
 //! AdamW against a hand-computed example and PyTorch, exact resume through the state file, the
 //! learning-rate schedules against hand-computed values, and gradient clipping.
 
-use gkd::optim::{global_norm, AdamW, AdamWConfig, GradClip, LrSchedule, NonFiniteGradNorm, ScheduleKind};
+use gkd::optim::{global_norm, AdamW, AdamWConfig, GradClip, LrSchedule, ParamGroup, ScheduleKind};
+use gkd::{Device, Tensor};
 use std::path::PathBuf;
+
+fn t(v: &[f32]) -> Tensor {
+    Tensor::from_vec(v.to_vec(), [v.len()]).unwrap()
+}
+
+fn v(t: &Tensor) -> Vec<f32> {
+    t.to_vec_f32().unwrap()
+}
+
+/// One group with decay over n parameters.
+fn all(n: usize) -> Vec<ParamGroup> {
+    vec![ParamGroup { range: 0..n, decay: true }]
+}
 
 /// Each element within `rel` of the reference, relative to max(|reference|, 1e-3).
 fn close(got: &[f32], expected: &[f64], rel: f64) {
@@ -28,17 +42,17 @@ fn close(got: &[f32], expected: &[f64], rel: f64) {
 fn adamw_two_steps_by_hand() {
     let cfg = AdamWConfig { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.1 };
     let mut opt = AdamW::new(cfg).unwrap();
-    let mut p = vec![1.0f32];
-    opt.step(&mut [&mut p], &[&[0.5]], 0.1).unwrap();
-    close(&p, &[0.890000002], 1e-6);
-    let (m, v) = opt.moments(0).unwrap();
-    close(m, &[0.05], 1e-6);
-    close(v, &[0.00025], 1e-6);
-    opt.step(&mut [&mut p], &[&[-0.25]], 0.1).unwrap();
-    close(&p, &[0.854466298688], 1e-6);
-    let (m, v) = opt.moments(0).unwrap();
-    close(m, &[0.02], 1e-6);
-    close(v, &[0.00031225], 1e-6);
+    let mut p = t(&[1.0]);
+    opt.step(&mut p, &t(&[0.5]), &all(1), 0.1).unwrap();
+    close(&v(&p), &[0.890000002], 1e-6);
+    let (m, s) = opt.moments().unwrap();
+    close(&v(m), &[0.05], 1e-6);
+    close(&v(s), &[0.00025], 1e-6);
+    opt.step(&mut p, &t(&[-0.25]), &all(1), 0.1).unwrap();
+    close(&v(&p), &[0.854466298688], 1e-6);
+    let (m, s) = opt.moments().unwrap();
+    close(&v(m), &[0.02], 1e-6);
+    close(&v(s), &[0.00031225], 1e-6);
     assert_eq!(opt.steps_taken(), 2);
 }
 
@@ -48,14 +62,16 @@ const GRADS: [([f32; 3], [f32; 4]); 3] = [
     ([0.2, 0.0, -0.3], [-2.0, 0.25, 0.75, -0.5]),
 ];
 
-fn run_three_steps(cfg: AdamWConfig, lrs: [f32; 3]) -> (Vec<f32>, Vec<f32>, AdamW) {
-    let mut p0 = vec![0.5f32, -1.25, 2.0];
-    let mut p1 = vec![0.1f32, 0.2, -0.3, 0.4];
+/// Two parameters (3 and 4 elements) in one flat buffer, both decayed.
+fn run_three_steps(cfg: AdamWConfig, lrs: [f32; 3]) -> (Vec<f32>, Vec<f32>, Vec<f32>, Vec<f32>) {
+    let mut p = t(&[0.5, -1.25, 2.0, 0.1, 0.2, -0.3, 0.4]);
+    let groups = [ParamGroup { range: 0..3, decay: true }, ParamGroup { range: 3..7, decay: true }];
     let mut opt = AdamW::new(cfg).unwrap();
     for ((g0, g1), lr) in GRADS.iter().zip(lrs) {
-        opt.step(&mut [&mut p0, &mut p1], &[g0, g1], lr).unwrap();
+        opt.step(&mut p, &t(&[&g0[..], &g1[..]].concat()), &groups, lr).unwrap();
     }
-    (p0, p1, opt)
+    let (p, (m, s)) = (v(&p), opt.moments().unwrap());
+    (p[..3].to_vec(), p[3..].to_vec(), v(m)[3..].to_vec(), v(s)[3..].to_vec())
 }
 
 /// Reference values from torch 2.15 (CPU, float32):
@@ -80,43 +96,46 @@ fn run_three_steps(cfg: AdamWConfig, lrs: [f32; 3]) -> (Vec<f32>, Vec<f32>, Adam
 /// ```
 #[test]
 fn adamw_matches_pytorch() {
-    let (p0, p1, opt) = run_three_steps(AdamWConfig::default(), [1e-3; 3]);
+    let (p0, p1, m, s) = run_three_steps(AdamWConfig::default(), [1e-3; 3]);
     close(&p0, &[0.497981697, -1.2496115, 1.99838436], 1e-6);
     close(&p1, &[0.098271206, 0.200689927, -0.299170166, 0.397969931], 1e-6);
-    let (m, v) = opt.moments(1).unwrap();
-    close(m, &[-0.0740000159, 0.029500002, -0.0149999978, 0.112090006], 1e-6);
-    close(v, &[0.00524775125, 0.000561750261, 0.00156150002, 0.00424200529], 1e-6);
+    close(&m, &[-0.0740000159, 0.029500002, -0.0149999978, 0.112090006], 1e-6);
+    close(&s, &[0.00524775125, 0.000561750261, 0.00156150002, 0.00424200529], 1e-6);
 
     let cfg = AdamWConfig { beta1: 0.8, beta2: 0.95, eps: 1e-6, weight_decay: 0.1 };
-    let (p0, p1, opt) = run_three_steps(cfg, [0.05, 0.02, 0.01]);
+    let (p0, p1, m, s) = run_three_steps(cfg, [0.05, 0.02, 0.01]);
     close(&p0, &[0.433163464, -1.2015959, 1.91933572], 1e-6);
     close(&p1, &[0.0338879377, 0.242882758, -0.281823397, 0.331475526], 1e-6);
-    let (m, v) = opt.moments(1).unwrap();
-    close(m, &[-0.191999987, 0.0660000071, -0.0100000026, 0.156159997], 1e-6);
-    close(v, &[0.256999999, 0.0262812488, 0.0756250024, 0.193000033], 1e-6);
+    close(&m, &[-0.191999987, 0.0660000071, -0.0100000026, 0.156159997], 1e-6);
+    close(&s, &[0.256999999, 0.0262812488, 0.0756250024, 0.193000033], 1e-6);
 }
 
 #[test]
-fn decay_mask_exempts_parameters() {
+fn groups_without_decay_are_exempt() {
     let cfg = AdamWConfig { weight_decay: 0.5, ..AdamWConfig::default() };
     let steps = [[0.1f32, -0.2], [0.3, 0.1]];
-    // Two parameters, decay on the first only ...
-    let (mut decayed, mut exempt) = (vec![1.0f32, 2.0], vec![1.0f32, 2.0]);
-    let mut masked = AdamW::new(cfg).unwrap().with_decay_mask(vec![true, false]);
+    // Two parameters in one buffer, decay on the first only ...
+    let mut both = t(&[1.0, 2.0, 1.0, 2.0]);
+    let groups = [ParamGroup { range: 0..2, decay: true }, ParamGroup { range: 2..4, decay: false }];
+    let mut masked = AdamW::new(cfg).unwrap();
     // ... against each alone, with and without decay.
-    let (mut with_decay, mut without) = (vec![1.0f32, 2.0], vec![1.0f32, 2.0]);
+    let (mut with_decay, mut without) = (t(&[1.0, 2.0]), t(&[1.0, 2.0]));
     let mut opt_with = AdamW::new(cfg).unwrap();
     let mut opt_without = AdamW::new(AdamWConfig { weight_decay: 0.0, ..cfg }).unwrap();
     for g in &steps {
-        masked.step(&mut [&mut decayed, &mut exempt], &[g, g], 0.01).unwrap();
-        opt_with.step(&mut [&mut with_decay], &[g], 0.01).unwrap();
-        opt_without.step(&mut [&mut without], &[g], 0.01).unwrap();
+        masked.step(&mut both, &t(&[&g[..], &g[..]].concat()), &groups, 0.01).unwrap();
+        opt_with.step(&mut with_decay, &t(g), &all(2), 0.01).unwrap();
+        opt_without.step(&mut without, &t(g), &all(2), 0.01).unwrap();
     }
-    assert_eq!(decayed, with_decay);
-    assert_eq!(exempt, without);
-    assert_ne!(decayed, exempt);
-    let mut bad = AdamW::new(cfg).unwrap().with_decay_mask(vec![true]);
-    assert!(bad.step(&mut [&mut [0.0f32], &mut [0.0f32]], &[&[0.0], &[0.0]], 0.1).is_err());
+    let both = v(&both);
+    assert_eq!(both[..2], v(&with_decay)[..]);
+    assert_eq!(both[2..], v(&without)[..]);
+    assert_ne!(both[..2], both[2..]);
+    // Groups must tile the buffer in order.
+    let mut bad = AdamW::new(cfg).unwrap();
+    let gaps = [ParamGroup { range: 0..1, decay: true }, ParamGroup { range: 2..4, decay: false }];
+    assert!(bad.step(&mut t(&[0.0; 4]), &t(&[0.0; 4]), &gaps, 0.1).is_err());
+    assert!(bad.step(&mut t(&[0.0; 4]), &t(&[0.0; 4]), &all(3), 0.1).is_err());
 }
 
 fn scratch(test: &str) -> PathBuf {
@@ -128,50 +147,54 @@ fn scratch(test: &str) -> PathBuf {
 #[test]
 fn state_file_resumes_exactly() {
     let cfg = AdamWConfig { beta1: 0.85, beta2: 0.97, eps: 1e-7, weight_decay: 0.05 };
-    let grads = |k: usize| -> (Vec<f32>, Vec<f32>) {
-        let g0 = (0..5).map(|i| ((i * 7 + k * 3) % 11) as f32 / 11.0 - 0.5).collect();
-        let g1 = (0..3).map(|i| ((i * 5 + k * 2) % 7) as f32 / 7.0 - 0.4).collect();
-        (g0, g1)
+    let grads = |k: usize| -> Tensor {
+        let g0 = (0..5).map(|i| ((i * 7 + k * 3) % 11) as f32 / 11.0 - 0.5);
+        let g1 = (0..3).map(|i| ((i * 5 + k * 2) % 7) as f32 / 7.0 - 0.4);
+        t(&g0.chain(g1).collect::<Vec<_>>())
     };
-    let init = || (vec![0.3f32, -0.1, 0.7, 1.5, -2.0], vec![0.01f32, 0.02, -0.03]);
+    let init = || t(&[0.3, -0.1, 0.7, 1.5, -2.0, 0.01, 0.02, -0.03]);
+    let params = [ParamGroup { range: 0..5, decay: true }, ParamGroup { range: 5..8, decay: false }];
     let lr = |k: usize| 1e-2 / (1.0 + k as f32);
 
-    let (mut a0, mut a1) = init();
-    let mut straight = AdamW::new(cfg).unwrap().with_decay_mask(vec![true, false]);
+    let mut a = init();
+    let mut straight = AdamW::new(cfg).unwrap();
     for k in 0..5 {
-        let (g0, g1) = grads(k);
-        straight.step(&mut [&mut a0, &mut a1], &[&g0, &g1], lr(k)).unwrap();
+        straight.step(&mut a, &grads(k), &params, lr(k)).unwrap();
     }
 
     let dir = scratch("resume");
     let path = dir.join("optimizer.safetensors");
-    let (mut b0, mut b1) = init();
-    let mut first = AdamW::new(cfg).unwrap().with_decay_mask(vec![true, false]);
+    let mut b = init();
+    let mut first = AdamW::new(cfg).unwrap();
     for k in 0..3 {
-        let (g0, g1) = grads(k);
-        first.step(&mut [&mut b0, &mut b1], &[&g0, &g1], lr(k)).unwrap();
+        first.step(&mut b, &grads(k), &params, lr(k)).unwrap();
     }
-    first.save(&path).unwrap();
+    first.save(&path, &params).unwrap();
     drop(first);
-    let mut resumed = AdamW::load(&path).unwrap();
+    let mut resumed = AdamW::load(&path, &params, Device::Cpu).unwrap();
     assert_eq!(resumed.steps_taken(), 3);
     assert_eq!(*resumed.config(), cfg);
     for k in 3..5 {
-        let (g0, g1) = grads(k);
-        resumed.step(&mut [&mut b0, &mut b1], &[&g0, &g1], lr(k)).unwrap();
+        resumed.step(&mut b, &grads(k), &params, lr(k)).unwrap();
     }
-    assert_eq!((a0, a1), (b0, b1), "bit-identical to the uninterrupted run");
-    assert_eq!(straight.moments(0), resumed.moments(0));
-    assert_eq!(straight.moments(1), resumed.moments(1));
+    assert_eq!(v(&a), v(&b), "bit-identical to the uninterrupted run");
+    let (m1, s1) = straight.moments().unwrap();
+    let (m2, s2) = resumed.moments().unwrap();
+    assert_eq!((v(m1), v(s1)), (v(m2), v(s2)));
 
     // A state for other parameter shapes is refused, not silently reinterpreted.
-    let mut other = AdamW::load(&path).unwrap();
-    let e = other.step(&mut [&mut [0.0f32; 4], &mut [0.0f32; 3]], &[&[0.0; 4], &[0.0; 3]], 0.1).unwrap_err();
+    let other = [ParamGroup { range: 0..4, decay: true }, ParamGroup { range: 4..7, decay: false }];
+    let e = AdamW::load(&path, &other, Device::Cpu).unwrap_err();
     assert!(e.to_string().contains("parameter 0 has 4 elements but its optimizer state has 5"), "{e}");
+    let e = AdamW::load(&path, &params[..1], Device::Cpu).unwrap_err();
+    assert!(e.to_string().contains("holds 2 parameters but the model has 1"), "{e}");
     let garbage = dir.join("garbage.safetensors");
     std::fs::write(&garbage, b"not a safetensors file").unwrap();
-    assert!(AdamW::load(&garbage).unwrap_err().to_string().contains("garbage.safetensors"));
-    assert!(AdamW::load(&dir.join("missing")).is_err());
+    assert!(AdamW::load(&garbage, &params, Device::Cpu)
+        .unwrap_err()
+        .to_string()
+        .contains("garbage.safetensors"));
+    assert!(AdamW::load(&dir.join("missing"), &params, Device::Cpu).is_err());
     std::fs::remove_dir_all(dir).ok();
 }
 
@@ -181,11 +204,14 @@ fn adamw_rejects_bad_input() {
     assert!(AdamW::new(AdamWConfig { eps: f64::NAN, ..AdamWConfig::default() }).is_err());
     assert!(AdamW::new(AdamWConfig { weight_decay: -0.1, ..AdamWConfig::default() }).is_err());
     let mut opt = AdamW::new(AdamWConfig::default()).unwrap();
-    let mut p = vec![0.0f32; 3];
-    assert!(opt.step(&mut [&mut p], &[&[0.0; 2]], 0.1).is_err());
-    assert!(opt.step(&mut [&mut p], &[], 0.1).is_err());
-    assert!(opt.step(&mut [&mut p], &[&[0.0; 3]], f32::NAN).is_err());
+    let mut p = t(&[0.0; 3]);
+    assert!(opt.step(&mut p, &t(&[0.0; 2]), &all(3), 0.1).is_err());
+    assert!(opt.step(&mut p, &t(&[0.0; 3]), &[], 0.1).is_err());
+    assert!(opt.step(&mut p, &t(&[0.0; 3]), &all(3), f32::NAN).is_err());
+    let f64_grads = Tensor::from_vec(vec![0.0f64; 3], [3]).unwrap();
+    assert!(opt.step(&mut p, &f64_grads, &all(3), 0.1).is_err());
     assert_eq!(opt.steps_taken(), 0, "a refused step changes nothing");
+    assert!(opt.moments().is_none());
 }
 
 #[test]
@@ -235,34 +261,29 @@ fn schedules_match_hand_computed_values() {
 #[test]
 fn clipping_by_global_norm() {
     // ‖(3, 0, 4)‖ = 5.
-    let (mut g0, mut g1) = (vec![3.0f32, 0.0], vec![4.0f32]);
-    assert_eq!(global_norm(&[&g0, &g1]), 5.0);
-    let norm = GradClip::new(10.0).unwrap().clip(&mut [&mut g0, &mut g1]).unwrap();
-    assert_eq!((norm, g0.clone(), g1.clone()), (5.0, vec![3.0, 0.0], vec![4.0]), "under the max: untouched");
-    let norm = GradClip::new(1.0).unwrap().clip(&mut [&mut g0, &mut g1]).unwrap();
+    let mut g = t(&[3.0, 0.0, 4.0]);
+    assert_eq!(global_norm(&g).unwrap(), 5.0);
+    let norm = GradClip::new(10.0).unwrap().clip(&mut g).unwrap();
+    assert_eq!((norm, v(&g)), (5.0, vec![3.0, 0.0, 4.0]), "under the max: untouched");
+    let norm = GradClip::new(1.0).unwrap().clip(&mut g).unwrap();
     assert_eq!(norm, 5.0, "the norm before clipping");
     let coef = 1.0 / (5.0 + 1e-6);
-    close(&g0, &[3.0 * coef, 0.0], 1e-6);
-    close(&g1, &[4.0 * coef], 1e-6);
-    assert!((global_norm(&[&g0, &g1]) - 1.0).abs() < 1e-6);
+    close(&v(&g), &[3.0 * coef, 0.0, 4.0 * coef], 1e-6);
+    assert!((global_norm(&g).unwrap() - 1.0).abs() < 1e-6);
 
-    // A non-finite norm is an error value and the gradients are left alone.
-    let mut bad = vec![1.0f32, f32::NAN];
-    let e = GradClip::new(1.0).unwrap().clip(&mut [&mut bad]).unwrap_err();
-    assert!(e.norm.is_nan());
-    assert_eq!(bad[0], 1.0);
-    let mut huge = vec![f32::INFINITY];
-    assert_eq!(
-        GradClip::new(1.0).unwrap().clip(&mut [&mut huge]),
-        Err(NonFiniteGradNorm { norm: f32::INFINITY })
-    );
-    let as_error: gkd::Error = e.into();
-    assert!(as_error.to_string().contains("gradient norm is NaN"));
+    // A non-finite norm is an error naming it, and the gradients are left alone.
+    let mut bad = t(&[1.0, f32::NAN]);
+    let e = GradClip::new(1.0).unwrap().clip(&mut bad).unwrap_err();
+    assert!(e.to_string().contains("gradient norm is NaN"), "{e}");
+    assert_eq!(v(&bad)[0], 1.0);
+    let mut huge = t(&[f32::INFINITY]);
+    let e = GradClip::new(1.0).unwrap().clip(&mut huge).unwrap_err();
+    assert!(e.to_string().contains("gradient norm is inf"), "{e}");
 
     // Infinity measures without clipping; zero or NaN is refused.
-    let mut g = vec![300.0f32, 400.0];
-    assert_eq!(GradClip::new(f32::INFINITY).unwrap().clip(&mut [&mut g]).unwrap(), 500.0);
-    assert_eq!(g, [300.0, 400.0]);
+    let mut g = t(&[300.0, 400.0]);
+    assert_eq!(GradClip::new(f32::INFINITY).unwrap().clip(&mut g).unwrap(), 500.0);
+    assert_eq!(v(&g), [300.0, 400.0]);
     assert!(GradClip::new(0.0).is_err());
     assert!(GradClip::new(f32::NAN).is_err());
 }

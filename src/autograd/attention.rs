@@ -1,82 +1,78 @@
-//! Causal self-attention with grouped-query heads and per-sequence lengths (right padding).
-//! q (B·T, Hq·D), k and v (B·T, Hkv·D) → (B·T, Hq·D). Rows at or past a sequence's length are
-//! padding: their outputs are zero and no gradient flows through them.
+//! Causal self-attention with grouped-query heads over right-padded sequences, and attention of
+//! new rows over a key/value cache (generation; no backward).
 
-use super::dispatch::{cpu_real, cpu_tensor, same_device, same_dtype};
-use super::{Tape, Var};
-use crate::backend::cpu::{self, AttnDims};
+use super::{dense, wrap, Tape, Var};
+use crate::backend::ops::{AttnDims, CachedAttnDims};
 use crate::error::{shape_err, Error, Result};
-use crate::tensor::{Device, Tensor};
-
-const OP: &str = "attention";
-
-#[derive(Clone, Copy, Debug)]
-pub struct AttentionSpec {
-    pub batch: usize,
-    pub seq: usize,
-    pub q_heads: usize,
-    pub kv_heads: usize,
-    pub head_dim: usize,
-}
+use crate::tensor::{Storage, Tensor};
 
 impl Tape {
-    pub fn attention(
-        &mut self,
-        q: Var,
-        k: Var,
-        v: Var,
-        spec: AttentionSpec,
-        lengths: &[usize],
-    ) -> Result<Var> {
-        let (qt, kt, vt) = (self.value(q).clone(), self.value(k).clone(), self.value(v).clone());
-        let AttentionSpec { batch, seq, q_heads, kv_heads, head_dim } = spec;
-        let rows = batch * seq;
-        if kv_heads == 0 || q_heads % kv_heads != 0 {
-            return shape_err(OP, format!("{q_heads} query heads cannot share {kv_heads} key/value heads"));
+    /// q (B·T, Hq·D), k and v (B·T, Hkv·D), lengths (B) u32 → (B·T, Hq·D). Rows at or past a
+    /// sequence's length are padding: their outputs are zero and no gradient flows through them.
+    pub fn attention(&mut self, q: &Var, k: &Var, v: &Var, d: AttnDims, lengths: &Tensor) -> Result<Var> {
+        const OP: &str = "attention";
+        let (qt, kt, vt) = (dense(q)?, dense(k)?, dense(v)?);
+        let rows = d.batch * d.seq;
+        if d.kv_heads == 0 || d.q_heads % d.kv_heads != 0 {
+            return shape_err(
+                OP,
+                format!("{} query heads cannot share {} key/value heads", d.q_heads, d.kv_heads),
+            );
         }
-        if qt.numel() != rows * q_heads * head_dim
-            || kt.numel() != rows * kv_heads * head_dim
-            || vt.numel() != rows * kv_heads * head_dim
+        if qt.numel() != rows * d.q_heads * d.head_dim
+            || kt.numel() != rows * d.kv_heads * d.head_dim
+            || vt.numel() != rows * d.kv_heads * d.head_dim
         {
             return shape_err(
                 OP,
-                format!("q {}, k {}, v {} do not match {spec:?}", qt.shape(), kt.shape(), vt.shape()),
+                format!("q {}, k {}, v {} do not match {d:?}", qt.shape(), kt.shape(), vt.shape()),
             );
         }
-        if lengths.len() != batch || lengths.iter().any(|&l| l > seq) {
-            return shape_err(OP, format!("lengths {lengths:?} for batch {batch} of {seq} positions"));
-        }
-        same_dtype(OP, &[&qt, &kt, &vt])?;
-        let device = same_device(OP, &[&qt, &kt, &vt])?;
-        if device != Device::Cpu {
-            return Err(Error::Unsupported { op: OP, device });
-        }
-        let d = AttnDims { batch, seq, q_heads, kv_heads, head_dim, scale: 1.0 / (head_dim as f64).sqrt() };
-        let lengths = lengths.to_vec();
-        let (y, lse) = cpu_real!(OP, qt, |T| {
-            let o = cpu::attention_fwd::<T>(&d, qt.cpu_slice()?, kt.cpu_slice()?, vt.cpu_slice()?, &lengths);
-            Ok((cpu_tensor(o.out, qt.shape().clone())?, cpu_tensor(o.lse, [batch, q_heads, seq])?))
-        })?;
+        let lengths = lengths.contiguous()?;
+        let (y, lse) = Storage::attention_fwd(qt.view()?, kt.view()?, vt.view()?, lengths.view()?, &d)?;
+        let y = wrap(y, qt.shape().clone())?;
+        let lse = wrap(lse, [d.batch, d.q_heads, d.seq])?;
         let out = y.clone();
-        let backward = move |dy: &Tensor| -> Result<Vec<Option<Tensor>>> {
-            cpu_real!(OP, qt, |T| {
-                let g = cpu::attention_bwd::<T>(
-                    &d,
-                    qt.cpu_slice()?,
-                    kt.cpu_slice()?,
-                    vt.cpu_slice()?,
-                    &lengths,
-                    out.cpu_slice()?,
-                    lse.cpu_slice()?,
-                    dy.cpu_slice()?,
-                );
-                Ok(vec![
-                    Some(cpu_tensor(g.dq, qt.shape().clone())?),
-                    Some(cpu_tensor(g.dk, kt.shape().clone())?),
-                    Some(cpu_tensor(g.dv, vt.shape().clone())?),
-                ])
-            })
-        };
-        Ok(self.push(y, vec![q, k, v], Box::new(backward)))
+        Ok(self.push(y, &[q, k, v], move |dy| {
+            let dy = dy.contiguous()?;
+            let (dq, dk, dv) = Storage::attention_bwd(
+                qt.view()?,
+                kt.view()?,
+                vt.view()?,
+                lengths.view()?,
+                out.view()?,
+                lse.view()?,
+                dy.view()?,
+                &d,
+            )?;
+            Ok(vec![
+                Some(wrap(dq, qt.shape().clone())?),
+                Some(wrap(dk, kt.shape().clone())?),
+                Some(wrap(dv, vt.shape().clone())?),
+            ])
+        }))
+    }
+
+    /// Query rows q (N, Hq·D) over a cache (B·L, Hkv·D) that already holds their keys and values;
+    /// row i is at position pos[i] of sequence seq[i] (both (N) u32). Forward only.
+    pub fn attention_cached(
+        &mut self,
+        q: &Var,
+        k_cache: &Tensor,
+        v_cache: &Tensor,
+        seq: &Tensor,
+        pos: &Tensor,
+        d: CachedAttnDims,
+    ) -> Result<Var> {
+        if self.needs_grad(&[q]) {
+            return Err(Error::Msg(
+                "attention over a key/value cache has no backward: run it on Tape::no_grad()".into(),
+            ));
+        }
+        let (qt, kc, vc) = (dense(q)?, k_cache.contiguous()?, v_cache.contiguous()?);
+        let (seq, pos) = (seq.contiguous()?, pos.contiguous()?);
+        let y =
+            Storage::attention_cached_fwd(qt.view()?, kc.view()?, vc.view()?, seq.view()?, pos.view()?, &d)?;
+        Ok(Var::constant(wrap(y, qt.shape().clone())?))
     }
 }

@@ -1,39 +1,27 @@
-//! Token embedding: out[i] = table[ids[i]]; d(table) accumulates dout rows at the ids.
+//! Token embedding: out[i] = table[ids[i]]; d(table) accumulates dout rows at the ids. The same
+//! op gathers rows of any (rows, C) value (the completion rows of hidden states).
 
-use super::dispatch::{cpu_real, cpu_tensor};
-use super::{Tape, Var};
-use crate::backend::cpu;
-use crate::error::{shape_err, Error, Result};
-use crate::tensor::{Device, Tensor};
-
-const OP: &str = "embedding";
+use super::{dense, wrap, Tape, Var};
+use crate::error::{shape_err, Result};
+use crate::tensor::{Storage, Tensor};
 
 impl Tape {
-    /// ids (N) into table (V, C) → (N, C).
-    pub fn embedding(&mut self, ids: &[u32], table: Var) -> Result<Var> {
-        let tt = self.value(table).clone();
-        let &[vocab, dim] = tt.dims() else {
-            return shape_err(OP, format!("table must be (vocab, dim), got {}", tt.shape()));
+    /// ids (N) u32 into table (V, C) → (N, C).
+    pub fn embedding(&mut self, ids: &Tensor, table: &Var) -> Result<Var> {
+        const OP: &str = "embedding";
+        let t = dense(table)?;
+        let &[vocab, dim] = t.dims() else {
+            return shape_err(OP, format!("table must be (vocab, dim), got {}", t.shape()));
         };
-        if let Some(&bad) = ids.iter().find(|&&i| i as usize >= vocab) {
-            return shape_err(OP, format!("token id {bad} is outside the vocabulary of {vocab} rows"));
+        if ids.dims().len() != 1 {
+            return shape_err(OP, format!("ids must be one-dimensional, got {}", ids.shape()));
         }
-        if tt.device() != Device::Cpu {
-            return Err(Error::Unsupported { op: OP, device: tt.device() });
-        }
-        let ids: Vec<u32> = ids.to_vec();
-        let y = cpu_real!(OP, tt, |T| cpu_tensor(
-            cpu::embedding_fwd::<T>(&ids, tt.cpu_slice()?, dim),
-            [ids.len(), dim]
-        ))?;
-        let backward = move |dy: &Tensor| -> Result<Vec<Option<Tensor>>> {
-            cpu_real!(OP, tt, |T| {
-                Ok(vec![Some(cpu_tensor(
-                    cpu::embedding_bwd::<T>(&ids, dy.cpu_slice()?, vocab, dim),
-                    [vocab, dim],
-                )?)])
-            })
-        };
-        Ok(self.push(y, vec![table], Box::new(backward)))
+        let ids = ids.contiguous()?;
+        let y = wrap(Storage::embedding_fwd(t.view()?, ids.view()?, dim)?, [ids.numel(), dim])?;
+        Ok(self.push(y, &[table], move |dy| {
+            let dy = dy.contiguous()?;
+            let g = Storage::embedding_bwd(dy.view()?, ids.view()?, vocab, dim)?;
+            Ok(vec![Some(wrap(g, [vocab, dim])?)])
+        }))
     }
 }

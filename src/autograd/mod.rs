@@ -1,74 +1,124 @@
 //! A minimal reverse-mode autograd: a tape of coarse ops (embedding, linear, norms, rotary
-//! embedding, attention, activations, residual add, cross-entropy), each with a hand-written
-//! backward on every backend that implements it.
+//! embedding, attention, activations, residual add, the losses), each with a hand-written
+//! backward, calling the backend contract through `tensor::Storage` only.
 //!
-//! Ops are recorded in execution order, so the tape is already topologically sorted: the backward
-//! pass walks it once in reverse, accumulating each node's gradient into its inputs.
+//! A `Var` holds its value; the tape holds, per op that needs a gradient, the indices of its
+//! inputs and a backward closure with the tensors it saved. Ops are recorded in execution order,
+//! so the tape is already topologically sorted: `backward` consumes it, walking it once in
+//! reverse and freeing each op's saved tensors as soon as they are used.
+//!
+//! `Tape::no_grad()` records nothing: every op runs its forward only, and an intermediate value is
+//! freed as soon as the caller drops its `Var` (the teacher's forward, scoring, generation).
 
-mod activation;
 mod attention;
-mod dispatch;
 mod embedding;
+mod gelu;
+mod layer_norm;
 mod linear;
 mod loss;
 mod narrow;
-mod norm;
+mod rms_norm;
 mod rope;
+mod swiglu;
 
-pub use attention::AttentionSpec;
+pub use crate::backend::ops::{AttnDims, CachedAttnDims, LossKind};
 pub use linear::WeightLayout;
+pub use loss::{LinearLoss, LinearLossTarget};
 
 use crate::error::{shape_err, Error, Result};
-use crate::tensor::Tensor;
+use crate::tensor::{DType, Storage, Tensor};
 
-/// A value recorded on a tape.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct Var(usize);
+/// A value on a tape: the tensor, and the node that computes it when it needs a gradient.
+#[derive(Clone, Debug)]
+pub struct Var {
+    value: Tensor,
+    node: Option<usize>,
+}
+
+impl Var {
+    /// A value that needs no gradient (data, a frozen weight), usable on any tape.
+    pub fn constant(value: Tensor) -> Var {
+        Var { value, node: None }
+    }
+
+    pub fn value(&self) -> &Tensor {
+        &self.value
+    }
+
+    pub fn into_value(self) -> Tensor {
+        self.value
+    }
+
+    pub fn requires_grad(&self) -> bool {
+        self.node.is_some()
+    }
+}
 
 /// Given d(loss)/d(output), the gradients with respect to each input (None: no gradient).
-type BackwardFn = Box<dyn Fn(&Tensor) -> Result<Vec<Option<Tensor>>> + Send + Sync>;
+type BackwardFn = Box<dyn FnOnce(&Tensor) -> Result<Vec<Option<Tensor>>> + Send>;
 
 struct Node {
-    value: Tensor,
-    inputs: Vec<Var>,
-    requires_grad: bool,
+    inputs: Vec<Option<usize>>,
     backward: Option<BackwardFn>,
 }
 
-#[derive(Default)]
 pub struct Tape {
     nodes: Vec<Node>,
+    enabled: bool,
 }
 
-/// Gradients from one backward pass, indexed by `Var`.
+impl Default for Tape {
+    fn default() -> Self {
+        Tape::new()
+    }
+}
+
+/// Gradients from one backward pass.
 #[derive(Debug)]
 pub struct Grads(Vec<Option<Tensor>>);
 
 impl Grads {
-    pub fn get(&self, v: Var) -> Option<&Tensor> {
-        self.0.get(v.0).and_then(|g| g.as_ref())
+    pub fn get(&self, v: &Var) -> Option<&Tensor> {
+        v.node.and_then(|i| self.0.get(i)).and_then(|g| g.as_ref())
     }
 
-    pub fn take(&mut self, v: Var) -> Option<Tensor> {
-        self.0.get_mut(v.0).and_then(|g| g.take())
+    pub fn take(&mut self, v: &Var) -> Option<Tensor> {
+        v.node.and_then(|i| self.0.get_mut(i)).and_then(|g| g.take())
     }
 }
 
+/// a + b for gradient accumulation; gradients of different dtypes (a bf16 activation gradient and
+/// an f32 weight gradient of one tied parameter) meet in f32.
+fn accumulate(a: Tensor, b: Tensor) -> Result<Tensor> {
+    let (a, b) =
+        if a.dtype() == b.dtype() { (a, b) } else { (a.to_dtype(DType::F32)?, b.to_dtype(DType::F32)?) };
+    add_tensors(&a, &b)
+}
+
+pub(crate) fn add_tensors(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    if a.shape() != b.shape() {
+        return shape_err("add", format!("{} + {}", a.shape(), b.shape()));
+    }
+    let (a, b) = (a.contiguous()?, b.contiguous()?);
+    Tensor::from_storage(Storage::add(a.view()?, b.view()?)?, a.shape().clone())
+}
+
 impl Tape {
+    /// A tape that records ops for a backward pass.
     pub fn new() -> Tape {
-        Tape::default()
+        Tape { nodes: Vec::new(), enabled: true }
     }
 
-    /// An input: a parameter (`requires_grad`) or data.
-    pub fn leaf(&mut self, value: Tensor, requires_grad: bool) -> Var {
-        self.nodes.push(Node { value, inputs: vec![], requires_grad, backward: None });
-        Var(self.nodes.len() - 1)
+    /// A tape that records nothing: forward passes only.
+    pub fn no_grad() -> Tape {
+        Tape { nodes: Vec::new(), enabled: false }
     }
 
-    pub fn value(&self, v: Var) -> &Tensor {
-        &self.nodes[v.0].value
+    pub fn grad_enabled(&self) -> bool {
+        self.enabled
     }
 
+    /// Ops recorded so far.
     pub fn len(&self) -> usize {
         self.nodes.len()
     }
@@ -77,45 +127,63 @@ impl Tape {
         self.nodes.is_empty()
     }
 
-    fn requires_grad(&self, v: Var) -> bool {
-        self.nodes[v.0].requires_grad
+    /// An input: a parameter (`requires_grad`, on a recording tape) or data.
+    pub fn leaf(&mut self, value: Tensor, requires_grad: bool) -> Var {
+        if !(requires_grad && self.enabled) {
+            return Var::constant(value);
+        }
+        self.nodes.push(Node { inputs: vec![], backward: None });
+        Var { value, node: Some(self.nodes.len() - 1) }
     }
 
-    /// Record an op's output; the backward closure is kept only if some input needs a gradient.
-    fn push(&mut self, value: Tensor, inputs: Vec<Var>, backward: BackwardFn) -> Var {
-        let requires_grad = inputs.iter().any(|&v| self.requires_grad(v));
-        let backward = requires_grad.then_some(backward);
-        self.nodes.push(Node { value, inputs, requires_grad, backward });
-        Var(self.nodes.len() - 1)
+    /// Whether an op over `inputs` needs its backward (some input needs a gradient).
+    pub(crate) fn needs_grad(&self, inputs: &[&Var]) -> bool {
+        self.enabled && inputs.iter().any(|v| v.requires_grad())
+    }
+
+    /// Records an op's output; the backward closure is kept only if some input needs a gradient.
+    pub(crate) fn push(
+        &mut self,
+        value: Tensor,
+        inputs: &[&Var],
+        backward: impl FnOnce(&Tensor) -> Result<Vec<Option<Tensor>>> + Send + 'static,
+    ) -> Var {
+        if !self.needs_grad(inputs) {
+            return Var::constant(value);
+        }
+        let inputs = inputs.iter().map(|v| v.node).collect();
+        self.nodes.push(Node { inputs, backward: Some(Box::new(backward)) });
+        Var { value, node: Some(self.nodes.len() - 1) }
     }
 
     /// Backward from a scalar (one-element) output, seeded with 1.
-    pub fn backward(&self, loss: Var) -> Result<Grads> {
-        let v = self.value(loss);
+    pub fn backward(self, loss: &Var) -> Result<Grads> {
+        let v = loss.value();
         if v.numel() != 1 {
             return shape_err("backward", format!("needs a scalar loss, got shape {}", v.shape()));
         }
-        let seed = dispatch::full_like(v, 1.0)?;
+        let seed = Tensor::full(v.shape().clone(), 1.0, v.dtype(), v.device())?;
         self.backward_from(loss, seed)
     }
 
     /// Backward from any output with a given d(loss)/d(output).
-    pub fn backward_from(&self, out: Var, dout: Tensor) -> Result<Grads> {
-        if dout.shape() != self.value(out).shape() {
+    pub fn backward_from(mut self, out: &Var, dout: Tensor) -> Result<Grads> {
+        if dout.shape() != out.value().shape() {
             return shape_err(
                 "backward",
-                format!(
-                    "gradient of shape {} for an output of shape {}",
-                    dout.shape(),
-                    self.value(out).shape()
-                ),
+                format!("gradient of shape {} for an output of shape {}", dout.shape(), out.value().shape()),
             );
         }
-        let mut grads: Vec<Option<Tensor>> = vec![None; out.0 + 1];
-        grads[out.0] = Some(dout);
-        for i in (0..=out.0).rev() {
-            let node = &self.nodes[i];
-            let Some(backward) = &node.backward else { continue };
+        let Some(top) = out.node else {
+            return Err(Error::Msg(
+                "backward: the output does not depend on anything that requires a gradient (a no-grad tape, or no parameter leaves)".into(),
+            ));
+        };
+        let mut grads: Vec<Option<Tensor>> = vec![None; top + 1];
+        grads[top] = Some(dout);
+        for i in (0..=top).rev() {
+            let node = &mut self.nodes[i];
+            let Some(backward) = node.backward.take() else { continue };
             // Taking the gradient frees intermediates as soon as they are used; leaves keep theirs
             // (they have no backward and are skipped above).
             let Some(g) = grads[i].take() else { continue };
@@ -128,16 +196,23 @@ impl Tape {
                 )));
             }
             for (&inp, ig) in node.inputs.iter().zip(input_grads) {
-                let Some(ig) = ig else { continue };
-                if !self.requires_grad(inp) {
-                    continue;
-                }
-                grads[inp.0] = Some(match grads[inp.0].take() {
+                let (Some(inp), Some(ig)) = (inp, ig) else { continue };
+                grads[inp] = Some(match grads[inp].take() {
                     None => ig,
-                    Some(acc) => dispatch::add(&acc, &ig)?,
+                    Some(acc) => accumulate(acc, ig)?,
                 });
             }
         }
         Ok(Grads(grads))
     }
+}
+
+/// The dense view of an op's input and its shape, for the ops' bodies.
+pub(crate) fn dense(v: &Var) -> Result<Tensor> {
+    v.value().contiguous()
+}
+
+/// A tensor over a backend output.
+pub(crate) fn wrap(s: Storage, shape: impl Into<crate::tensor::Shape>) -> Result<Tensor> {
+    Tensor::from_storage(s, shape)
 }

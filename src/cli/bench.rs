@@ -3,13 +3,15 @@
 //! all measured in one run (CUDA events, median). On the CPU: the reference at a small size.
 
 use anyhow::{bail, Context, Result};
+use gkd::autograd::Tape;
 use gkd::backend::cuda::bandwidth::{measure_copy_bandwidth, time_ms};
 use gkd::backend::cuda::divergence::{set_staged_tuning, KernelPath, StagedTuning};
 use gkd::backend::cuda::linear_divergence::LinearDivergence;
 use gkd::backend::cuda::{self, CudaDevice};
 use gkd::bench::divergence::{random_values, DivergenceCase, LinearCase, LinearVariant};
-use gkd::distill::{divergence_fwd_bwd, Divergence};
+use gkd::distill::Divergence;
 use gkd::tensor::{Device, DeviceRequest};
+use gkd::Tensor;
 use serde_json::{json, Value};
 use std::time::Instant;
 
@@ -76,7 +78,7 @@ fn divergence(a: DivergenceArgs) -> Result<()> {
     let div = Divergence::from_cli(&a.divergence, a.beta, a.alpha)?;
     let sizes = parse_sizes(&a.sizes)?;
     let report = match a.device.resolve() {
-        Device::Cpu => cpu_reference(div, a.reps),
+        Device::Cpu => cpu_reference(div, a.reps)?,
         Device::Cuda(i) => cuda_bench(i, div, &sizes, &a)?,
     };
     if let Some(path) = &a.json {
@@ -100,15 +102,17 @@ const MAX_LOSS_DIFF: f64 = 1e-3;
 /// Largest gradient difference ÷ the largest |gradient| (bf16 on both sides: one ulp is 2^-8).
 const MAX_GRAD_DIFF: f64 = 1e-2;
 
-fn cpu_reference(div: Divergence, reps: usize) -> Value {
+fn cpu_reference(div: Divergence, reps: usize) -> Result<Value> {
     let (n, v) = (256, 32000);
     println!("gkd bench divergence on the CPU: the f32 reference at {n} × {v}, {div} (no GPU in use)");
-    let s = random_values(n * v, 1, 4.0);
-    let t = random_values(n * v, 2, 4.0);
+    let s = Tensor::from_vec(random_values(n * v, 1, 4.0), [n, v])?;
+    let t = Tensor::from_vec(random_values(n * v, 2, 4.0), [n, v])?;
     let mut times = Vec::new();
     for _ in 0..reps.max(1) {
         let t0 = Instant::now();
-        let out = divergence_fwd_bwd(div, 1.0, &s, &t, v, None, 1.0 / n as f64, true).expect("valid shapes");
+        let mut tape = Tape::new();
+        let sv = tape.leaf(s.clone(), true);
+        let out = tape.divergence(&sv, &t, None, div, 1.0, 1.0 / n as f64)?;
         std::hint::black_box(out);
         times.push(t0.elapsed().as_secs_f64() * 1e3);
     }
@@ -116,8 +120,8 @@ fn cpu_reference(div: Divergence, reps: usize) -> Value {
     let ms = times[times.len() / 2];
     let gbs = 3.0 * (n * v * 4) as f64 / (ms * 1e-3) / 1e9;
     println!("| N × V | kernel | ms | GB/s |\n|---|---|---|---|\n| {n} × {v} | cpu reference f32 | {ms:.2} | {gbs:.1} |");
-    json!({"device": "cpu", "threads": rayon::current_num_threads(), "divergence": div.to_string(),
-           "rows": [{"N": n, "V": v, "case": "cpu_reference_f32", "ms": ms, "GB_s": gbs}]})
+    Ok(json!({"device": "cpu", "threads": rayon::current_num_threads(), "divergence": div.to_string(),
+           "rows": [{"N": n, "V": v, "case": "cpu_reference_f32", "ms": ms, "GB_s": gbs}]}))
 }
 
 fn cuda_bench(

@@ -77,7 +77,7 @@ pub fn run(a: DemoArgs) -> Result<()> {
         batch_size: a.batch_size,
         grad_accum: 1,
         lr: a.lr,
-        warmup: 5,
+        warmup: 5.min(a.steps),
         schedule: ScheduleKind::Cosine { min_lr_ratio: 0.0 },
         adamw: AdamWConfig { weight_decay: 0.0, ..AdamWConfig::default() },
         max_grad_norm: 1.0,

@@ -5,8 +5,7 @@ use anyhow::{Context, Result};
 use gkd::data::Tokenizer;
 use gkd::generate::{generate, GenerateConfig, Sampler};
 use gkd::model::Model;
-use gkd::tensor::{Device, DeviceRequest};
-use gkd::Error;
+use gkd::tensor::DeviceRequest;
 use serde_json::json;
 use std::path::PathBuf;
 
@@ -51,11 +50,8 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         stop_tokens,
     };
     let prompts = vec![prompt; args.num_samples];
-    // Generation runs on the CPU's cached path only, for now.
-    let samples = on_device(args.device, "generating", |device| match device {
-        Device::Cpu => generate(&model, &prompts, &cfg),
-        d => Err(Error::Unsupported { op: "generation with a KV cache", device: d }),
-    })?;
+    let samples =
+        on_device(args.device, "generating", |device| generate(&model.to_device(device)?, &prompts, &cfg))?;
     for s in samples {
         let text = tok.decode(&s.ids, true)?;
         let finish = if s.stopped { "eos" } else { "length" };

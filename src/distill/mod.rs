@@ -1,14 +1,9 @@
-//! Distillation: the divergences between the teacher's and the student's next-token distributions
-//! (the GKD trainer and RL + GKD build on them).
-//!
-//! `divergence` runs on whichever device the logits live: the CPU reference
-//! (`divergence::divergence_fwd_bwd`, f32 or f64) or the fused CUDA kernel
-//! (`backend::cuda::divergence`, f32 or bf16).
+//! Distillation: the GKD trainer (and SFT on the same loop), whole runs with metrics and
+//! checkpoints, and evaluation during training. The divergences themselves are backend ops
+//! (`backend::Divergence`, re-exported here).
 
-pub mod divergence;
 pub mod evaluate;
 pub mod run;
-pub mod sft;
 pub mod trainer;
 
-pub use divergence::{divergence_fwd_bwd, Divergence, DivergenceOut, DIVERGENCE_NAMES};
+pub use crate::backend::{Divergence, DIVERGENCE_NAMES};

@@ -3,27 +3,30 @@
 //! One optimizer step = `grad_accum` micro-batches of `batch_size` prompts:
 //! 1. draw u ~ U(0, 1) from the run's generator for this step; u ≤ λ → completions sampled from
 //!    the student, else with seq-KD from the teacher, else the dataset's completions (+ EOS);
-//! 2. per micro-batch: teacher forward (no tape gradients), student forward on a tape, the
-//!    divergence over completion positions only, its analytic gradient fed to `backward_from`;
+//! 2. per micro-batch: the teacher's forward on a no-grad tape, keeping only its final hidden
+//!    states at the completion positions; the student's forward on a tape; one fused op for the
+//!    output heads and the divergence (or SFT's cross-entropy) over the completion positions, in
+//!    row chunks, so no (tokens × vocab) logits exist beyond one chunk; the backward adds each
+//!    parameter's gradient into one flat f32 buffer beside the parameters;
 //! 3. the loss is Σ over completion tokens ÷ their count in the whole step (known before any
 //!    backward, since all completions of the step are built first);
-//! 4. clip the summed gradients by global norm, AdamW on f32 master weights, the LR schedule.
+//! 4. clip the summed gradients by global norm, AdamW on the flat parameter buffer in place, the
+//!    LR schedule. Parameters, gradients and moments stay on the student's device.
 //!
 //! Every random choice of step k (u, the sampling seeds) and the data order are functions of
 //! (seed, k), so a run resumed from a checkpoint at step k continues exactly.
 
-use crate::autograd::Tape;
+use crate::autograd::{LinearLoss, LinearLossTarget, LossKind, Tape};
+use crate::backend::Divergence;
 use crate::data::{Example, Tokenizer};
-use crate::distill::sft::cross_entropy_fwd_bwd;
-use crate::distill::{divergence_fwd_bwd, Divergence};
 use crate::error::{Error, Result};
 use crate::generate::{generate, sequence_rng, GenerateConfig, Sampler};
 use crate::metrics::Source;
 use crate::model::{Model, TokenBatch};
-use crate::optim::adamw::{AdamW, AdamWConfig};
+use crate::optim::adamw::{AdamW, AdamWConfig, ParamGroup};
 use crate::optim::clip::GradClip;
 use crate::optim::schedule::{LrSchedule, ScheduleKind};
-use crate::tensor::Tensor;
+use crate::tensor::{DType, Tensor};
 use rand::seq::SliceRandom;
 use rand::Rng;
 use std::path::Path;
@@ -220,7 +223,8 @@ pub struct Trainer<'a> {
     vocab: usize,
     context: usize,
     opt: AdamW,
-    master: Vec<Vec<f32>>,
+    /// d(loss)/d(parameters), laid out like the student's parameter buffer, f32.
+    grads: Tensor,
     schedule: LrSchedule,
     clip: GradClip,
     pub state: TrainerState,
@@ -260,11 +264,21 @@ impl<'a> Trainer<'a> {
             eprintln!("note: the tokenizer has no EOS token: samples always run to --max-new-tokens");
         }
         let data = encode_examples(tok, examples, context, cfg.uses_dataset_completions())?;
-        let master: Vec<Vec<f32>> =
-            student.tensors().iter().map(Tensor::to_vec_f32).collect::<Result<_>>()?;
-        // No weight decay for biases and norm weights (every 1-D parameter of these families).
-        let mask = student.tensors().iter().map(|t| t.dims().len() > 1).collect();
-        let opt = AdamW::new(cfg.adamw)?.with_decay_mask(mask);
+        if student.dtype() != DType::F32 {
+            return Err(Error::Msg(format!(
+                "training needs f32 parameters; the student's are {}",
+                student.dtype()
+            )));
+        }
+        if let Some(t) = teacher.filter(|t| t.device() != student.device()) {
+            return Err(Error::Msg(format!(
+                "the teacher is on {} and the student on {}: put both on one device",
+                t.device(),
+                student.device()
+            )));
+        }
+        let grads = Tensor::zeros([student.num_params()], DType::F32, student.device())?;
+        let opt = AdamW::new(cfg.adamw)?;
         let schedule = LrSchedule::new(cfg.schedule, cfg.lr, cfg.warmup, cfg.steps)?;
         let clip = GradClip::new(cfg.max_grad_norm)?;
         let state = TrainerState { step: 0, examples_seen: 0, seed: cfg.seed, total_steps: cfg.steps };
@@ -277,7 +291,7 @@ impl<'a> Trainer<'a> {
             data,
             context,
             opt,
-            master,
+            grads,
             schedule,
             clip,
             state,
@@ -309,7 +323,7 @@ impl<'a> Trainer<'a> {
                 self.cfg.seed
             )));
         }
-        self.opt = AdamW::load(&dir.join(OPTIMIZER_FILE))?;
+        self.opt = AdamW::load(&dir.join(OPTIMIZER_FILE), &self.param_groups(), self.student.device())?;
         self.state = TrainerState { total_steps: self.cfg.steps, ..state };
         Ok(())
     }
@@ -388,27 +402,29 @@ impl<'a> Trainer<'a> {
         }
         let tokens: usize = micro.iter().flatten().map(|(_, c)| c.len()).sum();
         let scale = 1.0 / tokens as f64;
-        let mut grads: Vec<Vec<f32>> = self.master.iter().map(|p| vec![0.0; p.len()]).collect();
-        let mut loss = 0.0;
-        for pairs in &micro {
-            loss += self.micro_batch(pairs, scale, &mut grads)?;
-        }
+        // The buffer leaves `self` while the micro-batches borrow it, and comes back either way.
+        let mut grads =
+            std::mem::replace(&mut self.grads, Tensor::zeros([0], DType::F32, self.student.device())?);
+        let summed = grads.fill_(0.0).and_then(|()| {
+            micro.iter().try_fold(0.0, |acc, pairs| Ok(acc + self.micro_batch(pairs, scale, &mut grads)?))
+        });
+        self.grads = grads;
+        let loss = summed?;
         if !loss.is_finite() {
             return Err(Error::Msg(format!(
                 "the loss is {loss}: training diverged (try a lower learning rate)"
             )));
         }
-        let mut views: Vec<&mut [f32]> = grads.iter_mut().map(Vec::as_mut_slice).collect();
-        let grad_norm = self.clip.clip(&mut views)?;
+        let grad_norm = self.clip.clip(&mut self.grads)?;
         let lr = self.schedule.lr(step);
-        {
-            let mut params: Vec<&mut [f32]> = self.master.iter_mut().map(Vec::as_mut_slice).collect();
-            let g: Vec<&[f32]> = grads.iter().map(Vec::as_slice).collect();
-            self.opt.step(&mut params, &g, lr)?;
-        }
-        for (t, p) in self.student.tensors_mut().iter_mut().zip(&self.master) {
-            *t = Tensor::from_vec(p.clone(), t.dims().to_vec())?;
-        }
+        let groups: Vec<ParamGroup> = self
+            .student
+            .params()
+            .decay_groups()
+            .into_iter()
+            .map(|(range, decay)| ParamGroup { range, decay })
+            .collect();
+        self.opt.step(self.student.params_mut().weights_mut(), &self.grads, &groups, lr)?;
         self.state.step += 1;
         self.state.examples_seen = pos;
         let n_seq = micro.iter().map(Vec::len).sum::<usize>().max(1);
@@ -424,9 +440,23 @@ impl<'a> Trainer<'a> {
         })
     }
 
+    /// Each parameter's run of the flat buffer, and whether it decays (the optimizer state file
+    /// keeps one tensor per parameter).
+    fn param_groups(&self) -> Vec<ParamGroup> {
+        let mut groups: Vec<ParamGroup> = self
+            .student
+            .params()
+            .entries()
+            .iter()
+            .map(|e| ParamGroup { range: e.range(), decay: e.decays() })
+            .collect();
+        groups.sort_by_key(|g| g.range.start);
+        groups
+    }
+
     /// Forward and backward of one micro-batch; adds scale · d(loss)/d(params) into `grads` and
     /// returns scale · Σ of its completion-token losses.
-    fn micro_batch(&self, pairs: &[(Vec<u32>, Vec<u32>)], scale: f64, grads: &mut [Vec<f32>]) -> Result<f64> {
+    fn micro_batch(&self, pairs: &[(Vec<u32>, Vec<u32>)], scale: f64, grads: &mut Tensor) -> Result<f64> {
         // Input: prompt + completion[..c−1]; row p−1+i predicts completion[i].
         let seqs: Vec<Vec<u32>> =
             pairs.iter().map(|(p, c)| p.iter().chain(&c[..c.len() - 1]).copied().collect()).collect();
@@ -435,54 +465,51 @@ impl<'a> Trainer<'a> {
         let mut targets = Vec::new();
         for (b, (p, c)) in pairs.iter().enumerate() {
             for (i, &y) in c.iter().enumerate() {
-                rows.push(b * batch.seq + p.len() - 1 + i);
+                rows.push((b * batch.seq + p.len() - 1 + i) as u32);
                 targets.push(y);
             }
         }
-        let v = self.vocab;
+        let device = self.student.device();
+        let rows = Tensor::from_u32(&rows, device)?;
+        // The teacher first: its hidden states at the completion positions are all it keeps.
+        let teacher_rows = match (self.cfg.objective, self.teacher) {
+            (Objective::Distill, Some(teacher)) => {
+                let mut tt = Tape::no_grad();
+                let tp = teacher.bind(&mut tt, false)?;
+                let h = teacher.forward(&mut tt, &tp, &mut batch.inputs(device)?)?;
+                Some((tt.embedding(&rows, &h)?.into_value(), teacher.get(teacher.lm_head_name())?))
+            }
+            _ => None,
+        };
         let mut tape = Tape::new();
-        let params = self.student.bind(&mut tape, true);
-        let logits = self.student.forward_logits(&mut tape, &params, &batch)?;
-        let v_student = self.student.config.vocab_size;
-        let student_rows = gather(tape.value(logits).cpu_slice::<f32>()?, v_student, &rows, v);
-        let (loss, row_grad) = match self.cfg.objective {
-            Objective::Sft => cross_entropy_fwd_bwd(&student_rows, &targets, v, scale)?,
-            Objective::Distill => {
-                let teacher = self.teacher.expect("checked in new");
-                let mut ttape = Tape::new();
-                let tp = teacher.bind(&mut ttape, false);
-                let tl = teacher.forward_logits(&mut ttape, &tp, &batch)?;
-                let teacher_rows =
-                    gather(ttape.value(tl).cpu_slice::<f32>()?, teacher.config.vocab_size, &rows, v);
-                drop(ttape);
-                let out = divergence_fwd_bwd(
-                    self.cfg.divergence,
-                    self.cfg.loss_temperature,
-                    &student_rows,
-                    &teacher_rows,
-                    v,
-                    None,
-                    scale,
-                    true,
-                )?;
-                (out.loss, out.grad)
+        let params = self.student.bind(&mut tape, true)?;
+        let h = self.student.forward(&mut tape, &params, &mut batch.inputs(device)?)?;
+        let h = tape.embedding(&rows, &h)?;
+        let head = self.student.lm_head(&params)?;
+        let targets_t;
+        let (kind, target) = match &teacher_rows {
+            Some((th, tw)) => (
+                LossKind::Divergence {
+                    divergence: self.cfg.divergence,
+                    temperature: self.cfg.loss_temperature,
+                },
+                LinearLossTarget::Teacher { hidden: th, head: tw },
+            ),
+            None => {
+                targets_t = Tensor::from_u32(&targets, device)?;
+                (LossKind::CrossEntropy, LinearLossTarget::Tokens(&targets_t))
             }
         };
-        // Scatter back into (B·T, V_student); padding columns and non-completion rows get 0.
-        let mut dlogits = vec![0f32; batch.batch() * batch.seq * v_student];
-        for (k, &r) in rows.iter().enumerate() {
-            dlogits[r * v_student..r * v_student + v].copy_from_slice(&row_grad[k * v..(k + 1) * v]);
-        }
-        let dlogits = Tensor::from_vec(dlogits, vec![batch.batch() * batch.seq, v_student])?;
-        let g = tape.backward_from(logits, dlogits)?;
-        for (acc, &var) in grads.iter_mut().zip(params.vars()) {
+        let spec = LinearLoss { kind, vocab: self.vocab, scale, chunk_rows: 0 };
+        let (loss, _) = tape.linear_loss(&h, head, target, &spec)?;
+        let value = loss.value().scalar()?;
+        let g = tape.backward(&loss)?;
+        for (entry, var) in self.student.params().entries().iter().zip(params.vars()) {
             if let Some(t) = g.get(var) {
-                for (a, x) in acc.iter_mut().zip(t.cpu_slice::<f32>()?) {
-                    *a += x;
-                }
+                grads.add_at(entry.offset, t)?;
             }
         }
-        Ok(loss)
+        Ok(value)
     }
 
     /// Writes the student (f32, Hugging Face layout, tokenizer files), the optimizer state and the
@@ -491,7 +518,7 @@ impl<'a> Trainer<'a> {
         write_dir_atomically(dir, |tmp| {
             self.student.save(tmp, crate::DType::F32)?;
             self.write_side_files(tmp)?;
-            self.opt.save(&tmp.join(OPTIMIZER_FILE))?;
+            self.opt.save(&tmp.join(OPTIMIZER_FILE), &self.param_groups())?;
             let state = serde_json::to_string_pretty(&self.state).expect("JSON") + "\n";
             std::fs::write(tmp.join(STATE_FILE), state)
                 .map_err(|e| Error::Msg(format!("cannot write {}: {e}", tmp.join(STATE_FILE).display())))
@@ -505,7 +532,7 @@ impl<'a> Trainer<'a> {
         write_dir_atomically(&tmp, |t| {
             self.student.save(t, dtype)?;
             self.write_side_files(t)?;
-            self.opt.save(&t.join(OPTIMIZER_FILE))?;
+            self.opt.save(&t.join(OPTIMIZER_FILE), &self.param_groups())?;
             let state = serde_json::to_string_pretty(&self.state).expect("JSON") + "\n";
             std::fs::write(t.join(STATE_FILE), state)
                 .map_err(|e| Error::Msg(format!("cannot write {}: {e}", t.join(STATE_FILE).display())))
@@ -533,11 +560,6 @@ impl<'a> Trainer<'a> {
 
 pub const STATE_FILE: &str = "trainer_state.json";
 pub const OPTIMIZER_FILE: &str = "optimizer.safetensors";
-
-/// Rows `rows` of x (N, cols), each cut to its first `keep` columns.
-fn gather(x: &[f32], cols: usize, rows: &[usize], keep: usize) -> Vec<f32> {
-    rows.iter().flat_map(|&r| x[r * cols..r * cols + keep].iter().copied()).collect()
-}
 
 /// Fills a fresh temporary directory beside `dir`, then replaces `dir` with it.
 pub fn write_dir_atomically(dir: &Path, fill: impl FnOnce(&Path) -> Result<()>) -> Result<()> {

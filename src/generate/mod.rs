@@ -1,19 +1,23 @@
-//! Batched generation on the CPU with a KV cache.
+//! Batched generation with a key/value cache pre-allocated on the model's device.
 //!
 //! All prompts are prefilled in one step (each its own length), then every unfinished sequence
-//! advances one token per step. A sequence stops at a stop token (kept in its output) or after
+//! advances one token per step; the logits of the step's last tokens come to the host, where the
+//! sampler draws. A sequence stops at a stop token (kept in its output) or after
 //! `max_new_tokens`. Sequence i draws from its own generator seeded from (seed, i), so a sample
 //! does not depend on what else is in the batch.
 //!
 //! Beside each token, its log-probability under the model itself: ln softmax(logits)[token], at
-//! temperature 1 and without top-k/top-p, as `gkd score` reports it.
+//! temperature 1 and without top-k/top-p, as `gkd score` reports it (the cross-entropy op of the
+//! model's backend, on the step's logits).
 
 mod sampler;
 
 pub use sampler::{argmax, Sampler};
 
+use crate::autograd::{Tape, Var};
 use crate::error::{Error, Result};
-use crate::model::{log_softmax_at, Model};
+use crate::model::Model;
+use crate::tensor::Tensor;
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 
@@ -60,23 +64,26 @@ pub fn generate(model: &Model, prompts: &[Vec<u32>], cfg: &GenerateConfig) -> Re
     model.config.check_length(longest)?;
     let vocab = model.config.vocab_size;
     let mut rngs: Vec<StdRng> = (0..prompts.len()).map(|i| sequence_rng(cfg.seed, i)).collect();
-    let mut cache = model.new_cache(prompts.len());
+    let mut cache = model.new_cache(prompts.len(), longest)?;
     let mut active: Vec<usize> = (0..prompts.len()).collect();
     let mut feed: Vec<Vec<u32>> = prompts.to_vec();
     while !active.is_empty() {
         let chunks: Vec<(usize, &[u32])> = active.iter().map(|&s| (s, feed[s].as_slice())).collect();
-        let logits = model.forward_cached(&mut cache, &chunks)?;
+        let logits = model.next_token_logits(&mut cache, &chunks)?;
+        let host = logits.to_vec_f32()?;
+        let tokens: Vec<u32> = active
+            .iter()
+            .enumerate()
+            .map(|(row, &s)| cfg.sampler.sample(&host[row * vocab..(row + 1) * vocab], &mut rngs[s]))
+            .collect();
+        let logprobs = token_logprobs(&logits, &tokens)?;
         let mut still = Vec::with_capacity(active.len());
-        for (row, &s) in active.iter().enumerate() {
-            let l = &logits[row * vocab..(row + 1) * vocab];
-            let tok = cfg.sampler.sample(l, &mut rngs[s]);
+        for ((&s, &tok), lp) in active.iter().zip(&tokens).zip(logprobs) {
             let c = &mut out[s];
             c.ids.push(tok);
-            c.logprobs.push(log_softmax_at(l, tok as usize));
+            c.logprobs.push(lp);
             c.stopped = cfg.stop_tokens.contains(&tok);
-            if c.stopped || c.ids.len() == cfg.max_new_tokens {
-                cache.clear(s);
-            } else {
+            if !(c.stopped || c.ids.len() == cfg.max_new_tokens) {
                 feed[s] = vec![tok];
                 still.push(s);
             }
@@ -84,4 +91,11 @@ pub fn generate(model: &Model, prompts: &[Vec<u32>], cfg: &GenerateConfig) -> Re
         active = still;
     }
     Ok(out)
+}
+
+/// ln softmax(logits_r)[tokens_r] of each row of (rows, V) logits.
+fn token_logprobs(logits: &Tensor, tokens: &[u32]) -> Result<Vec<f64>> {
+    let targets = Tensor::from_u32(tokens, logits.device())?;
+    let (_, rows) = Tape::no_grad().cross_entropy(&Var::constant(logits.clone()), &targets, 1.0)?;
+    Ok(rows.to_vec_f64()?.into_iter().map(|nll| -nll).collect())
 }

@@ -128,8 +128,8 @@ impl Checkpoint {
         self.entries.get(name).map(|e| e.shape.as_slice())
     }
 
-    /// The tensor `name` as f32 on the CPU; its shape must be `expected`.
-    pub fn load_f32(&self, name: &str, expected: &[usize]) -> Result<Tensor> {
+    /// The tensor `name`, converted to f32, into `dst`; its shape must be `expected`.
+    pub fn read_f32_into(&self, name: &str, expected: &[usize], dst: &mut [f32]) -> Result<()> {
         let e = self.entries.get(name).ok_or_else(|| {
             msg(format!("the checkpoint has no tensor `{name}` (expected shape {expected:?})"))
         })?;
@@ -142,28 +142,43 @@ impl Checkpoint {
         let (path, mmap) = &self.files[e.file];
         // Byte-wise decoding: the mapped data need not be aligned for its type.
         let bytes = &mmap[e.start..e.end];
-        let data: Vec<f32> = match e.dtype {
-            Dtype::F32 => {
-                bytes.par_chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()
-            }
-            Dtype::BF16 => {
-                bytes.par_chunks_exact(2).map(|b| bf16::from_le_bytes([b[0], b[1]]).to_f32()).collect()
-            }
-            Dtype::F16 => {
-                bytes.par_chunks_exact(2).map(|b| f16::from_le_bytes([b[0], b[1]]).to_f32()).collect()
-            }
-            Dtype::F64 => bytes
-                .par_chunks_exact(8)
-                .map(|b| f64::from_le_bytes(b.try_into().expect("8-byte chunk")) as f32)
-                .collect(),
-            other => {
-                return Err(msg(format!(
+        let width = match e.dtype {
+            Dtype::F32 => 4,
+            Dtype::BF16 | Dtype::F16 => 2,
+            Dtype::F64 => 8,
+            other => return Err(msg(format!(
                 "tensor `{name}` in {} is stored as {other:?}; gkd loads F32, BF16, F16 (and F64) weights",
                 path.display()
-            )))
-            }
+            ))),
         };
-        Tensor::from_vec(data, expected.to_vec())
+        if bytes.len() != dst.len() * width {
+            return Err(msg(format!(
+                "tensor `{name}` in {} has {} bytes for {} elements: the file is corrupt",
+                path.display(),
+                bytes.len(),
+                dst.len()
+            )));
+        }
+        let chunks = bytes.par_chunks_exact(width);
+        match e.dtype {
+            Dtype::F32 => dst
+                .par_iter_mut()
+                .zip(chunks)
+                .for_each(|(d, b)| *d = f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
+            Dtype::BF16 => dst
+                .par_iter_mut()
+                .zip(chunks)
+                .for_each(|(d, b)| *d = bf16::from_le_bytes([b[0], b[1]]).to_f32()),
+            Dtype::F16 => dst
+                .par_iter_mut()
+                .zip(chunks)
+                .for_each(|(d, b)| *d = f16::from_le_bytes([b[0], b[1]]).to_f32()),
+            _ => dst
+                .par_iter_mut()
+                .zip(chunks)
+                .for_each(|(d, b)| *d = f64::from_le_bytes(b.try_into().expect("8 bytes")) as f32),
+        }
+        Ok(())
     }
 }
 
@@ -173,6 +188,8 @@ fn st_dtype(d: DType) -> Dtype {
         DType::F64 => Dtype::F64,
         DType::BF16 => Dtype::BF16,
         DType::F16 => Dtype::F16,
+        DType::U32 => Dtype::U32,
+        DType::U8 => Dtype::U8,
     }
 }
 
@@ -185,6 +202,8 @@ fn to_bytes(t: &Tensor, dtype: DType) -> Result<Vec<u8>> {
         S::F64(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
         S::BF16(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
         S::F16(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+        S::U32(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+        S::U8(v) => v,
     })
 }
 

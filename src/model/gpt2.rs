@@ -7,13 +7,11 @@
 //! block(h):  a = h + c_proj(attn(split(c_attn(ln_1(h)))))
 //!            h' = a + mlp.c_proj(gelu(c_fc(ln_2(a))))
 
-use super::cached_ops::{add_assign, gather_rows, linear};
-use super::kv_cache::KvCache;
-use super::{Init, Model, ParamSpec, ParamVars, TokenBatch};
-use crate::autograd::{AttentionSpec, Tape, Var, WeightLayout};
-use crate::backend::cpu;
+use super::{attend, Init, Inputs, Model, ParamSpec, ParamVars};
+use crate::autograd::{Tape, Var, WeightLayout};
 use crate::error::Result;
 use crate::model::ModelConfig;
+use crate::tensor::Tensor;
 
 fn layer(i: usize, rest: &str) -> String {
     format!("transformer.h.{i}.{rest}")
@@ -54,75 +52,30 @@ pub(super) fn param_specs(c: &ModelConfig) -> Vec<ParamSpec> {
     s
 }
 
-pub(super) fn forward_hidden(m: &Model, tape: &mut Tape, p: &ParamVars, batch: &TokenBatch) -> Result<Var> {
+pub(super) fn forward(m: &Model, tape: &mut Tape, p: &ParamVars, x: &mut Inputs) -> Result<Var> {
     let c = &m.config;
     let (h, eps) = (c.hidden_size, c.norm_eps);
     let var = |name: &str| m.var(p, name);
     const IO: WeightLayout = WeightLayout::InOut;
-    let tok = tape.embedding(&batch.ids, var("transformer.wte.weight")?)?;
-    let positions = batch.positions();
+    let tok = tape.embedding(&x.ids, var("transformer.wte.weight")?)?;
+    let positions = Tensor::from_u32(&x.positions, m.device())?;
     let pos = tape.embedding(&positions, var("transformer.wpe.weight")?)?;
-    let mut x = tape.add(tok, pos)?;
-    let spec = AttentionSpec {
-        batch: batch.batch(),
-        seq: batch.seq,
-        q_heads: c.num_heads,
-        kv_heads: c.num_heads,
-        head_dim: c.head_dim,
-    };
+    let mut hs = tape.add(&tok, &pos)?;
     for l in 0..c.num_layers {
         let v = |rest: &str| var(&layer(l, rest));
-        let n = tape.layernorm(x, v("ln_1.weight")?, v("ln_1.bias")?, eps)?;
-        let qkv = tape.linear(n, v("attn.c_attn.weight")?, Some(v("attn.c_attn.bias")?), IO)?;
-        let q = tape.narrow_cols(qkv, 0, h)?;
-        let k = tape.narrow_cols(qkv, h, h)?;
-        let vv = tape.narrow_cols(qkv, 2 * h, h)?;
-        let a = tape.attention(q, k, vv, spec, &batch.lengths)?;
-        let o = tape.linear(a, v("attn.c_proj.weight")?, Some(v("attn.c_proj.bias")?), IO)?;
-        x = tape.add(x, o)?;
-        let n = tape.layernorm(x, v("ln_2.weight")?, v("ln_2.bias")?, eps)?;
-        let f = tape.linear(n, v("mlp.c_fc.weight")?, Some(v("mlp.c_fc.bias")?), IO)?;
-        let f = tape.gelu(f)?;
-        let f = tape.linear(f, v("mlp.c_proj.weight")?, Some(v("mlp.c_proj.bias")?), IO)?;
-        x = tape.add(x, f)?;
+        let n = tape.layer_norm(&hs, v("ln_1.weight")?, v("ln_1.bias")?, eps)?;
+        let qkv = tape.linear(&n, v("attn.c_attn.weight")?, Some(v("attn.c_attn.bias")?), IO)?;
+        let q = tape.narrow_cols(&qkv, 0, h)?;
+        let k = tape.narrow_cols(&qkv, h, h)?;
+        let vv = tape.narrow_cols(&qkv, 2 * h, h)?;
+        let a = attend(tape, x, l, c, &q, &k, &vv)?;
+        let o = tape.linear(&a, v("attn.c_proj.weight")?, Some(v("attn.c_proj.bias")?), IO)?;
+        hs = tape.add(&hs, &o)?;
+        let n = tape.layer_norm(&hs, v("ln_2.weight")?, v("ln_2.bias")?, eps)?;
+        let f = tape.linear(&n, v("mlp.c_fc.weight")?, Some(v("mlp.c_fc.bias")?), IO)?;
+        let f = tape.gelu(&f)?;
+        let f = tape.linear(&f, v("mlp.c_proj.weight")?, Some(v("mlp.c_proj.bias")?), IO)?;
+        hs = tape.add(&hs, &f)?;
     }
-    tape.layernorm(x, var("transformer.ln_f.weight")?, var("transformer.ln_f.bias")?, eps)
-}
-
-pub(super) fn forward_cached(m: &Model, cache: &mut KvCache, chunks: &[(usize, &[u32])]) -> Result<Vec<f32>> {
-    let c = &m.config;
-    let (hd, inter, eps) = (c.hidden_size, c.intermediate_size, c.norm_eps);
-    let plan = cache.plan(chunks)?;
-    let ids: Vec<u32> = chunks.iter().flat_map(|(_, t)| t.iter().copied()).collect();
-    let positions = KvCache::positions(&plan);
-    let mut x = cpu::embedding_fwd(&ids, m.f32("transformer.wte.weight")?, hd);
-    add_assign(&mut x, &cpu::embedding_fwd(&positions, m.f32("transformer.wpe.weight")?, hd));
-    for l in 0..c.num_layers {
-        let w = |rest: &str| m.f32(&layer(l, rest));
-        let n = cpu::layernorm_fwd(&x, w("ln_1.weight")?, w("ln_1.bias")?, hd, eps).y;
-        let qkv = linear(&n, w("attn.c_attn.weight")?, Some(w("attn.c_attn.bias")?), hd, 3 * hd, true);
-        let q = cpu::narrow_cols_fwd(&qkv, 3 * hd, 0, hd);
-        let k = cpu::narrow_cols_fwd(&qkv, 3 * hd, hd, hd);
-        let v = cpu::narrow_cols_fwd(&qkv, 3 * hd, 2 * hd, hd);
-        let a = cache.attend(l, &plan, c.num_heads, &q, &k, &v);
-        add_assign(&mut x, &linear(&a, w("attn.c_proj.weight")?, Some(w("attn.c_proj.bias")?), hd, hd, true));
-        let n = cpu::layernorm_fwd(&x, w("ln_2.weight")?, w("ln_2.bias")?, hd, eps).y;
-        let f = cpu::gelu_tanh_fwd(&linear(
-            &n,
-            w("mlp.c_fc.weight")?,
-            Some(w("mlp.c_fc.bias")?),
-            hd,
-            inter,
-            true,
-        ));
-        add_assign(
-            &mut x,
-            &linear(&f, w("mlp.c_proj.weight")?, Some(w("mlp.c_proj.bias")?), inter, hd, true),
-        );
-    }
-    let last: Vec<usize> = plan.iter().map(|c| c.row0 + c.rows - 1).collect();
-    let x = gather_rows(&x, hd, &last);
-    let n =
-        cpu::layernorm_fwd(&x, m.f32("transformer.ln_f.weight")?, m.f32("transformer.ln_f.bias")?, hd, eps).y;
-    Ok(linear(&n, m.f32(m.lm_head_name())?, None, hd, c.vocab_size, false))
+    tape.layer_norm(&hs, var("transformer.ln_f.weight")?, var("transformer.ln_f.bias")?, eps)
 }

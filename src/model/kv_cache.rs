@@ -1,195 +1,130 @@
-//! The key/value cache of generation, and causal attention over it.
+//! The key/value cache of generation, pre-allocated on the model's device for a whole batch.
 //!
-//! Per layer and sequence, keys and values of every position seen so far, (len, Hkv, D), after
-//! RoPE. A step appends the new rows of some sequences, then each new query at position p attends
-//! to positions 0..=p of its own sequence:
-//!   s_j = scale·q·k_j,  out = Σ_j softmax(s)_j · v_j
-//! with query head h reading KV head h / (Hq/Hkv), as `backend::cpu::attention_fwd`.
+//! Per layer, keys and values of `batch` sequences of up to `capacity` positions, (B·L, Hkv·D),
+//! after RoPE; each sequence has its own length. A step appends the new tokens of some sequences
+//! (prompts of different lengths in one prefill, then one token per sequence), and each new query
+//! at position p attends to positions 0..=p of its own sequence (`Tape::attention_cached`).
 
 use crate::error::{Error, Result};
-use rayon::prelude::*;
-
-#[derive(Clone, Default)]
-struct SeqKv {
-    k: Vec<f32>, // (len, Hkv, D)
-    v: Vec<f32>, // (len, Hkv, D)
-}
-
-/// New tokens of one sequence in a step: `rows` rows starting at row `row0` of the step's
-/// (N, ·) activations, at positions `start..start + rows`.
-#[derive(Clone, Copy, Debug)]
-pub struct CacheChunk {
-    pub seq: usize,
-    pub row0: usize,
-    pub start: usize,
-    pub rows: usize,
-}
+use crate::tensor::{DType, Device, Tensor};
 
 pub struct KvCache {
-    kv_heads: usize,
-    head_dim: usize,
-    layers: Vec<Vec<SeqKv>>, // [layer][sequence]
+    k: Vec<Tensor>, // [layer] (B·L, Hkv·D)
+    v: Vec<Tensor>, // [layer] (B·L, Hkv·D)
+    lengths: Vec<usize>,
+    capacity: usize,
+    width: usize, // Hkv·D
+}
+
+/// The rows of one step: for each new token, its sequence and position, and the row of the cache
+/// it goes to; (N) u32 each, on the cache's device.
+pub struct CacheStep {
+    pub seq: Tensor,
+    pub pos: Tensor,
+    pub rows: Tensor,
+    /// The same positions on the host (the model's position embedding, the bookkeeping).
+    pub positions: Vec<u32>,
+    chunks: Vec<(usize, usize)>,
 }
 
 impl KvCache {
-    pub fn new(layers: usize, sequences: usize, kv_heads: usize, head_dim: usize) -> KvCache {
-        KvCache { kv_heads, head_dim, layers: vec![vec![SeqKv::default(); sequences]; layers] }
+    pub fn new(
+        layers: usize,
+        batch: usize,
+        capacity: usize,
+        width: usize,
+        dtype: DType,
+        device: Device,
+    ) -> Result<KvCache> {
+        let make = || Tensor::zeros([batch * capacity, width], dtype, device);
+        Ok(KvCache {
+            k: (0..layers).map(|_| make()).collect::<Result<_>>()?,
+            v: (0..layers).map(|_| make()).collect::<Result<_>>()?,
+            lengths: vec![0; batch],
+            capacity,
+            width,
+        })
     }
 
-    pub fn sequences(&self) -> usize {
-        self.layers.first().map_or(0, Vec::len)
+    pub fn batch(&self) -> usize {
+        self.lengths.len()
     }
 
-    /// Positions cached for sequence `seq` (after the last completed step).
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// Positions cached for sequence `seq`.
     pub fn seq_len(&self, seq: usize) -> Result<usize> {
-        let row = self.kv_heads * self.head_dim;
-        match self.layers.last().and_then(|l| l.get(seq)) {
-            Some(s) => Ok(s.k.len() / row.max(1)),
-            None => Err(Error::Msg(format!(
-                "the cache holds {} sequences; there is no sequence {seq}",
-                self.sequences()
-            ))),
-        }
+        self.lengths.get(seq).copied().ok_or_else(|| {
+            Error::Msg(format!("the cache holds {} sequences; there is no sequence {seq}", self.batch()))
+        })
     }
 
-    /// Lays out a step: each (sequence, new tokens) becomes a chunk of consecutive rows.
-    pub fn plan(&self, chunks: &[(usize, &[u32])]) -> Result<Vec<CacheChunk>> {
-        let mut row0 = 0;
-        let mut seen = vec![false; self.sequences()];
-        chunks
-            .iter()
-            .map(|&(seq, toks)| {
-                let start = self.seq_len(seq)?;
-                if std::mem::replace(&mut seen[seq], true) {
-                    return Err(Error::Msg(format!("sequence {seq} appears twice in one cached step")));
-                }
-                let c = CacheChunk { seq, row0, start, rows: toks.len() };
-                row0 += toks.len();
-                Ok(c)
-            })
-            .collect()
-    }
-
-    /// The position of every row of a step.
-    pub fn positions(chunks: &[CacheChunk]) -> Vec<u32> {
-        chunks.iter().flat_map(|c| (c.start..c.start + c.rows).map(|p| p as u32)).collect()
-    }
-
-    /// Appends the step's keys and values to layer `layer`, then attends.
-    /// q (N, Hq, D), k and v (N, Hkv, D) → (N, Hq, D).
-    pub fn attend(
-        &mut self,
-        layer: usize,
-        chunks: &[CacheChunk],
-        q_heads: usize,
-        q: &[f32],
-        k: &[f32],
-        v: &[f32],
-    ) -> Vec<f32> {
-        let (hkv, dh) = (self.kv_heads, self.head_dim);
-        let kv_row = hkv * dh;
-        let caches = &mut self.layers[layer];
-        for c in chunks {
-            let s = &mut caches[c.seq];
-            debug_assert_eq!(s.k.len(), c.start * kv_row, "cache and plan disagree");
-            s.k.extend_from_slice(&k[c.row0 * kv_row..(c.row0 + c.rows) * kv_row]);
-            s.v.extend_from_slice(&v[c.row0 * kv_row..(c.row0 + c.rows) * kv_row]);
-        }
-        let caches = &self.layers[layer];
-        let group = q_heads / hkv;
-        let scale = 1.0 / (dh as f32).sqrt();
-        let n: usize = chunks.iter().map(|c| c.rows).sum();
-        let mut out = vec![0.0f32; n * q_heads * dh];
-        // One task per (row, query head).
-        let tasks: Vec<(usize, usize, usize)> =
-            chunks.iter().flat_map(|c| (0..c.rows).map(move |j| (c.row0 + j, c.seq, c.start + j))).collect();
-        out.par_chunks_mut(q_heads * dh).zip(tasks.par_iter()).for_each(|(orow, &(row, seq, pos))| {
-            let cache = &caches[seq];
-            let mut s = vec![0.0f32; pos + 1];
-            for h in 0..q_heads {
-                let g = h / group;
-                let qh = &q[(row * q_heads + h) * dh..][..dh];
-                for (j, sj) in s.iter_mut().enumerate() {
-                    let kj = &cache.k[(j * hkv + g) * dh..][..dh];
-                    *sj = scale * qh.iter().zip(kj).map(|(a, b)| a * b).sum::<f32>();
-                }
-                let m = s.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                let mut denom = 0.0f32;
-                for sj in s.iter_mut() {
-                    *sj = (*sj - m).exp();
-                    denom += *sj;
-                }
-                let oh = &mut orow[h * dh..(h + 1) * dh];
-                for (j, &p) in s.iter().enumerate() {
-                    let vj = &cache.v[(j * hkv + g) * dh..][..dh];
-                    for (o, &x) in oh.iter_mut().zip(vj) {
-                        *o += p * x;
-                    }
-                }
-                oh.iter_mut().for_each(|o| *o /= denom);
+    /// Lays out a step that appends `n` tokens to each listed sequence, `(sequence, n)`, in order.
+    pub fn plan(&self, chunks: &[(usize, usize)], device: Device) -> Result<CacheStep> {
+        let mut seen = vec![false; self.batch()];
+        let (mut seq, mut pos, mut rows) = (Vec::new(), Vec::new(), Vec::new());
+        for &(s, n) in chunks {
+            let start = self.seq_len(s)?;
+            if std::mem::replace(&mut seen[s], true) {
+                return Err(Error::Msg(format!("sequence {s} appears twice in one cached step")));
             }
-        });
-        out
-    }
-
-    /// Drops sequences' cached positions (a finished sequence frees its memory).
-    pub fn clear(&mut self, seq: usize) {
-        for l in &mut self.layers {
-            if let Some(s) = l.get_mut(seq) {
-                *s = SeqKv::default();
+            if n == 0 {
+                return Err(Error::Msg("a cached step needs at least one token per sequence".into()));
+            }
+            if start + n > self.capacity {
+                return Err(Error::Msg(format!(
+                    "sequence {s} would reach {} positions, past the cache's {}",
+                    start + n,
+                    self.capacity
+                )));
+            }
+            for p in start..start + n {
+                seq.push(s as u32);
+                pos.push(p as u32);
+                rows.push((s * self.capacity + p) as u32);
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::backend::cpu::{attention_fwd, AttnDims};
-
-    fn pseudo(n: usize, seed: u32) -> Vec<f32> {
-        (0..n)
-            .map(|i| {
-                (((i as u32).wrapping_mul(2654435761).wrapping_add(seed * 97)) % 1000) as f32 / 500.0 - 1.0
-            })
-            .collect()
+        Ok(CacheStep {
+            seq: Tensor::from_u32(&seq, device)?,
+            pos: Tensor::from_u32(&pos, device)?,
+            rows: Tensor::from_u32(&rows, device)?,
+            positions: pos,
+            chunks: chunks.to_vec(),
+        })
     }
 
-    /// Prefill of 3 tokens then 2 single-token steps equals full causal attention over 5 tokens.
-    #[test]
-    fn cached_attention_equals_full_attention() {
-        let (hq, hkv, dh, t) = (4, 2, 3, 5);
-        let q = pseudo(t * hq * dh, 1);
-        let k = pseudo(t * hkv * dh, 2);
-        let v = pseudo(t * hkv * dh, 3);
-        let d = AttnDims {
-            batch: 1,
-            seq: t,
-            q_heads: hq,
-            kv_heads: hkv,
-            head_dim: dh,
-            scale: 1.0 / (dh as f64).sqrt(),
+    /// Writes the step's keys and values (N, Hkv·D) of `layer` into their rows.
+    pub fn write(&mut self, layer: usize, step: &CacheStep, k: &Tensor, v: &Tensor) -> Result<()> {
+        let width = self.width;
+        let (kc, vc) = (self.k.get_mut(layer), self.v.get_mut(layer));
+        let (Some(kc), Some(vc)) = (kc, vc) else {
+            return Err(Error::Msg(format!("the cache has no layer {layer}")));
         };
-        let full = attention_fwd::<f32>(&d, &q, &k, &v, &[t]).out;
-        let mut cache = KvCache::new(1, 2, hkv, dh);
-        let mut got = Vec::new();
-        for (a, b) in [(0, 3), (3, 4), (4, 5)] {
-            let toks = vec![0u32; b - a];
-            // Sequence 1 is left untouched: it must not influence sequence 0.
-            let plan = cache.plan(&[(0, &toks)]).unwrap();
-            got.extend(cache.attend(
-                0,
-                &plan,
-                hq,
-                &q[a * hq * dh..b * hq * dh],
-                &k[a * hkv * dh..b * hkv * dh],
-                &v[a * hkv * dh..b * hkv * dh],
-            ));
+        kc.copy_rows_(width, &step.rows, k)?;
+        vc.copy_rows_(width, &step.rows, v)
+    }
+
+    /// Keys and values of `layer`, (B·L, Hkv·D).
+    pub fn layer(&self, layer: usize) -> Result<(&Tensor, &Tensor)> {
+        match (self.k.get(layer), self.v.get(layer)) {
+            (Some(k), Some(v)) => Ok((k, v)),
+            _ => Err(Error::Msg(format!("the cache has no layer {layer}"))),
         }
-        assert_eq!(cache.seq_len(0).unwrap(), 5);
-        assert_eq!(cache.seq_len(1).unwrap(), 0);
-        for (x, y) in got.iter().zip(&full) {
-            assert!((x - y).abs() < 1e-6, "{x} vs {y}");
+    }
+
+    /// Counts the step's tokens as cached (after every layer has written them).
+    pub fn advance(&mut self, step: &CacheStep) {
+        for &(s, n) in &step.chunks {
+            self.lengths[s] += n;
+        }
+    }
+
+    /// Empties sequence `seq` (its rows are reused by the next tokens it gets).
+    pub fn reset(&mut self, seq: usize) {
+        if let Some(l) = self.lengths.get_mut(seq) {
+            *l = 0;
         }
     }
 }

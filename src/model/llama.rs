@@ -7,13 +7,11 @@
 //! block(h):  a = h + o_proj(attn(rope(q_proj(n)), rope(k_proj(n)), v_proj(n))),  n = rms(h)
 //!            h' = a + down_proj(silu(gate_proj(rms(a))) · up_proj(rms(a)))
 
-use super::cached_ops::{add_assign, gather_rows, linear};
-use super::kv_cache::KvCache;
-use super::{Init, Model, ParamSpec, ParamVars, TokenBatch};
-use crate::autograd::{AttentionSpec, Tape, Var, WeightLayout};
-use crate::backend::cpu;
+use super::{attend, Init, Inputs, Model, ParamSpec, ParamVars};
+use crate::autograd::{Tape, Var, WeightLayout};
 use crate::error::Result;
 use crate::model::{ModelConfig, RopeScaling};
+use crate::tensor::Tensor;
 use std::sync::Arc;
 
 fn layer(i: usize, rest: &str) -> String {
@@ -85,71 +83,31 @@ pub fn inv_freq(c: &ModelConfig) -> Arc<[f64]> {
     scaled.into_iter().map(f64::from).collect()
 }
 
-pub(super) fn forward_hidden(m: &Model, tape: &mut Tape, p: &ParamVars, batch: &TokenBatch) -> Result<Var> {
+pub(super) fn forward(m: &Model, tape: &mut Tape, p: &ParamVars, x: &mut Inputs) -> Result<Var> {
     let c = &m.config;
     let eps = c.norm_eps;
     const OI: WeightLayout = WeightLayout::OutIn;
     let freqs = inv_freq(c);
-    let positions = batch.positions();
-    let spec = AttentionSpec {
-        batch: batch.batch(),
-        seq: batch.seq,
-        q_heads: c.num_heads,
-        kv_heads: c.num_kv_heads,
-        head_dim: c.head_dim,
-    };
-    let mut x = tape.embedding(&batch.ids, m.var(p, "model.embed_tokens.weight")?)?;
+    let positions = Tensor::from_u32(&x.positions, m.device())?;
+    let mut h = tape.embedding(&x.ids, m.var(p, "model.embed_tokens.weight")?)?;
     for l in 0..c.num_layers {
         let v = |rest: &str| m.var(p, &layer(l, rest));
-        let bias = |name: &str, on: bool| -> Result<Option<Var>> {
-            on.then(|| v(&format!("{name}.bias"))).transpose()
-        };
-        let n = tape.rmsnorm(x, v("input_layernorm.weight")?, eps)?;
-        let q = tape.linear(n, v("self_attn.q_proj.weight")?, bias("self_attn.q_proj", c.qkv_bias)?, OI)?;
-        let k = tape.linear(n, v("self_attn.k_proj.weight")?, bias("self_attn.k_proj", c.qkv_bias)?, OI)?;
-        let vv = tape.linear(n, v("self_attn.v_proj.weight")?, bias("self_attn.v_proj", c.qkv_bias)?, OI)?;
-        let q = tape.rope(q, &positions, freqs.clone(), c.num_heads)?;
-        let k = tape.rope(k, &positions, freqs.clone(), c.num_kv_heads)?;
-        let a = tape.attention(q, k, vv, spec, &batch.lengths)?;
-        let o = tape.linear(a, v("self_attn.o_proj.weight")?, bias("self_attn.o_proj", c.o_bias)?, OI)?;
-        x = tape.add(x, o)?;
-        let n = tape.rmsnorm(x, v("post_attention_layernorm.weight")?, eps)?;
-        let g = tape.linear(n, v("mlp.gate_proj.weight")?, bias("mlp.gate_proj", c.mlp_bias)?, OI)?;
-        let u = tape.linear(n, v("mlp.up_proj.weight")?, bias("mlp.up_proj", c.mlp_bias)?, OI)?;
-        let f = tape.swiglu(g, u)?;
-        let f = tape.linear(f, v("mlp.down_proj.weight")?, bias("mlp.down_proj", c.mlp_bias)?, OI)?;
-        x = tape.add(x, f)?;
+        let b = |name: &str| m.var_opt(p, &layer(l, &format!("{name}.bias")));
+        let n = tape.rms_norm(&h, v("input_layernorm.weight")?, eps)?;
+        let q = tape.linear(&n, v("self_attn.q_proj.weight")?, b("self_attn.q_proj"), OI)?;
+        let k = tape.linear(&n, v("self_attn.k_proj.weight")?, b("self_attn.k_proj"), OI)?;
+        let vv = tape.linear(&n, v("self_attn.v_proj.weight")?, b("self_attn.v_proj"), OI)?;
+        let q = tape.rope(&q, &positions, freqs.clone(), c.num_heads)?;
+        let k = tape.rope(&k, &positions, freqs.clone(), c.num_kv_heads)?;
+        let a = attend(tape, x, l, c, &q, &k, &vv)?;
+        let o = tape.linear(&a, v("self_attn.o_proj.weight")?, b("self_attn.o_proj"), OI)?;
+        h = tape.add(&h, &o)?;
+        let n = tape.rms_norm(&h, v("post_attention_layernorm.weight")?, eps)?;
+        let g = tape.linear(&n, v("mlp.gate_proj.weight")?, b("mlp.gate_proj"), OI)?;
+        let u = tape.linear(&n, v("mlp.up_proj.weight")?, b("mlp.up_proj"), OI)?;
+        let f = tape.swiglu(&g, &u)?;
+        let f = tape.linear(&f, v("mlp.down_proj.weight")?, b("mlp.down_proj"), OI)?;
+        h = tape.add(&h, &f)?;
     }
-    tape.rmsnorm(x, m.var(p, "model.norm.weight")?, eps)
-}
-
-pub(super) fn forward_cached(m: &Model, cache: &mut KvCache, chunks: &[(usize, &[u32])]) -> Result<Vec<f32>> {
-    let c = &m.config;
-    let (hd, inter, eps, qd, kvd) = (c.hidden_size, c.intermediate_size, c.norm_eps, c.q_dim(), c.kv_dim());
-    let freqs = inv_freq(c);
-    let plan = cache.plan(chunks)?;
-    let ids: Vec<u32> = chunks.iter().flat_map(|(_, t)| t.iter().copied()).collect();
-    let positions = KvCache::positions(&plan);
-    let mut x = cpu::embedding_fwd(&ids, m.f32("model.embed_tokens.weight")?, hd);
-    for l in 0..c.num_layers {
-        let w = |rest: &str| m.f32(&layer(l, rest));
-        let b = |name: &str| m.f32_opt(&layer(l, &format!("{name}.bias")));
-        let n = cpu::rmsnorm_fwd(&x, w("input_layernorm.weight")?, hd, eps).y;
-        let q = linear(&n, w("self_attn.q_proj.weight")?, b("self_attn.q_proj")?, hd, qd, false);
-        let k = linear(&n, w("self_attn.k_proj.weight")?, b("self_attn.k_proj")?, hd, kvd, false);
-        let v = linear(&n, w("self_attn.v_proj.weight")?, b("self_attn.v_proj")?, hd, kvd, false);
-        let q = cpu::rope_fwd(&q, &positions, &freqs, c.num_heads);
-        let k = cpu::rope_fwd(&k, &positions, &freqs, c.num_kv_heads);
-        let a = cache.attend(l, &plan, c.num_heads, &q, &k, &v);
-        add_assign(&mut x, &linear(&a, w("self_attn.o_proj.weight")?, b("self_attn.o_proj")?, qd, hd, false));
-        let n = cpu::rmsnorm_fwd(&x, w("post_attention_layernorm.weight")?, hd, eps).y;
-        let g = linear(&n, w("mlp.gate_proj.weight")?, b("mlp.gate_proj")?, hd, inter, false);
-        let u = linear(&n, w("mlp.up_proj.weight")?, b("mlp.up_proj")?, hd, inter, false);
-        let f = cpu::swiglu_fwd(&g, &u);
-        add_assign(&mut x, &linear(&f, w("mlp.down_proj.weight")?, b("mlp.down_proj")?, inter, hd, false));
-    }
-    let last: Vec<usize> = plan.iter().map(|c| c.row0 + c.rows - 1).collect();
-    let x = gather_rows(&x, hd, &last);
-    let n = cpu::rmsnorm_fwd(&x, m.f32("model.norm.weight")?, hd, eps).y;
-    Ok(linear(&n, m.f32(m.lm_head_name())?, None, hd, c.vocab_size, false))
+    tape.rms_norm(&h, m.var(p, "model.norm.weight")?, eps)
 }

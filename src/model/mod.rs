@@ -1,25 +1,26 @@
 //! Hugging Face causal language models: GPT-2 and the Llama family (Llama, Qwen2, Mistral).
 //!
-//! A `Model` is its `config.json` and its parameters under their Hugging Face names, in f32 on
-//! one device. Two forward passes share those parameters:
-//! - `forward_hidden` / `forward_logits` record the model on an autograd `Tape` (scoring and
-//!   training: the student's backward runs through it);
-//! - `forward_cached` runs without a tape on the CPU, appending to a `KvCache` (generation).
-//!
-//! A test checks that both give the same logits.
+//! A `Model` is its `config.json` and its parameters under their Hugging Face names, in one flat
+//! buffer on one device (`params.rs`). Each architecture has one forward (`forward`), recorded
+//! on a `Tape`: with gradients for training, on `Tape::no_grad()` for the teacher, scoring and
+//! generation; `Inputs` says whether attention runs over right-padded sequences or over a
+//! key/value cache (`kv_cache.rs`) that the forward appends to.
 
 pub mod checkpoint;
 pub mod config;
 mod gpt2;
 pub mod kv_cache;
 mod llama;
+pub mod params;
 
 pub use config::{Arch, FreshConfig, ModelConfig, RopeScaling};
-pub use kv_cache::{CacheChunk, KvCache};
+pub use kv_cache::{CacheStep, KvCache};
+pub use params::{ParamEntry, ParamStore, ParamVars};
 
-use crate::autograd::{Tape, Var};
+use crate::autograd::{CachedAttnDims, LinearLoss, LinearLossTarget, LossKind, Tape, Var, WeightLayout};
+use crate::backend::ops::{AttnDims, IGNORE};
 use crate::error::{Error, Result};
-use crate::tensor::{DType, Device, Tensor};
+use crate::tensor::{CpuStorage, DType, Device, Element, Tensor};
 use checkpoint::Checkpoint;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -45,16 +46,6 @@ pub struct ParamSpec {
 impl ParamSpec {
     fn new(name: impl Into<String>, shape: &[usize], init: Init) -> ParamSpec {
         ParamSpec { name: name.into(), shape: shape.to_vec(), init }
-    }
-}
-
-/// A model's parameters recorded on one tape, in `Model::names()` order.
-#[derive(Clone, Debug)]
-pub struct ParamVars(Vec<Var>);
-
-impl ParamVars {
-    pub fn vars(&self) -> &[Var] {
-        &self.0
     }
 }
 
@@ -89,13 +80,52 @@ impl TokenBatch {
     pub fn positions(&self) -> Vec<u32> {
         (0..self.batch()).flat_map(|_| 0..self.seq as u32).collect()
     }
+
+    /// The forward's inputs on `device`.
+    pub fn inputs(&self, device: Device) -> Result<Inputs<'static>> {
+        let lengths: Vec<u32> = self.lengths.iter().map(|&l| l as u32).collect();
+        Ok(Inputs {
+            ids: Tensor::from_u32(&self.ids, device)?,
+            positions: self.positions(),
+            attend: Attend::Padded {
+                batch: self.batch(),
+                seq: self.seq,
+                lengths: Tensor::from_u32(&lengths, device)?,
+            },
+        })
+    }
+}
+
+/// What attention runs over.
+pub enum Attend<'a> {
+    /// Causally within each of `batch` right-padded sequences of `seq` positions, (B) lengths.
+    Padded { batch: usize, seq: usize, lengths: Tensor },
+    /// The step's new rows over a key/value cache, which the forward appends them to.
+    Cache { cache: &'a mut KvCache, step: CacheStep },
+}
+
+/// The rows a forward processes: token ids (N) u32 on the model's device, each row's position,
+/// and what attention runs over.
+pub struct Inputs<'a> {
+    pub ids: Tensor,
+    pub positions: Vec<u32>,
+    pub attend: Attend<'a>,
+}
+
+impl Inputs<'_> {
+    pub fn rows(&self) -> usize {
+        self.positions.len()
+    }
+
+    /// The longest sequence the rows reach (the model's length limit applies to it).
+    fn longest(&self) -> usize {
+        self.positions.iter().map(|&p| p as usize + 1).max().unwrap_or(0)
+    }
 }
 
 pub struct Model {
     pub config: ModelConfig,
-    names: Vec<String>,
-    tensors: Vec<Tensor>,
-    index: HashMap<String, usize>,
+    params: ParamStore,
 }
 
 /// Box–Muller normal draws.
@@ -113,6 +143,20 @@ fn normal(rng: &mut StdRng, n: usize, std: f64) -> Vec<f32> {
     out
 }
 
+/// Writes `values` into elements `at..` of a host buffer of f32 or f64.
+fn write_host<T: Element>(host: &mut CpuStorage, at: usize, values: &[T]) -> Result<()> {
+    match host {
+        CpuStorage::F32(v) => {
+            v[at..at + values.len()].iter_mut().zip(values).for_each(|(d, s)| *d = s.to_f64() as f32)
+        }
+        CpuStorage::F64(v) => {
+            v[at..at + values.len()].iter_mut().zip(values).for_each(|(d, s)| *d = s.to_f64())
+        }
+        other => return Err(Error::Msg(format!("internal: parameters built in {}", other.dtype()))),
+    }
+    Ok(())
+}
+
 impl Model {
     /// The parameters a configuration needs, in a fixed order.
     pub fn param_specs(cfg: &ModelConfig) -> Vec<ParamSpec> {
@@ -122,7 +166,11 @@ impl Model {
         }
     }
 
-    /// Loads `config.json` and the safetensors checkpoint of a model directory.
+    fn shapes(cfg: &ModelConfig) -> Vec<(String, Vec<usize>)> {
+        Model::param_specs(cfg).into_iter().map(|s| (s.name, s.shape)).collect()
+    }
+
+    /// Loads `config.json` and the safetensors checkpoint of a model directory, in f32 on the CPU.
     pub fn load(dir: &Path) -> Result<Model> {
         let config = ModelConfig::load(&dir.join("config.json"))?;
         let ck = Checkpoint::open(dir)?;
@@ -137,70 +185,74 @@ impl Model {
             Arch::Gpt2 => "transformer.",
             _ => "model.",
         };
-        let mut tensors = Vec::new();
-        for spec in Model::param_specs(&config) {
-            let name = match spec.name.strip_prefix(prefix) {
-                Some(short) if !ck.contains(&spec.name) && ck.contains(short) => short,
-                _ => spec.name.as_str(),
+        let params = ParamStore::build(&Model::shapes(&config), DType::F32, Device::Cpu, |e, host, at| {
+            let name = match e.name.strip_prefix(prefix) {
+                Some(short) if !ck.contains(&e.name) && ck.contains(short) => short,
+                _ => e.name.as_str(),
             };
-            if spec.name == "lm_head.weight" && !ck.contains(name) {
+            if e.name == "lm_head.weight" && !ck.contains(name) {
                 return Err(Error::Msg(format!(
                     "the checkpoint has no tensor `lm_head.weight` (expected shape {:?}) and config.json says the head is not tied (tie_word_embeddings: false)",
-                    spec.shape
+                    e.shape
                 )));
             }
-            tensors.push((spec.name.clone(), ck.load_f32(name, &spec.shape)?));
-        }
-        Model::from_tensors(config, tensors)
+            let CpuStorage::F32(v) = host else { return Err(Error::Msg("internal: f32 parameters".into())) };
+            ck.read_f32_into(name, &e.shape, &mut v[at..at + e.numel()])
+        })?;
+        Ok(Model { config, params })
     }
 
     /// A fresh model, initialized as `transformers` initializes one, from a seed.
     pub fn init(config: ModelConfig, seed: u64) -> Result<Model> {
         let mut rng = StdRng::seed_from_u64(seed);
-        let tensors = Model::param_specs(&config)
-            .into_iter()
-            .map(|s| {
-                let n = s.shape.iter().product();
-                let data = match s.init {
-                    Init::Normal { std } => normal(&mut rng, n, std),
-                    Init::Zeros => vec![0.0; n],
-                    Init::Ones => vec![1.0; n],
-                };
-                Ok((s.name, Tensor::from_vec(data, s.shape)?))
-            })
-            .collect::<Result<Vec<_>>>()?;
-        Model::from_tensors(config, tensors)
+        // Drawn in the order of the specs (independent of the buffer's layout).
+        let mut values: HashMap<String, Vec<f32>> = HashMap::new();
+        for s in Model::param_specs(&config) {
+            let n = s.shape.iter().product();
+            let data = match s.init {
+                Init::Normal { std } => normal(&mut rng, n, std),
+                Init::Zeros => vec![0.0; n],
+                Init::Ones => vec![1.0; n],
+            };
+            values.insert(s.name, data);
+        }
+        let params = ParamStore::build(&Model::shapes(&config), DType::F32, Device::Cpu, |e, host, at| {
+            write_host(host, at, &values[&e.name])
+        })?;
+        Ok(Model { config, params })
     }
 
-    /// A model from named tensors: exactly the names and shapes `param_specs` lists.
+    /// A model from named tensors: exactly the names and shapes `param_specs` lists, all f32 or
+    /// all f64 (gradient checks), on the CPU.
     pub fn from_tensors(config: ModelConfig, tensors: Vec<(String, Tensor)>) -> Result<Model> {
-        let specs = Model::param_specs(&config);
+        let shapes = Model::shapes(&config);
         let mut given: HashMap<String, Tensor> = tensors.into_iter().collect();
-        let mut names = Vec::with_capacity(specs.len());
-        let mut values = Vec::with_capacity(specs.len());
-        for s in specs {
-            let t = given.remove(&s.name).ok_or_else(|| {
-                Error::Msg(format!("missing tensor `{}` (expected shape {:?})", s.name, s.shape))
-            })?;
-            if t.dims() != s.shape.as_slice() {
+        for (name, shape) in &shapes {
+            let t = given
+                .get(name)
+                .ok_or_else(|| Error::Msg(format!("missing tensor `{name}` (expected shape {shape:?})")))?;
+            if t.dims() != shape.as_slice() {
                 return Err(Error::Msg(format!(
-                    "tensor `{}` has shape {:?}, but the config needs {:?}",
-                    s.name,
-                    t.dims(),
-                    s.shape
+                    "tensor `{name}` has shape {:?}, but the config needs {shape:?}",
+                    t.dims()
                 )));
             }
-            names.push(s.name);
-            values.push(t);
         }
-        if let Some(extra) = given.keys().next() {
+        if let Some(extra) = given.keys().find(|k| !shapes.iter().any(|(n, _)| n == *k)) {
             return Err(Error::Msg(format!(
                 "tensor `{extra}` is not a parameter of this {} model",
                 config.arch
             )));
         }
-        let index = names.iter().enumerate().map(|(i, n)| (n.clone(), i)).collect();
-        Ok(Model { config, names, tensors: values, index })
+        let dtype = if given.values().any(|t| t.dtype() == DType::F64) { DType::F64 } else { DType::F32 };
+        let params = ParamStore::build(&shapes, dtype, Device::Cpu, |e, host, at| {
+            let t = given.remove(&e.name).expect("checked above");
+            match t.to_cpu_storage()? {
+                CpuStorage::F64(v) => write_host(host, at, &v),
+                other => write_host(host, at, &other.to_f32_vec()),
+            }
+        })?;
+        Ok(Model { config, params })
     }
 
     /// Writes `config.json`, `generation_config.json` and the weights in `dtype`, in Hugging Face
@@ -216,9 +268,16 @@ impl Model {
             DType::BF16 => "bfloat16",
             DType::F16 => "float16",
             DType::F64 => "float64",
+            d => return Err(Error::Msg(format!("weights cannot be saved as {d}: use f32, bf16 or f16"))),
         };
-        let named: Vec<(String, Tensor)> =
-            self.names.iter().cloned().zip(self.tensors.iter().cloned()).collect();
+        // One copy of the buffer to the host, then every parameter is a slice of it.
+        let host = self.params.weights().to_device(Device::Cpu)?;
+        let named: Vec<(String, Tensor)> = self
+            .params
+            .entries()
+            .iter()
+            .map(|e| Ok((e.name.clone(), host.narrow(0, e.offset, e.numel())?.reshape(e.shape.clone())?)))
+            .collect::<Result<_>>()?;
         checkpoint::save(dir, &named, dtype, max_shard_bytes)?;
         let write = |file: &str, v: serde_json::Value| {
             let path = dir.join(file);
@@ -240,74 +299,88 @@ impl Model {
 
     /// Parameter names, in the order of `tensors()` and of `bind`'s vars.
     pub fn names(&self) -> &[String] {
-        &self.names
+        self.params.names()
     }
 
-    pub fn tensors(&self) -> &[Tensor] {
-        &self.tensors
+    /// Every parameter (views of the flat buffer), in `names()` order.
+    pub fn tensors(&self) -> Result<Vec<Tensor>> {
+        self.params.tensors()
     }
 
-    /// For an optimizer: replace parameters in place (shapes must not change).
-    pub fn tensors_mut(&mut self) -> &mut [Tensor] {
-        &mut self.tensors
+    pub fn params(&self) -> &ParamStore {
+        &self.params
     }
 
-    pub fn get(&self, name: &str) -> Result<&Tensor> {
-        self.index
+    /// For an optimizer and for tests: the parameters, writable in place.
+    pub fn params_mut(&mut self) -> &mut ParamStore {
+        &mut self.params
+    }
+
+    pub fn get(&self, name: &str) -> Result<Tensor> {
+        self.params
             .get(name)
-            .map(|&i| &self.tensors[i])
-            .ok_or_else(|| Error::Msg(format!("this {} model has no parameter `{name}`", self.config.arch)))
+            .ok_or_else(|| Error::Msg(format!("this {} model has no parameter `{name}`", self.config.arch)))?
     }
 
     pub fn num_params(&self) -> usize {
-        self.tensors.iter().map(Tensor::numel).sum()
+        self.params.numel()
     }
 
     pub fn device(&self) -> Device {
-        self.tensors.first().map(Tensor::device).unwrap_or(Device::Cpu)
+        self.params.device()
+    }
+
+    pub fn dtype(&self) -> DType {
+        self.params.dtype()
     }
 
     pub fn to_device(&self, device: Device) -> Result<Model> {
-        let tensors = self.tensors.iter().map(|t| t.to_device(device)).collect::<Result<_>>()?;
-        Ok(Model {
-            config: self.config.clone(),
-            names: self.names.clone(),
-            tensors,
-            index: self.index.clone(),
-        })
+        Ok(Model { config: self.config.clone(), params: self.params.to_device(device)? })
     }
 
     /// Records every parameter as a leaf of `tape`.
-    pub fn bind(&self, tape: &mut Tape, requires_grad: bool) -> ParamVars {
-        ParamVars(self.tensors.iter().map(|t| tape.leaf(t.clone(), requires_grad)).collect())
+    pub fn bind(&self, tape: &mut Tape, requires_grad: bool) -> Result<ParamVars> {
+        self.params.bind(tape, requires_grad)
     }
 
-    fn var(&self, p: &ParamVars, name: &str) -> Result<Var> {
-        self.index
-            .get(name)
-            .and_then(|&i| p.0.get(i).copied())
+    fn var<'p>(&self, p: &'p ParamVars, name: &str) -> Result<&'p Var> {
+        self.params
+            .position(name)
+            .and_then(|i| p.vars().get(i))
             .ok_or_else(|| Error::Msg(format!("internal: parameter `{name}` is not bound")))
     }
 
-    /// The final hidden states (after the last norm), (B·T, hidden).
-    pub fn forward_hidden(&self, tape: &mut Tape, p: &ParamVars, batch: &TokenBatch) -> Result<Var> {
-        if p.0.len() != self.tensors.len() {
+    fn var_opt<'p>(&self, p: &'p ParamVars, name: &str) -> Option<&'p Var> {
+        self.params.position(name).and_then(|i| p.vars().get(i))
+    }
+
+    /// The final hidden states (after the last norm), (N, hidden), of the rows of `x`. With a
+    /// cache, the rows' keys and values are appended to it.
+    pub fn forward(&self, tape: &mut Tape, p: &ParamVars, x: &mut Inputs) -> Result<Var> {
+        if p.vars().len() != self.params.entries().len() {
             return Err(Error::Msg(format!(
                 "{} bound parameters for a model with {}",
-                p.0.len(),
-                self.tensors.len()
+                p.vars().len(),
+                self.params.entries().len()
             )));
         }
-        self.config.check_length(batch.seq)?;
-        match self.config.arch {
-            Arch::Gpt2 => gpt2::forward_hidden(self, tape, p, batch),
-            _ => llama::forward_hidden(self, tape, p, batch),
+        if x.ids.numel() != x.rows() {
+            return Err(Error::Msg(format!("{} token ids for {} positions", x.ids.numel(), x.rows())));
         }
+        self.config.check_length(x.longest())?;
+        let h = match self.config.arch {
+            Arch::Gpt2 => gpt2::forward(self, tape, p, x),
+            _ => llama::forward(self, tape, p, x),
+        }?;
+        if let Attend::Cache { cache, step } = &mut x.attend {
+            cache.advance(step);
+        }
+        Ok(h)
     }
 
     /// The output projection, (vocab, hidden) as `nn.Linear` stores it: the token embedding when
     /// the head is tied.
-    pub fn lm_head(&self, p: &ParamVars) -> Result<Var> {
+    pub fn lm_head<'p>(&self, p: &'p ParamVars) -> Result<&'p Var> {
         self.var(p, self.lm_head_name())
     }
 
@@ -319,108 +392,107 @@ impl Model {
         }
     }
 
-    /// Logits, (B·T, vocab).
-    pub fn forward_logits(&self, tape: &mut Tape, p: &ParamVars, batch: &TokenBatch) -> Result<Var> {
-        let h = self.forward_hidden(tape, p, batch)?;
-        let w = self.lm_head(p)?;
-        tape.linear(h, w, None, crate::autograd::WeightLayout::OutIn)
+    /// Logits of some hidden rows, (rows, vocab): only for few rows (a decode step); losses over
+    /// many rows go through `Tape::linear_loss`, which never holds them all.
+    pub fn logits(&self, tape: &mut Tape, p: &ParamVars, hidden: &Var) -> Result<Var> {
+        tape.linear(hidden, self.lm_head(p)?, None, WeightLayout::OutIn)
     }
 
-    /// For each sequence s, ln p(s[i+1] | s[..=i]) for i < len − 1, computed in one padded batch
-    /// without gradients.
+    /// For each sequence s, ln p(s[i+1] | s[..=i]) for i < len − 1, from one padded batch without
+    /// gradients, through the chunked output head (no (tokens × vocab) buffer).
     pub fn logprobs(&self, seqs: &[Vec<u32>]) -> Result<Vec<Vec<f64>>> {
         let batch = TokenBatch::new(seqs)?;
-        let mut tape = Tape::new();
-        let p = self.bind(&mut tape, false);
-        let logits = self.forward_logits(&mut tape, &p, &batch)?;
-        let logits = tape.value(logits).to_vec_f32()?;
-        let v = self.config.vocab_size;
+        let mut tape = Tape::no_grad();
+        let p = self.bind(&mut tape, false)?;
+        let h = self.forward(&mut tape, &p, &mut batch.inputs(self.device())?)?;
+        // Every row predicts the next token of its sequence; padding and last rows do not count.
+        let targets: Vec<u32> = seqs
+            .iter()
+            .flat_map(|s| (0..batch.seq).map(move |t| if t + 1 < s.len() { s[t + 1] } else { IGNORE }))
+            .collect();
+        let spec = LinearLoss {
+            kind: LossKind::CrossEntropy,
+            vocab: self.config.vocab_size,
+            scale: 1.0,
+            chunk_rows: 0,
+        };
+        let targets = Tensor::from_u32(&targets, self.device())?;
+        let (_, rows) = tape.linear_loss(&h, self.lm_head(&p)?, LinearLossTarget::Tokens(&targets), &spec)?;
+        let nll = rows.to_vec_f64()?;
         Ok(seqs
             .iter()
             .enumerate()
-            .map(|(b, s)| {
-                (0..s.len() - 1)
-                    .map(|t| log_softmax_at(&logits[(b * batch.seq + t) * v..][..v], s[t + 1] as usize))
-                    .collect()
-            })
+            .map(|(b, s)| (0..s.len() - 1).map(|t| -nll[b * batch.seq + t]).collect())
             .collect())
     }
 
-    /// Runs `chunks` (new tokens of some cached sequences) through the model without a tape,
-    /// appending their keys and values to `cache`; returns the logits of each chunk's last token,
-    /// (chunks, vocab). CPU and f32 only.
-    pub fn forward_cached(&self, cache: &mut KvCache, chunks: &[(usize, &[u32])]) -> Result<Vec<f32>> {
-        if self.device() != Device::Cpu {
-            return Err(Error::Unsupported { op: "cached forward (generation)", device: self.device() });
-        }
-        if chunks.iter().any(|(_, t)| t.is_empty()) {
-            return Err(Error::Msg("forward_cached: every chunk needs at least one token".into()));
-        }
-        for &(s, toks) in chunks {
-            self.config.check_length(cache.seq_len(s)? + toks.len())?;
-            if let Some(&bad) = toks.iter().find(|&&t| t as usize >= self.config.vocab_size) {
-                return Err(Error::Msg(format!(
-                    "token id {bad} is outside the model's vocabulary of {}",
-                    self.config.vocab_size
-                )));
-            }
-        }
-        match self.config.arch {
-            Arch::Gpt2 => gpt2::forward_cached(self, cache, chunks),
-            _ => llama::forward_cached(self, cache, chunks),
-        }
+    /// An empty key/value cache for `batch` sequences of up to `capacity` positions, on the
+    /// model's device.
+    pub fn new_cache(&self, batch: usize, capacity: usize) -> Result<KvCache> {
+        let c = &self.config;
+        KvCache::new(c.num_layers, batch, capacity, c.kv_dim(), self.dtype(), self.device())
     }
 
-    /// An empty cache for `sequences` sequences of this model.
-    pub fn new_cache(&self, sequences: usize) -> KvCache {
-        KvCache::new(self.config.num_layers, sequences, self.config.num_kv_heads, self.config.head_dim)
-    }
-
-    /// The CPU f32 slice of a parameter (the cached path).
-    fn f32(&self, name: &str) -> Result<&[f32]> {
-        self.get(name)?.cpu_slice::<f32>()
-    }
-
-    fn f32_opt(&self, name: &str) -> Result<Option<&[f32]>> {
-        match self.index.get(name) {
-            Some(&i) => Ok(Some(self.tensors[i].cpu_slice::<f32>()?)),
-            None => Ok(None),
+    /// Appends `chunks` — new tokens of some cached sequences, `(sequence, tokens)` — to the cache
+    /// and returns the logits of each chunk's last token, (chunks, vocab), without gradients.
+    pub fn next_token_logits(&self, cache: &mut KvCache, chunks: &[(usize, &[u32])]) -> Result<Tensor> {
+        if let Some(&bad) =
+            chunks.iter().flat_map(|(_, t)| t.iter()).find(|&&t| t as usize >= self.config.vocab_size)
+        {
+            return Err(Error::Msg(format!(
+                "token id {bad} is outside the model's vocabulary of {}",
+                self.config.vocab_size
+            )));
         }
+        let device = self.device();
+        let step = cache.plan(&chunks.iter().map(|&(s, t)| (s, t.len())).collect::<Vec<_>>(), device)?;
+        let ids: Vec<u32> = chunks.iter().flat_map(|(_, t)| t.iter().copied()).collect();
+        let positions = step.positions.clone();
+        let mut x =
+            Inputs { ids: Tensor::from_u32(&ids, device)?, positions, attend: Attend::Cache { cache, step } };
+        let mut tape = Tape::no_grad();
+        let p = self.bind(&mut tape, false)?;
+        let h = self.forward(&mut tape, &p, &mut x)?;
+        let mut last = Vec::with_capacity(chunks.len());
+        let mut row = 0;
+        for (_, t) in chunks {
+            row += t.len();
+            last.push(row as u32 - 1);
+        }
+        let h_last = tape.embedding(&Tensor::from_u32(&last, device)?, &h)?;
+        Ok(self.logits(&mut tape, &p, &h_last)?.into_value())
     }
 }
 
-/// ln softmax(row)[target], in f64.
-pub fn log_softmax_at(row: &[f32], target: usize) -> f64 {
-    let m = row.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
-    let lse = m + row.iter().map(|&x| (x as f64 - m).exp()).sum::<f64>().ln();
-    row[target] as f64 - lse
-}
-
-/// Building blocks of the cached (no-tape) forward, on f32 slices.
-mod cached_ops {
-    use crate::backend::cpu::{self, LinearDims};
-
-    /// x (N, Din) → (N, Dout); `in_out`: W stored (Din, Dout) (GPT-2 Conv1D), else (Dout, Din).
-    pub fn linear(
-        x: &[f32],
-        w: &[f32],
-        b: Option<&[f32]>,
-        d_in: usize,
-        d_out: usize,
-        in_out: bool,
-    ) -> Vec<f32> {
-        let n = x.len() / d_in;
-        cpu::linear_fwd(LinearDims { n, d_in, d_out, w_in_out: in_out }, x, w, b)
-    }
-
-    pub fn add_assign(h: &mut [f32], d: &[f32]) {
-        for (a, b) in h.iter_mut().zip(d) {
-            *a += b;
+/// Attention of one layer over what `x` says: q (N, Hq·D), k and v (N, Hkv·D) → (N, Hq·D).
+pub(crate) fn attend(
+    tape: &mut Tape,
+    x: &mut Inputs,
+    layer: usize,
+    c: &ModelConfig,
+    q: &Var,
+    k: &Var,
+    v: &Var,
+) -> Result<Var> {
+    let rows = x.rows();
+    match &mut x.attend {
+        Attend::Padded { batch, seq, lengths } => {
+            let d = AttnDims::new(*batch, *seq, c.num_heads, c.num_kv_heads, c.head_dim);
+            tape.attention(q, k, v, d, lengths)
         }
-    }
-
-    /// The rows `rows` of x (N, C).
-    pub fn gather_rows(x: &[f32], cols: usize, rows: &[usize]) -> Vec<f32> {
-        rows.iter().flat_map(|&r| x[r * cols..(r + 1) * cols].iter().copied()).collect()
+        Attend::Cache { cache, step } => {
+            cache.write(layer, step, k.value(), v.value())?;
+            let (kc, vc) = cache.layer(layer)?;
+            let d = CachedAttnDims {
+                rows,
+                batch: cache.batch(),
+                capacity: cache.capacity(),
+                q_heads: c.num_heads,
+                kv_heads: c.num_kv_heads,
+                head_dim: c.head_dim,
+                scale: 1.0 / (c.head_dim as f64).sqrt(),
+            };
+            tape.attention_cached(q, kc, vc, &step.seq, &step.pos, d)
+        }
     }
 }

@@ -9,19 +9,22 @@
 //! ```
 //!
 //! The bias corrections are computed in f64 and rounded to f32 once, as PyTorch does with its
-//! Python-float scalars; everything per element is f32, in PyTorch's order of operations. Against
-//! torch 2.15 on x86-64 the results agree to an f32 ulp or two (bit for bit in most elements).
+//! Python-float scalars; everything per element is f32, in PyTorch's order of operations (the
+//! backends' `adamw_step`, over the flat parameter buffer). Against torch 2.15 on x86-64 the
+//! results agree to an f32 ulp or two (bit for bit in most elements).
 //!
 //! State file (`save` / `load`): a safetensors file with one F32 tensor per parameter and moment,
-//! named `exp_avg.<i>` and `exp_avg_sq.<i>` (i = the parameter's position in `step`'s slices), and
+//! named `exp_avg.<i>` and `exp_avg_sq.<i>` (i = the parameter's position in the model), and
 //! the string metadata `format = gkd.adamw.v1`, `step`, `beta1`, `beta2`, `eps`, `weight_decay`
 //! (floats written with Rust's shortest round-trip formatting, so they load back bit for bit).
 //! It is written to a temporary beside the target and renamed, so a crash never leaves half a file.
 
+use crate::backend::ops::AdamWStep;
 use crate::error::{Error, Result};
-use rayon::prelude::*;
+use crate::tensor::{DType, Device, Tensor};
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 use std::collections::HashMap;
+use std::ops::Range;
 use std::path::Path;
 
 /// AdamW hyper-parameters other than the learning rate (which `step` takes, from the schedule).
@@ -59,31 +62,45 @@ impl AdamWConfig {
     }
 }
 
-/// AdamW over f32 master weights. The moments are created on the first `step`, sized like the
-/// parameters; every later step must pass parameters of the same count and lengths.
+/// A run of the flat parameter buffer: its elements and whether weight decay applies.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ParamGroup {
+    pub range: Range<usize>,
+    pub decay: bool,
+}
+
+/// AdamW over f32 master weights held in one flat buffer. The moments are created on the first
+/// `step`, like the buffer and on its device; every later step must pass a buffer of that length.
 #[derive(Clone, Debug)]
 pub struct AdamW {
     config: AdamWConfig,
     /// Optimizer steps taken.
     step: u64,
-    /// Per parameter: first moment (exp_avg) and second moment (exp_avg_sq).
-    exp_avg: Vec<Vec<f32>>,
-    exp_avg_sq: Vec<Vec<f32>>,
-    /// Per parameter: whether weight decay applies (None: to all).
-    decay_mask: Option<Vec<bool>>,
+    /// First moment (exp_avg) and second moment (exp_avg_sq), each like the parameters.
+    moments: Option<(Tensor, Tensor)>,
+}
+
+/// An error unless `groups` tile 0..n in order.
+fn check_groups(groups: &[ParamGroup], n: usize) -> Result<()> {
+    let mut at = 0;
+    for g in groups {
+        if g.range.start != at || g.range.end < g.range.start {
+            return Err(Error::Msg(format!(
+                "AdamW: parameter groups {groups:?} do not tile the {n} parameters in order"
+            )));
+        }
+        at = g.range.end;
+    }
+    if at != n {
+        return Err(Error::Msg(format!("AdamW: parameter groups cover {at} of the {n} parameters")));
+    }
+    Ok(())
 }
 
 impl AdamW {
     pub fn new(config: AdamWConfig) -> Result<AdamW> {
         config.validate()?;
-        Ok(AdamW { config, step: 0, exp_avg: Vec::new(), exp_avg_sq: Vec::new(), decay_mask: None })
-    }
-
-    /// Applies weight decay only to the parameters whose entry is `true` (Hugging Face's Trainer
-    /// exempts biases and norm weights). The mask's length must match the parameter count.
-    pub fn with_decay_mask(mut self, mask: Vec<bool>) -> AdamW {
-        self.decay_mask = Some(mask);
-        self
+        Ok(AdamW { config, step: 0, moments: None })
     }
 
     pub fn config(&self) -> &AdamWConfig {
@@ -95,123 +112,105 @@ impl AdamW {
         self.step
     }
 
-    /// The first and second moments of parameter `i`, if it has state yet.
-    pub fn moments(&self, i: usize) -> Option<(&[f32], &[f32])> {
-        Some((self.exp_avg.get(i)?.as_slice(), self.exp_avg_sq.get(i)?.as_slice()))
+    /// The first and second moments, once a step has been taken.
+    pub fn moments(&self) -> Option<(&Tensor, &Tensor)> {
+        self.moments.as_ref().map(|(m, v)| (m, v))
     }
 
-    /// One AdamW update of every parameter with its gradient, at learning rate `lr`.
-    pub fn step(&mut self, params: &mut [&mut [f32]], grads: &[&[f32]], lr: f32) -> Result<()> {
-        if params.len() != grads.len() {
+    /// One AdamW update of the flat f32 parameters `params` with their gradient `grads` (same
+    /// length, same device), at learning rate `lr`; `groups` tile the buffer and say where weight
+    /// decay applies (Hugging Face's Trainer exempts biases and norm weights). A refused step
+    /// changes nothing.
+    pub fn step(
+        &mut self,
+        params: &mut Tensor,
+        grads: &Tensor,
+        groups: &[ParamGroup],
+        lr: f32,
+    ) -> Result<()> {
+        let n = params.numel();
+        if grads.numel() != n || params.dtype() != DType::F32 || grads.dtype() != DType::F32 {
             return Err(Error::Msg(format!(
-                "AdamW: {} parameters but {} gradients; pass one gradient per parameter",
-                params.len(),
-                grads.len()
+                "AdamW: {n} {} parameters but {} {} gradients; pass one f32 gradient per f32 parameter",
+                params.dtype(),
+                grads.numel(),
+                grads.dtype()
             )));
         }
         if !lr.is_finite() || lr < 0.0 {
             return Err(Error::Msg(format!("AdamW: learning rate {lr} must be finite and non-negative")));
         }
-        for (i, (p, g)) in params.iter().zip(grads).enumerate() {
-            if p.len() != g.len() {
+        check_groups(groups, n)?;
+        match &self.moments {
+            Some((m, _)) if m.numel() != n => {
                 return Err(Error::Msg(format!(
-                    "AdamW: parameter {i} has {} elements but its gradient has {}",
-                    p.len(),
-                    g.len()
-                )));
+                    "AdamW: the optimizer state holds {} parameters but {n} were passed",
+                    m.numel()
+                )))
+            }
+            Some(_) => {}
+            None => {
+                let zeros = || Tensor::zeros([n], DType::F32, params.device());
+                self.moments = Some((zeros()?, zeros()?));
             }
         }
-        if let Some(mask) = &self.decay_mask {
-            if mask.len() != params.len() {
-                return Err(Error::Msg(format!(
-                    "AdamW: the weight-decay mask has {} entries for {} parameters",
-                    mask.len(),
-                    params.len()
-                )));
-            }
-        }
-        if self.exp_avg.is_empty() {
-            self.exp_avg = params.iter().map(|p| vec![0.0; p.len()]).collect();
-            self.exp_avg_sq = self.exp_avg.clone();
-        } else {
-            self.check_shapes(params.iter().map(|p| p.len()))?;
-        }
+        let (m, v) = self.moments.as_mut().expect("set above");
 
-        self.step += 1;
         let c = self.config;
-        let t = self.step as f64;
+        let t = (self.step + 1) as f64;
         let lr64 = lr as f64;
         // Python-float scalars in PyTorch, rounded to f32 where they meet f32 tensors.
         let bias_correction1 = 1.0 - c.beta1.powf(t);
         let bias_correction2 = 1.0 - c.beta2.powf(t);
-        let neg_step_size = -(lr64 / bias_correction1) as f32;
-        let bc2_sqrt = bias_correction2.sqrt() as f32;
-        let one_minus_beta1 = (1.0 - c.beta1) as f32;
-        let one_minus_beta2 = (1.0 - c.beta2) as f32;
-        let beta2 = c.beta2 as f32;
-        let eps = c.eps as f32;
-
-        for (i, (p, g)) in params.iter_mut().zip(grads).enumerate() {
-            let decays = self.decay_mask.as_ref().is_none_or(|m| m[i]);
-            let decay = if decays && c.weight_decay != 0.0 {
-                Some((1.0 - lr64 * c.weight_decay) as f32)
-            } else {
-                None
-            };
-            let (m, v) = (&mut self.exp_avg[i], &mut self.exp_avg_sq[i]);
-            p.par_iter_mut()
-                .zip(m.par_iter_mut())
-                .zip(v.par_iter_mut())
-                .zip(g.par_iter())
-                .with_min_len(4096)
-                .for_each(|(((p, m), v), &g)| {
-                    if let Some(d) = decay {
-                        *p *= d;
-                    }
-                    *m = one_minus_beta1.mul_add(g - *m, *m); // lerp_, fused as in torch's CPU kernel
-                    *v = *v * beta2 + one_minus_beta2 * g * g;
-                    let denom = v.sqrt() / bc2_sqrt + eps;
-                    *p += neg_step_size * *m / denom; // addcdiv_: (value · m) / denom
-                });
+        let base = AdamWStep {
+            decay: 1.0,
+            one_minus_beta1: (1.0 - c.beta1) as f32,
+            beta2: c.beta2 as f32,
+            one_minus_beta2: (1.0 - c.beta2) as f32,
+            neg_step_size: -(lr64 / bias_correction1) as f32,
+            bc2_sqrt: bias_correction2.sqrt() as f32,
+            eps: c.eps as f32,
+        };
+        for g in groups.iter().filter(|g| !g.range.is_empty()) {
+            let decay =
+                if g.decay && c.weight_decay != 0.0 { (1.0 - lr64 * c.weight_decay) as f32 } else { 1.0 };
+            let grad = grads.narrow(0, g.range.start, g.range.len())?;
+            params.adamw_step_at(g.range.start, &grad, m, v, &AdamWStep { decay, ..base })?;
         }
+        self.step += 1;
         Ok(())
     }
 
-    fn check_shapes(&self, lens: impl ExactSizeIterator<Item = usize>) -> Result<()> {
-        if lens.len() != self.exp_avg.len() {
-            return Err(Error::Msg(format!(
-                "AdamW: the optimizer state holds {} parameters but {} were passed",
-                self.exp_avg.len(),
-                lens.len()
-            )));
-        }
-        for (i, (len, m)) in lens.zip(&self.exp_avg).enumerate() {
-            if len != m.len() {
-                return Err(Error::Msg(format!(
-                    "AdamW: parameter {i} has {len} elements but its optimizer state has {}",
-                    m.len()
-                )));
+    /// Writes the state (moments, step count, hyper-parameters) to a safetensors file, one
+    /// tensor per parameter: `params` lists each parameter's run of the flat buffer, in order.
+    pub fn save(&self, path: &Path, params: &[ParamGroup]) -> Result<()> {
+        let (m, v) = match &self.moments {
+            Some((m, v)) => (m.to_vec_f32()?, v.to_vec_f32()?),
+            None => (Vec::new(), Vec::new()),
+        };
+        let mut bytes: Vec<(String, Vec<u8>)> = Vec::new();
+        if !m.is_empty() {
+            for (which, data) in [("exp_avg", &m), ("exp_avg_sq", &v)] {
+                for (i, p) in params.iter().enumerate() {
+                    let part = data.get(p.range.clone()).ok_or_else(|| {
+                        Error::Msg(format!(
+                            "AdamW: parameter {i} {:?} is outside the state of {}",
+                            p.range,
+                            data.len()
+                        ))
+                    })?;
+                    bytes.push((format!("{which}.{i}"), part.iter().flat_map(|x| x.to_le_bytes()).collect()));
+                }
             }
         }
-        Ok(())
-    }
-
-    /// Writes the state (moments, step count, hyper-parameters) to a safetensors file.
-    pub fn save(&self, path: &Path) -> Result<()> {
-        let bytes: Vec<Vec<u8>> = self
-            .exp_avg
+        let tensors = bytes
             .iter()
-            .chain(&self.exp_avg_sq)
-            .map(|v| v.iter().flat_map(|x| x.to_le_bytes()).collect())
-            .collect();
-        let n = self.exp_avg.len();
-        let mut tensors = Vec::with_capacity(2 * n);
-        for (k, b) in bytes.iter().enumerate() {
-            let name = if k < n { format!("exp_avg.{k}") } else { format!("exp_avg_sq.{}", k - n) };
-            let view = TensorView::new(Dtype::F32, vec![b.len() / 4], b)
-                .map_err(|e| Error::Msg(format!("AdamW state: {e}")))?;
-            tensors.push((name, view));
-        }
+            .map(|(name, b)| {
+                TensorView::new(Dtype::F32, vec![b.len() / 4], b)
+                    .map(|view| (name.clone(), view))
+                    .map_err(|e| Error::Msg(format!("AdamW state: {e}")))
+            })
+            .collect::<Result<Vec<_>>>()?;
         let c = self.config;
         let mut meta = HashMap::new();
         meta.insert("format".to_string(), FORMAT.to_string());
@@ -220,16 +219,19 @@ impl AdamW {
         meta.insert("beta2".to_string(), c.beta2.to_string());
         meta.insert("eps".to_string(), c.eps.to_string());
         meta.insert("weight_decay".to_string(), c.weight_decay.to_string());
-        if let Some(mask) = &self.decay_mask {
-            meta.insert("decay_mask".to_string(), mask.iter().map(|&b| if b { '1' } else { '0' }).collect());
-        }
+        meta.insert(
+            "decay_mask".to_string(),
+            params.iter().map(|p| if p.decay { '1' } else { '0' }).collect(),
+        );
         let data = safetensors::serialize(tensors, Some(meta))
             .map_err(|e| Error::Msg(format!("cannot encode the AdamW state: {e}")))?;
         write_atomically(path, &data)
     }
 
-    /// Reads a state written by `save`: the optimizer continues exactly where it stopped.
-    pub fn load(path: &Path) -> Result<AdamW> {
+    /// Reads a state written by `save` for parameters laid out as `params` (each parameter's
+    /// run of the flat buffer), its moments on `device`: the optimizer continues exactly where it
+    /// stopped. A state for other parameter shapes is refused, naming the first that differs.
+    pub fn load(path: &Path, params: &[ParamGroup], device: Device) -> Result<AdamW> {
         let shown = path.display();
         let bytes = std::fs::read(path)
             .map_err(|e| Error::Msg(format!("cannot read optimizer state {shown}: {e}")))?;
@@ -249,29 +251,43 @@ impl AdamW {
         };
         config.validate()?;
         let step: u64 = field("step")?.parse().map_err(|e| bad(format!("\"step\": {e}")))?;
-        let decay_mask = meta.get("decay_mask").map(|s| s.chars().map(|c| c == '1').collect());
-
         let st = SafeTensors::deserialize(&bytes).map_err(|e| bad(e.to_string()))?;
-        let n = st.len() / 2;
-        let read = |name: String| -> Result<Vec<f32>> {
-            let t = st.tensor(&name).map_err(|_| bad(format!("tensor {name} is missing")))?;
-            if t.dtype() != Dtype::F32 {
-                return Err(bad(format!("tensor {name} is {:?}, expected F32", t.dtype())));
-            }
-            Ok(t.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect())
-        };
-        let exp_avg = (0..n).map(|i| read(format!("exp_avg.{i}"))).collect::<Result<Vec<_>>>()?;
-        let exp_avg_sq = (0..n).map(|i| read(format!("exp_avg_sq.{i}"))).collect::<Result<Vec<_>>>()?;
-        for (i, (m, v)) in exp_avg.iter().zip(&exp_avg_sq).enumerate() {
-            if m.len() != v.len() {
-                return Err(bad(format!(
-                    "parameter {i}: exp_avg has {} elements, exp_avg_sq {}",
-                    m.len(),
-                    v.len()
-                )));
-            }
+        if st.is_empty() {
+            return Ok(AdamW { config, step, moments: None });
         }
-        Ok(AdamW { config, step, exp_avg, exp_avg_sq, decay_mask })
+        if st.len() != 2 * params.len() {
+            return Err(Error::Msg(format!(
+                "{shown}: the optimizer state holds {} parameters but the model has {}",
+                st.len() / 2,
+                params.len()
+            )));
+        }
+        let n = params.last().map_or(0, |p| p.range.end);
+        check_groups(params, n)?;
+        let read = |which: &str| -> Result<Vec<f32>> {
+            let mut flat = vec![0f32; n];
+            for (i, p) in params.iter().enumerate() {
+                let name = format!("{which}.{i}");
+                let t = st.tensor(&name).map_err(|_| bad(format!("tensor {name} is missing")))?;
+                if t.dtype() != Dtype::F32 {
+                    return Err(bad(format!("tensor {name} is {:?}, expected F32", t.dtype())));
+                }
+                let len = t.data().len() / 4;
+                if len != p.range.len() {
+                    return Err(Error::Msg(format!(
+                        "{shown}: parameter {i} has {} elements but its optimizer state has {len}",
+                        p.range.len()
+                    )));
+                }
+                for (d, b) in flat[p.range.clone()].iter_mut().zip(t.data().chunks_exact(4)) {
+                    *d = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+                }
+            }
+            Ok(flat)
+        };
+        let m = Tensor::from_vec(read("exp_avg")?, [n])?.to_device(device)?;
+        let v = Tensor::from_vec(read("exp_avg_sq")?, [n])?.to_device(device)?;
+        Ok(AdamW { config, step, moments: Some((m, v)) })
     }
 }
 

@@ -1,17 +1,18 @@
 //! Gradient clipping by global L2 norm, as `torch.nn.utils.clip_grad_norm_`: with
 //! n = ‖(g_1, …, g_k)‖₂ over every gradient element, each gradient is scaled by
-//! min(1, max_norm / (n + 1e-6)). The norm is accumulated in f64.
+//! min(1, max_norm / (n + 1e-6)). Gradients live in one flat buffer; the norm and the scaling are
+//! backend ops (the sum of squares accumulated in f64 on the CPU).
 //!
-//! A NaN or infinite norm leaves the gradients untouched and comes back as `NonFiniteGradNorm`,
-//! so the trainer can skip the step or stop and keep its last good checkpoint.
+//! A NaN or infinite norm leaves the gradients untouched and comes back as an error
+//! (`NonFiniteGradNorm`), so the trainer can stop and keep its last good checkpoint.
 
 use crate::error::{Error, Result};
+use crate::tensor::Tensor;
 use std::fmt;
 
-/// The global L2 norm over all gradients (f64 accumulation, returned as f32).
-pub fn global_norm(grads: &[&[f32]]) -> f32 {
-    let sum_sq: f64 = grads.iter().flat_map(|g| g.iter()).map(|&x| (x as f64) * (x as f64)).sum();
-    sum_sq.sqrt() as f32
+/// The global L2 norm of a gradient buffer.
+pub fn global_norm(grads: &Tensor) -> Result<f32> {
+    Ok(grads.sum_squares()?.sqrt() as f32)
 }
 
 /// The gradient norm was NaN or infinite: a diverged step or an overflow.
@@ -59,20 +60,15 @@ impl GradClip {
     }
 
     /// Scales the gradients in place if their global norm exceeds the maximum; returns the norm
-    /// before clipping.
-    pub fn clip(&self, grads: &mut [&mut [f32]]) -> std::result::Result<f32, NonFiniteGradNorm> {
-        let views: Vec<&[f32]> = grads.iter().map(|g| &**g).collect();
-        let norm = global_norm(&views);
+    /// before clipping, or `NonFiniteGradNorm` (as an error) with the gradients untouched.
+    pub fn clip(&self, grads: &mut Tensor) -> Result<f32> {
+        let norm = global_norm(grads)?;
         if !norm.is_finite() {
-            return Err(NonFiniteGradNorm { norm });
+            return Err(NonFiniteGradNorm { norm }.into());
         }
-        let coef = (self.max_norm as f64 / (norm as f64 + 1e-6)).min(1.0) as f32;
+        let coef = (self.max_norm as f64 / (norm as f64 + 1e-6)).min(1.0);
         if coef < 1.0 {
-            for g in grads.iter_mut() {
-                for x in g.iter_mut() {
-                    *x *= coef;
-                }
-            }
+            grads.scale_(coef as f32 as f64)?;
         }
         Ok(norm)
     }

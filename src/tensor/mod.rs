@@ -1,257 +1,174 @@
-//! Tensors: a shape and an immutable, shared storage on one device.
+//! Tensors: a layout over a shared storage on one device.
 //!
-//! Tensors are values: ops return new tensors, and cloning one shares its storage (an `Arc`), so
-//! the autograd tape can keep inputs for the backward pass at no cost.
+//! Cloning a tensor shares its storage (an `Arc`), so the autograd tape can keep inputs for the
+//! backward pass at no cost, and narrowing, reshaping and transposing are views. Ops run on dense
+//! (contiguous) inputs: `contiguous()` copies a strided view once. In-place updates (`*_at`,
+//! optimizer steps, the key/value cache) write through the storage when this tensor is its only
+//! holder, and copy it first otherwise (copy-on-write), so a tensor is always a value.
 
-mod device;
-mod dtype;
-mod shape;
+mod storage;
 
-pub use device::{Device, DeviceRequest};
-pub use dtype::DType;
-pub use shape::Shape;
+pub use crate::backend::{CpuStorage, DType, Device, DeviceRequest, Element, Layout, Shape};
+pub use storage::Storage;
 
-use crate::backend::cuda::{CudaBuf, CudaDevice, CudaStorage};
+use crate::backend::ops::AdamWStep;
+use crate::backend::View;
 use crate::error::{shape_err, Error, Result};
-use half::{bf16, f16};
 use std::sync::Arc;
 
-/// Host storage, one variant per dtype.
-#[derive(Clone, Debug)]
-pub enum CpuStorage {
-    F32(Vec<f32>),
-    F64(Vec<f64>),
-    BF16(Vec<bf16>),
-    F16(Vec<f16>),
-}
-
-#[derive(Debug)]
-pub enum Storage {
-    Cpu(CpuStorage),
-    Cuda(CudaStorage),
-}
-
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Tensor {
-    shape: Shape,
     storage: Arc<Storage>,
+    layout: Layout,
 }
 
-/// A host element type that has a `DType`.
-pub trait Element: Copy + Send + Sync + 'static {
-    const DTYPE: DType;
-    fn wrap(v: Vec<Self>) -> CpuStorage;
-    fn view(s: &CpuStorage) -> Option<&[Self]>;
-}
-
-macro_rules! element {
-    ($t:ty, $v:ident) => {
-        impl Element for $t {
-            const DTYPE: DType = DType::$v;
-            fn wrap(v: Vec<Self>) -> CpuStorage {
-                CpuStorage::$v(v)
-            }
-            fn view(s: &CpuStorage) -> Option<&[Self]> {
-                match s {
-                    CpuStorage::$v(v) => Some(v),
-                    _ => None,
-                }
-            }
-        }
-    };
-}
-element!(f32, F32);
-element!(f64, F64);
-element!(bf16, BF16);
-element!(f16, F16);
-
-impl CpuStorage {
-    pub fn dtype(&self) -> DType {
-        match self {
-            CpuStorage::F32(_) => DType::F32,
-            CpuStorage::F64(_) => DType::F64,
-            CpuStorage::BF16(_) => DType::BF16,
-            CpuStorage::F16(_) => DType::F16,
-        }
-    }
-
-    pub fn len(&self) -> usize {
-        match self {
-            CpuStorage::F32(v) => v.len(),
-            CpuStorage::F64(v) => v.len(),
-            CpuStorage::BF16(v) => v.len(),
-            CpuStorage::F16(v) => v.len(),
-        }
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    pub fn to_f64_vec(&self) -> Vec<f64> {
-        match self {
-            CpuStorage::F32(v) => v.iter().map(|&x| x as f64).collect(),
-            CpuStorage::F64(v) => v.clone(),
-            CpuStorage::BF16(v) => v.iter().map(|x| x.to_f64()).collect(),
-            CpuStorage::F16(v) => v.iter().map(|x| x.to_f64()).collect(),
-        }
-    }
-
-    pub fn to_f32_vec(&self) -> Vec<f32> {
-        match self {
-            CpuStorage::F32(v) => v.clone(),
-            CpuStorage::F64(v) => v.iter().map(|&x| x as f32).collect(),
-            CpuStorage::BF16(v) => v.iter().map(|x| x.to_f32()).collect(),
-            CpuStorage::F16(v) => v.iter().map(|x| x.to_f32()).collect(),
-        }
-    }
-
-    /// Conversion with round-to-nearest-even for the 16-bit types.
-    pub fn convert(&self, dtype: DType) -> CpuStorage {
-        if self.dtype() == dtype {
-            return self.clone();
-        }
-        match dtype {
-            DType::F32 => CpuStorage::F32(self.to_f32_vec()),
-            DType::F64 => CpuStorage::F64(self.to_f64_vec()),
-            DType::BF16 => CpuStorage::BF16(self.to_f32_vec().into_iter().map(bf16::from_f32).collect()),
-            DType::F16 => CpuStorage::F16(self.to_f32_vec().into_iter().map(f16::from_f32).collect()),
-        }
+impl std::fmt::Debug for Tensor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Tensor({} {} on {})", self.shape(), self.dtype(), self.device())
     }
 }
 
 impl Tensor {
-    fn new(shape: Shape, storage: Storage) -> Tensor {
-        Tensor { shape, storage: Arc::new(storage) }
+    /// A dense tensor over the first elements of a new storage (a device storage of an empty
+    /// tensor holds one element: drivers refuse empty allocations).
+    pub(crate) fn from_storage(storage: Storage, shape: impl Into<Shape>) -> Result<Tensor> {
+        let shape = shape.into();
+        if storage.len() < shape.numel() || (storage.len() != shape.numel() && shape.numel() != 0) {
+            return shape_err("tensor", format!("{} values for shape {shape}", storage.len()));
+        }
+        Ok(Tensor { storage: Arc::new(storage), layout: Layout::contiguous(shape, 0) })
     }
 
     /// A CPU tensor from host data; the data length must match the shape.
     pub fn from_vec<T: Element>(data: Vec<T>, shape: impl Into<Shape>) -> Result<Tensor> {
-        let shape = shape.into();
-        if data.len() != shape.numel() {
-            return shape_err("Tensor::from_vec", format!("{} values for shape {shape}", data.len()));
-        }
-        Ok(Tensor::new(shape, Storage::Cpu(T::wrap(data))))
+        Tensor::from_storage(Storage::Cpu(T::wrap(data)), shape)
     }
 
-    pub fn from_cpu_storage(storage: CpuStorage, shape: impl Into<Shape>) -> Result<Tensor> {
+    /// A tensor on `device` from host data.
+    pub fn from_host(host: CpuStorage, shape: impl Into<Shape>, device: Device) -> Result<Tensor> {
         let shape = shape.into();
-        if storage.len() != shape.numel() {
-            return shape_err(
-                "Tensor::from_cpu_storage",
-                format!("{} values for shape {shape}", storage.len()),
-            );
+        if host.len() != shape.numel() {
+            return shape_err("tensor", format!("{} values for shape {shape}", host.len()));
         }
-        Ok(Tensor::new(shape, Storage::Cpu(storage)))
+        Tensor::from_storage(Storage::from_host(device, host)?, shape)
     }
 
-    pub(crate) fn from_cuda(storage: CudaStorage, shape: Shape) -> Tensor {
-        debug_assert_eq!(storage.buf.len(), shape.numel());
-        Tensor::new(shape, Storage::Cuda(storage))
+    /// A 1-D u32 tensor on `device` (token ids, positions, lengths).
+    pub fn from_u32(values: &[u32], device: Device) -> Result<Tensor> {
+        Tensor::from_host(CpuStorage::U32(values.to_vec()), [values.len()], device)
     }
 
     pub fn zeros(shape: impl Into<Shape>, dtype: DType, device: Device) -> Result<Tensor> {
         let shape = shape.into();
-        let n = shape.numel();
-        match device {
-            Device::Cpu => {
-                let s = match dtype {
-                    DType::F32 => CpuStorage::F32(vec![0.0; n]),
-                    DType::F64 => CpuStorage::F64(vec![0.0; n]),
-                    DType::BF16 => CpuStorage::BF16(vec![bf16::ZERO; n]),
-                    DType::F16 => CpuStorage::F16(vec![f16::ZERO; n]),
-                };
-                Ok(Tensor::new(shape, Storage::Cpu(s)))
-            }
-            Device::Cuda(i) => {
-                let dev = CudaDevice::get(i)?;
-                let buf = dev.zeros(dtype, n, "Tensor::zeros")?;
-                Ok(Tensor::from_cuda(CudaStorage { dev, buf }, shape))
-            }
-        }
+        Tensor::from_storage(Storage::zeros(device, dtype, shape.numel())?, shape)
+    }
+
+    /// Every element `value`.
+    pub fn full(shape: impl Into<Shape>, value: f64, dtype: DType, device: Device) -> Result<Tensor> {
+        let shape = shape.into();
+        let host = CpuStorage::F64(vec![value; shape.numel()]).convert(dtype);
+        Tensor::from_host(host, shape, device)
     }
 
     pub fn shape(&self) -> &Shape {
-        &self.shape
+        self.layout.shape()
     }
 
     pub fn dims(&self) -> &[usize] {
-        self.shape.dims()
+        self.shape().dims()
     }
 
     pub fn numel(&self) -> usize {
-        self.shape.numel()
+        self.shape().numel()
     }
 
-    pub fn storage(&self) -> &Storage {
-        &self.storage
+    pub fn layout(&self) -> &Layout {
+        &self.layout
     }
 
     pub fn dtype(&self) -> DType {
-        match &*self.storage {
-            Storage::Cpu(s) => s.dtype(),
-            Storage::Cuda(s) => s.buf.dtype(),
-        }
+        self.storage.dtype()
     }
 
     pub fn device(&self) -> Device {
-        match &*self.storage {
-            Storage::Cpu(_) => Device::Cpu,
-            Storage::Cuda(s) => Device::Cuda(s.dev.ordinal()),
-        }
+        self.storage.device()
     }
 
-    /// The same data under another shape with as many elements.
+    pub fn is_contiguous(&self) -> bool {
+        self.layout.is_contiguous()
+    }
+
+    /// Whether two tensors share one storage.
+    pub fn shares_storage(&self, other: &Tensor) -> bool {
+        Arc::ptr_eq(&self.storage, &other.storage)
+    }
+
+    // ---- views ------------------------------------------------------------------------------
+
+    /// The same elements under another shape (a view when contiguous, else a dense copy).
     pub fn reshape(&self, shape: impl Into<Shape>) -> Result<Tensor> {
         let shape = shape.into();
         if shape.numel() != self.numel() {
-            return shape_err("reshape", format!("cannot view {} as {shape}", self.shape));
+            return shape_err("reshape", format!("cannot view {} as {shape}", self.shape()));
         }
-        Ok(Tensor { shape, storage: self.storage.clone() })
-    }
-
-    /// The host slice of a CPU tensor of element type `T`.
-    pub fn cpu_slice<T: Element>(&self) -> Result<&[T]> {
-        match &*self.storage {
-            Storage::Cpu(s) => T::view(s)
-                .ok_or_else(|| Error::Msg(format!("expected a {} tensor, found {}", T::DTYPE, s.dtype()))),
-            Storage::Cuda(_) => {
-                Err(Error::Msg(format!("expected a CPU tensor, found one on {}", self.device())))
-            }
+        match self.layout.reshape(shape.clone()) {
+            Some(layout) => Ok(Tensor { storage: self.storage.clone(), layout }),
+            None => self.contiguous()?.reshape(shape),
         }
     }
 
-    /// Copy to another device (a no-op sharing the storage when already there).
+    /// Elements `start..start + len` along `dim`, without a copy.
+    pub fn narrow(&self, dim: usize, start: usize, len: usize) -> Result<Tensor> {
+        Ok(Tensor { storage: self.storage.clone(), layout: self.layout.narrow(dim, start, len)? })
+    }
+
+    /// Dimensions `a` and `b` swapped, without a copy.
+    pub fn transpose(&self, a: usize, b: usize) -> Result<Tensor> {
+        Ok(Tensor { storage: self.storage.clone(), layout: self.layout.transpose(a, b)? })
+    }
+
+    /// A dense tensor with these values: itself when already dense, else a copy.
+    pub fn contiguous(&self) -> Result<Tensor> {
+        if self.is_contiguous() {
+            return Ok(self.clone());
+        }
+        Tensor::from_storage(self.storage.copy_strided(&self.layout)?, self.shape().clone())
+    }
+
+    /// The backend view of a dense tensor (what the contract's ops take).
+    pub(crate) fn view(&self) -> Result<View<'_, Storage>> {
+        let range = self.layout.contiguous_range().ok_or_else(|| {
+            Error::Msg(format!(
+                "internal: an op received a strided view of shape {}; make it contiguous",
+                self.shape()
+            ))
+        })?;
+        Ok(View::new(&self.storage, range.start, range.len()))
+    }
+
+    // ---- devices, dtypes, the host ------------------------------------------------------------
+
+    /// Copy to another device (shares the storage when already there).
     pub fn to_device(&self, device: Device) -> Result<Tensor> {
         if device == self.device() {
             return Ok(self.clone());
         }
-        let host = self.to_cpu_storage()?;
-        match device {
-            Device::Cpu => Ok(Tensor::new(self.shape.clone(), Storage::Cpu(host))),
-            Device::Cuda(i) => {
-                let dev = CudaDevice::get(i)?;
-                let buf = dev.upload(&host, "Tensor::to_device")?;
-                Ok(Tensor::from_cuda(CudaStorage { dev, buf }, self.shape.clone()))
-            }
-        }
+        Tensor::from_host(self.to_cpu_storage()?, self.shape().clone(), device)
     }
 
-    /// A copy of the data on the host, in its own dtype.
-    pub fn to_cpu_storage(&self) -> Result<CpuStorage> {
-        match &*self.storage {
-            Storage::Cpu(s) => Ok(s.clone()),
-            Storage::Cuda(s) => s.dev.download(&s.buf),
-        }
-    }
-
-    /// Convert the element type. On the GPU this goes through the host (not for hot paths).
+    /// The element type converted on the tensor's device (bf16 ↔ f32 on the GPU).
     pub fn to_dtype(&self, dtype: DType) -> Result<Tensor> {
         if dtype == self.dtype() {
             return Ok(self.clone());
         }
-        let host = self.to_cpu_storage()?.convert(dtype);
-        Tensor::from_cpu_storage(host, self.shape.clone())?.to_device(self.device())
+        let x = self.contiguous()?;
+        Tensor::from_storage(Storage::cast(x.view()?, dtype)?, self.shape().clone())
+    }
+
+    /// A dense copy of the data on the host, in its own dtype.
+    pub fn to_cpu_storage(&self) -> Result<CpuStorage> {
+        let x = self.contiguous()?;
+        Storage::to_host(x.view()?)
     }
 
     pub fn to_vec_f32(&self) -> Result<Vec<f32>> {
@@ -262,34 +179,126 @@ impl Tensor {
         Ok(self.to_cpu_storage()?.to_f64_vec())
     }
 
+    /// The values of a u32 tensor.
+    pub fn to_vec_u32(&self) -> Result<Vec<u32>> {
+        match self.to_cpu_storage()? {
+            CpuStorage::U32(v) => Ok(v),
+            s => Err(Error::Msg(format!("expected a u32 tensor, found {}", s.dtype()))),
+        }
+    }
+
     /// The one value of a one-element tensor, as f64.
     pub fn scalar(&self) -> Result<f64> {
         if self.numel() != 1 {
-            return shape_err("scalar", format!("tensor of shape {} is not a scalar", self.shape));
+            return shape_err("scalar", format!("tensor of shape {} is not a scalar", self.shape()));
         }
         Ok(self.to_vec_f64()?[0])
     }
-}
 
-impl CudaBuf {
-    pub fn dtype(&self) -> DType {
-        match self {
-            CudaBuf::F32(_) => DType::F32,
-            CudaBuf::BF16(_) => DType::BF16,
-            CudaBuf::F16(_) => DType::F16,
-        }
+    /// Σ x² over the elements, accumulated in f64 (f32 on the GPU).
+    pub fn sum_squares(&self) -> Result<f64> {
+        let x = self.contiguous()?;
+        Storage::sum_squares(x.view()?)
     }
 
-    pub fn len(&self) -> usize {
-        match self {
-            CudaBuf::F32(s) => s.len(),
-            CudaBuf::BF16(s) => s.len(),
-            CudaBuf::F16(s) => s.len(),
+    // ---- in place -----------------------------------------------------------------------------
+
+    /// The storage to write and where this tensor starts in it; copies the storage first when
+    /// another tensor shares it. Only a dense tensor can be written.
+    fn write_access(&mut self, op: &'static str) -> Result<(&mut Storage, usize)> {
+        let Some(range) = self.layout.contiguous_range() else {
+            return shape_err(op, format!("cannot write through a strided view of shape {}", self.shape()));
+        };
+        if Arc::get_mut(&mut self.storage).is_none() {
+            self.storage = Arc::new(self.storage.try_clone()?);
         }
+        let s = Arc::get_mut(&mut self.storage)
+            .ok_or_else(|| Error::Msg(format!("internal: {op}: storage still shared")))?;
+        Ok((s, range.start))
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
+    fn check_span(op: &'static str, total: usize, start: usize, len: usize) -> Result<()> {
+        if start + len > total {
+            return shape_err(op, format!("elements {start}..{} of a tensor of {total}", start + len));
+        }
+        Ok(())
+    }
+
+    /// self[start..start + src.numel()] (flat, row-major) += src.
+    pub fn add_at(&mut self, start: usize, src: &Tensor) -> Result<()> {
+        const OP: &str = "add (in place)";
+        Tensor::check_span(OP, self.numel(), start, src.numel())?;
+        let src = src.contiguous()?;
+        let (s, base) = self.write_access(OP)?;
+        s.add_in(base + start, src.view()?)
+    }
+
+    /// self[start..start + src.numel()] (flat, row-major) = src.
+    pub fn copy_at(&mut self, start: usize, src: &Tensor) -> Result<()> {
+        const OP: &str = "copy (in place)";
+        Tensor::check_span(OP, self.numel(), start, src.numel())?;
+        let src = src.contiguous()?;
+        let (s, base) = self.write_access(OP)?;
+        s.copy_in(base + start, src.view()?)
+    }
+
+    /// Every element `value`.
+    pub fn fill_(&mut self, value: f64) -> Result<()> {
+        let n = self.numel();
+        let (s, base) = self.write_access("fill")?;
+        s.fill_in(base, n, value)
+    }
+
+    /// Every element times `c`.
+    pub fn scale_(&mut self, c: f64) -> Result<()> {
+        let n = self.numel();
+        let (s, base) = self.write_access("scale")?;
+        s.scale_in(base, n, c)
+    }
+
+    /// Row rows[i] of self, seen as (rows, width), = row i of `src` (N, width).
+    pub fn copy_rows_(&mut self, width: usize, rows: &Tensor, src: &Tensor) -> Result<()> {
+        const OP: &str = "copy_rows";
+        if src.numel() != rows.numel() * width {
+            return shape_err(
+                OP,
+                format!("{} rows of width {width} from a source {}", rows.numel(), src.shape()),
+            );
+        }
+        let (rows, src) = (rows.contiguous()?, src.contiguous()?);
+        let (s, base) = self.write_access(OP)?;
+        if base != 0 {
+            return shape_err(OP, "the destination must be a whole storage");
+        }
+        s.copy_rows_in(width, rows.view()?, src.view()?)
+    }
+
+    /// One AdamW update of this tensor of f32 master weights from `start` on, with `grad` and the
+    /// moments `m`, `v` (same length as self, the same offsets).
+    pub fn adamw_step_at(
+        &mut self,
+        start: usize,
+        grad: &Tensor,
+        m: &mut Tensor,
+        v: &mut Tensor,
+        h: &AdamWStep,
+    ) -> Result<()> {
+        const OP: &str = "adamw";
+        Tensor::check_span(OP, self.numel(), start, grad.numel())?;
+        if m.numel() != self.numel() || v.numel() != self.numel() {
+            return shape_err(
+                OP,
+                format!("moments of {} and {} for {} weights", m.numel(), v.numel(), self.numel()),
+            );
+        }
+        let grad = grad.contiguous()?;
+        let (ms, mb) = m.write_access(OP)?;
+        let (vs, vb) = v.write_access(OP)?;
+        let (ps, pb) = self.write_access(OP)?;
+        if mb != pb || vb != pb {
+            return shape_err(OP, "weights and moments must start at the same offset of their storages");
+        }
+        ps.adamw_step(pb + start, grad.view()?, ms, vs, h)
     }
 }
 
@@ -298,7 +307,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn shape_checks_and_conversions() {
+    fn shape_checks_conversions_and_views() {
         assert!(Tensor::from_vec(vec![1.0f32; 5], [2, 3]).is_err());
         let t = Tensor::from_vec(vec![1.0f32, -2.5, 3.0, 0.1, 1e-3, 7.0], [2, 3]).unwrap();
         assert_eq!(t.dims(), &[2, 3]);
@@ -312,5 +321,29 @@ mod tests {
         assert!(t.reshape([3, 3]).is_err());
         assert_eq!(t.reshape([6]).unwrap().dims(), &[6]);
         assert!(t.scalar().is_err());
+        // Views share the storage; a strided one is copied by `contiguous`.
+        let col = t.narrow(1, 1, 2).unwrap();
+        assert!(col.shares_storage(&t) && !col.is_contiguous());
+        assert_eq!(col.to_vec_f32().unwrap(), vec![-2.5, 3.0, 1e-3, 7.0]);
+        assert_eq!(t.transpose(0, 1).unwrap().to_vec_f32().unwrap(), vec![1.0, 0.1, -2.5, 1e-3, 3.0, 7.0]);
+        let row = t.narrow(0, 1, 1).unwrap();
+        assert!(row.is_contiguous());
+        assert_eq!(row.to_vec_f32().unwrap(), vec![0.1, 1e-3, 7.0]);
+    }
+
+    #[test]
+    fn in_place_writes_copy_a_shared_storage_first() {
+        let mut a = Tensor::from_vec(vec![1.0f32, 2.0, 3.0, 4.0], [4]).unwrap();
+        let keep = a.clone();
+        a.add_at(1, &Tensor::from_vec(vec![10.0f32, 20.0], [2]).unwrap()).unwrap();
+        assert_eq!(a.to_vec_f32().unwrap(), vec![1.0, 12.0, 23.0, 4.0]);
+        assert_eq!(keep.to_vec_f32().unwrap(), vec![1.0, 2.0, 3.0, 4.0], "the other holder keeps its values");
+        assert!(!a.shares_storage(&keep));
+        // A sole holder is written in place.
+        let before = Arc::as_ptr(&a.storage);
+        a.scale_(2.0).unwrap();
+        assert_eq!(Arc::as_ptr(&a.storage), before);
+        assert_eq!(a.to_vec_f32().unwrap(), vec![2.0, 24.0, 46.0, 8.0]);
+        assert!(a.add_at(3, &Tensor::from_vec(vec![1.0f32, 1.0], [2]).unwrap()).is_err());
     }
 }

@@ -38,32 +38,65 @@ pub fn matmul<T: Real>(s: MatmulSpec, a: &[T], b: &[T], c: &mut [T]) {
     let (rsa, csa) = if trans_a { (1isize, m as isize) } else { (k as isize, 1) };
     let (rsb, csb) = if trans_b { (1isize, k as isize) } else { (n as isize, 1) };
     let work = m * n * k;
-    let rows = if work < 1 << 18 { m } else { ROWS_PER_TASK };
-    c.par_chunks_mut(rows * n).enumerate().for_each(|(i, c_blk)| {
-        let r0 = i * rows;
-        let mb = c_blk.len() / n;
-        // SAFETY: the block's rows r0..r0+mb of op(A) lie inside `a` (checked lengths above);
-        // `c_blk` is a disjoint mutable chunk of C.
-        unsafe {
-            let a0 = a.as_ptr().offset(r0 as isize * rsa);
-            T::gemm_raw(
-                mb,
-                k,
-                n,
-                T::one(),
-                a0,
-                rsa,
-                csa,
-                b.as_ptr(),
-                rsb,
-                csb,
-                beta,
-                c_blk.as_mut_ptr(),
-                n as isize,
-                1,
-            );
-        }
-    });
+    let threads = rayon::current_num_threads();
+    if work < 1 << 18 || threads == 1 {
+        // SAFETY: the lengths were checked above; C does not alias A or B.
+        unsafe { block(a, rsa, csa, b, rsb, csb, c, n, 0..m, 0..n, k, beta) };
+    } else if m >= ROWS_PER_TASK * threads {
+        c.par_chunks_mut(ROWS_PER_TASK * n).enumerate().for_each(|(i, c_blk)| {
+            let r0 = i * ROWS_PER_TASK;
+            let rows = r0..r0 + c_blk.len() / n;
+            // SAFETY: `c_blk` is a disjoint mutable chunk of C holding exactly these rows.
+            unsafe { block(a, rsa, csa, b, rsb, csb, c_blk, n, rows, 0..n, k, beta) };
+        });
+    } else {
+        // Few rows (a chunk of the output head, a decode step): split the columns instead.
+        let cols_per_task = n.div_ceil(threads * 4).max(64);
+        let base = SendPtr(c.as_mut_ptr());
+        (0..n.div_ceil(cols_per_task)).into_par_iter().for_each(|t| {
+            let cols = t * cols_per_task..((t + 1) * cols_per_task).min(n);
+            let c_ptr = base;
+            // SAFETY: each task writes a disjoint block of columns of C, through raw pointers
+            // with C's row stride; the slice itself is not touched while they run.
+            unsafe {
+                let c_all = std::slice::from_raw_parts_mut(c_ptr.0, m * n);
+                block(a, rsa, csa, b, rsb, csb, c_all, n, 0..m, cols, k, beta)
+            };
+        });
+    }
+}
+
+#[derive(Clone, Copy)]
+struct SendPtr<T>(*mut T);
+// SAFETY: used only to hand disjoint column blocks of one buffer to rayon tasks.
+unsafe impl<T> Send for SendPtr<T> {}
+unsafe impl<T> Sync for SendPtr<T> {}
+
+/// C[rows, cols] (+)= op(A)[rows, :]·op(B)[:, cols], where `c` starts at row `rows.start` of C
+/// (row stride `ldc`).
+///
+/// # Safety
+/// `a`, `b` and `c` must hold the rows and columns addressed; no other thread may write the
+/// same elements of `c` meanwhile.
+#[allow(clippy::too_many_arguments)]
+unsafe fn block<T: Real>(
+    a: &[T],
+    rsa: isize,
+    csa: isize,
+    b: &[T],
+    rsb: isize,
+    csb: isize,
+    c: &mut [T],
+    ldc: usize,
+    rows: std::ops::Range<usize>,
+    cols: std::ops::Range<usize>,
+    k: usize,
+    beta: T,
+) {
+    let a0 = a.as_ptr().offset(rows.start as isize * rsa);
+    let b0 = b.as_ptr().offset(cols.start as isize * csb);
+    let c0 = c.as_mut_ptr().add(cols.start);
+    T::gemm_raw(rows.len(), k, cols.len(), T::one(), a0, rsa, csa, b0, rsb, csb, beta, c0, ldc as isize, 1);
 }
 
 #[cfg(test)]

@@ -5,32 +5,12 @@
 //! bwd: dx = dy·W (or dy·Wᵀ), dW = dyᵀ·x (or xᵀ·dy), db = Σ_n dy[n, :]
 
 use super::{matmul, MatmulSpec, Real};
-
-#[derive(Clone, Copy, Debug)]
-pub struct LinearDims {
-    pub n: usize,
-    pub d_in: usize,
-    pub d_out: usize,
-    /// W is stored (Din, Dout) instead of (Dout, Din).
-    pub w_in_out: bool,
-}
+use crate::backend::ops::LinearDims;
 
 pub struct LinearGrads<T> {
     pub dx: Vec<T>,         // (N, Din)
     pub dw: Vec<T>,         // same layout as w
     pub db: Option<Vec<T>>, // (Dout)
-}
-
-fn check_dims<T>(op: &str, d: LinearDims, x: &[T], w: &[T]) {
-    assert_eq!(x.len(), d.n * d.d_in, "{op}: x has {} elements, expected {}×{}", x.len(), d.n, d.d_in);
-    assert_eq!(
-        w.len(),
-        d.d_in * d.d_out,
-        "{op}: w has {} elements, expected {}×{}",
-        w.len(),
-        d.d_in,
-        d.d_out
-    );
 }
 
 pub fn linear_fwd<T: Real>(
@@ -39,10 +19,8 @@ pub fn linear_fwd<T: Real>(
     w: &[T],         // (Dout, Din), or (Din, Dout) if w_in_out
     b: Option<&[T]>, // (Dout)
 ) -> Vec<T> /* (N, Dout) */ {
-    check_dims("linear_fwd", d, x, w);
     let mut y = vec![T::zero(); d.n * d.d_out];
     if let Some(b) = b {
-        assert_eq!(b.len(), d.d_out, "linear_fwd: bias has {} elements, expected {}", b.len(), d.d_out);
         if d.d_out > 0 {
             y.chunks_mut(d.d_out).for_each(|row| row.copy_from_slice(b));
         }
@@ -66,15 +44,6 @@ pub fn linear_bwd<T: Real>(
     dy: &[T], // (N, Dout)
     has_bias: bool,
 ) -> LinearGrads<T> {
-    check_dims("linear_bwd", d, x, w);
-    assert_eq!(
-        dy.len(),
-        d.n * d.d_out,
-        "linear_bwd: dy has {} elements, expected {}×{}",
-        dy.len(),
-        d.n,
-        d.d_out
-    );
     let LinearDims { n, d_in, d_out, w_in_out } = d;
     let mut dx = vec![T::zero(); n * d_in];
     // dx (N, Din) = dy (N, Dout) · W (Dout, Din), or dy · Wᵀ when W is (Din, Dout).

@@ -1,26 +1,635 @@
-//! The CPU backend: the f32 reference for every op (and f64, for gradient checks).
+//! The CPU backend: the reference for every op, in f32 (and f64, for gradient checks).
 //!
-//! Every function here works on contiguous row-major slices; shapes are written beside each
-//! argument. Work is split over rows with rayon; matrix products go through `matrixmultiply`.
+//! Each op's math lives in its own file, on contiguous row-major slices with shapes written beside
+//! each argument (work split over rows with rayon, matrix products through `matrixmultiply`); this
+//! file implements the backend contract on top of them: it checks every length it is given and
+//! returns an error, so the slice functions can assume valid input.
 
-mod activation;
+mod adamw;
 mod attention;
 mod cross_entropy;
+mod divergence;
 mod embedding;
+mod gelu;
 mod gemm;
+mod layer_norm;
 mod linear;
+mod linear_loss;
 mod narrow;
-mod norm;
 mod real;
+mod rms_norm;
 mod rope;
+mod softmax;
+mod storage;
+mod swiglu;
 
-pub use activation::{add_fwd, gelu_tanh_bwd, gelu_tanh_fwd, swiglu_bwd, swiglu_fwd};
-pub use attention::{attention_bwd, attention_fwd, AttnDims, AttnGrads, AttnOut};
-pub use cross_entropy::{cross_entropy_bwd, cross_entropy_fwd, CrossEntropyOut};
-pub use embedding::{embedding_bwd, embedding_fwd};
+pub use attention::{attention_bwd, attention_cached_fwd, attention_fwd};
+pub use cross_entropy::cross_entropy_fwd_bwd;
+pub use divergence::{divergence_fwd_bwd, DivergenceOut};
 pub use gemm::{matmul, MatmulSpec};
-pub use linear::{linear_bwd, linear_fwd, LinearDims, LinearGrads};
-pub use narrow::{narrow_cols_bwd, narrow_cols_fwd};
-pub use norm::{layernorm_bwd, layernorm_fwd, rmsnorm_bwd, rmsnorm_fwd, NormGrads, NormOut};
 pub use real::Real;
-pub use rope::{rope_bwd, rope_fwd};
+pub use softmax::{log_softmax, log_sum_exp};
+pub use storage::{CpuStorage, Element};
+
+use super::contract::{BackendStorage, LinearLossOut, LossTarget, View};
+use super::ops::{
+    AdamWStep, AttnDims, CachedAttnDims, LinearDims, LinearLossSpec, LossKind, LossSpec, RopeSpec,
+};
+use super::{DType, Device, Layout};
+use crate::error::{shape_err, Error, Result};
+use storage::{check_range, typed_mut, with_elem};
+
+/// Runs `$body` with `$T` bound to f32 or f64 (the dtype `$dt`); other dtypes are an error.
+macro_rules! real {
+    ($op:expr, $dt:expr, |$T:ident| $body:expr) => {
+        match $dt {
+            DType::F32 => {
+                #[allow(dead_code)]
+                type $T = f32;
+                $body
+            }
+            DType::F64 => {
+                #[allow(dead_code)]
+                type $T = f64;
+                $body
+            }
+            d => Err(Error::DType { op: $op, dtype: d.name(), device: "cpu".into(), supported: "f32, f64" }),
+        }
+    };
+}
+
+fn need(op: &'static str, what: &str, len: usize, want: usize) -> Result<()> {
+    if len != want {
+        return shape_err(op, format!("{what} has {len} elements, expected {want}"));
+    }
+    Ok(())
+}
+
+/// Rows of a (rows, cols) input of `len` elements.
+fn rows_of(op: &'static str, len: usize, cols: usize) -> Result<usize> {
+    if cols == 0 || len % cols != 0 {
+        return shape_err(op, format!("{len} elements are not rows of {cols}"));
+    }
+    Ok(len / cols)
+}
+
+fn same_dtype(op: &'static str, views: &[View<'_, CpuStorage>]) -> Result<DType> {
+    let d = views[0].dtype();
+    if let Some(v) = views.iter().find(|v| v.dtype() != d) {
+        return shape_err(op, format!("mixed dtypes {d} and {}", v.dtype()));
+    }
+    Ok(d)
+}
+
+fn indices(op: &'static str, v: View<'_, CpuStorage>) -> Result<Vec<usize>> {
+    Ok(v.typed::<u32>(op)?.iter().map(|&i| i as usize).collect())
+}
+
+fn wrap<T: Element>(v: Vec<T>) -> CpuStorage {
+    T::wrap(v)
+}
+
+impl BackendStorage for CpuStorage {
+    fn dtype(&self) -> DType {
+        CpuStorage::dtype(self)
+    }
+
+    fn len(&self) -> usize {
+        CpuStorage::len(self)
+    }
+
+    fn device(&self) -> Device {
+        Device::Cpu
+    }
+
+    fn to_host(x: View<'_, Self>) -> Result<CpuStorage> {
+        x.storage.slice_copy(x.start, x.len)
+    }
+
+    fn copy_strided(&self, layout: &Layout) -> Result<Self> {
+        let n = layout.shape().numel();
+        if n > 0 {
+            let last = layout.offset()
+                + layout
+                    .shape()
+                    .dims()
+                    .iter()
+                    .zip(layout.strides())
+                    .map(|(&d, &s)| (d - 1) * s)
+                    .sum::<usize>();
+            check_range("copy_strided", self.len(), layout.offset(), last + 1 - layout.offset())?;
+        }
+        Ok(with_elem!(self, |v: T| T::wrap(layout.storage_indices().map(|i| v[i]).collect())))
+    }
+
+    fn cast(x: View<'_, Self>, dtype: DType) -> Result<Self> {
+        Ok(x.storage.slice_copy(x.start, x.len)?.convert(dtype))
+    }
+
+    fn try_clone(&self) -> Result<Self> {
+        Ok(self.clone())
+    }
+
+    fn copy_in(&mut self, start: usize, src: View<'_, Self>) -> Result<()> {
+        const OP: &str = "copy";
+        with_elem!(src.storage, |_s: T| {
+            let s = src.typed::<T>(OP)?;
+            typed_mut::<T>(OP, self, start, s.len())?.copy_from_slice(s);
+            Ok(())
+        })
+    }
+
+    fn add_in(&mut self, start: usize, src: View<'_, Self>) -> Result<()> {
+        const OP: &str = "add (in place)";
+        real!(OP, src.dtype(), |T| {
+            let s = src.typed::<T>(OP)?;
+            let d = typed_mut::<T>(OP, self, start, s.len())?;
+            d.iter_mut().zip(s).for_each(|(a, &b)| *a += b);
+            Ok(())
+        })
+    }
+
+    fn fill_in(&mut self, start: usize, len: usize, value: f64) -> Result<()> {
+        const OP: &str = "fill";
+        check_range(OP, CpuStorage::len(self), start, len)?;
+        with_elem!(self, |v: T| {
+            v[start..start + len].iter_mut().for_each(|x| *x = T::from_f64(value));
+            Ok(())
+        })
+    }
+
+    fn scale_in(&mut self, start: usize, len: usize, c: f64) -> Result<()> {
+        const OP: &str = "scale";
+        real!(OP, CpuStorage::dtype(self), |T| {
+            let c = T::from_f64(c);
+            typed_mut::<T>(OP, self, start, len)?.iter_mut().for_each(|x| *x *= c);
+            Ok(())
+        })
+    }
+
+    fn copy_rows_in(&mut self, width: usize, rows: View<'_, Self>, src: View<'_, Self>) -> Result<()> {
+        const OP: &str = "copy_rows";
+        let idx = indices(OP, rows)?;
+        need(OP, "source", src.len, idx.len() * width)?;
+        let total = rows_of(OP, CpuStorage::len(self), width)?;
+        if let Some(&bad) = idx.iter().find(|&&r| r >= total) {
+            return shape_err(OP, format!("row {bad} of a storage of {total} rows"));
+        }
+        with_elem!(src.storage, |_s: T| {
+            let s = src.typed::<T>(OP)?;
+            let d = typed_mut::<T>(OP, self, 0, total * width)?;
+            for (i, &r) in idx.iter().enumerate() {
+                d[r * width..(r + 1) * width].copy_from_slice(&s[i * width..(i + 1) * width]);
+            }
+            Ok(())
+        })
+    }
+
+    fn adamw_step(
+        &mut self,
+        start: usize,
+        grad: View<'_, Self>,
+        m: &mut Self,
+        v: &mut Self,
+        h: &AdamWStep,
+    ) -> Result<()> {
+        const OP: &str = "adamw";
+        let g = grad.typed::<f32>(OP)?;
+        let n = g.len();
+        adamw::adamw_step(
+            typed_mut::<f32>(OP, self, start, n)?,
+            g,
+            typed_mut::<f32>(OP, m, start, n)?,
+            typed_mut::<f32>(OP, v, start, n)?,
+            h,
+        );
+        Ok(())
+    }
+
+    fn sum_squares(x: View<'_, Self>) -> Result<f64> {
+        const OP: &str = "sum_squares";
+        real!(OP, x.dtype(), |T| {
+            use rayon::prelude::*;
+            let s = x.typed::<T>(OP)?;
+            // Fixed blocks summed in order: the same result whatever the threads do.
+            let blocks: Vec<f64> =
+                s.par_chunks(1 << 14).map(|c| c.iter().map(|&v| v.to_f64() * v.to_f64()).sum()).collect();
+            Ok(blocks.iter().sum())
+        })
+    }
+
+    fn add(a: View<'_, Self>, b: View<'_, Self>) -> Result<Self> {
+        const OP: &str = "add";
+        need(OP, "b", b.len, a.len)?;
+        real!(OP, same_dtype(OP, &[a, b])?, |T| {
+            let (x, y) = (a.typed::<T>(OP)?, b.typed::<T>(OP)?);
+            Ok(wrap(x.iter().zip(y).map(|(&p, &q)| p + q).collect()))
+        })
+    }
+
+    fn embedding_fwd(table: View<'_, Self>, ids: View<'_, Self>, dim: usize) -> Result<Self> {
+        const OP: &str = "embedding";
+        let vocab = rows_of(OP, table.len, dim)?;
+        let ids = ids.typed::<u32>(OP)?;
+        if let Some(&bad) = ids.iter().find(|&&i| i as usize >= vocab) {
+            return shape_err(OP, format!("token id {bad} is outside the vocabulary of {vocab} rows"));
+        }
+        real!(OP, table.dtype(), |T| Ok(wrap(embedding::embedding_fwd::<T>(ids, table.typed(OP)?, dim))))
+    }
+
+    fn embedding_bwd(dout: View<'_, Self>, ids: View<'_, Self>, vocab: usize, dim: usize) -> Result<Self> {
+        const OP: &str = "embedding backward";
+        let ids = ids.typed::<u32>(OP)?;
+        need(OP, "dout", dout.len, ids.len() * dim)?;
+        if let Some(&bad) = ids.iter().find(|&&i| i as usize >= vocab) {
+            return shape_err(OP, format!("token id {bad} is outside the vocabulary of {vocab} rows"));
+        }
+        real!(OP, dout.dtype(), |T| Ok(wrap(embedding::embedding_bwd::<T>(ids, dout.typed(OP)?, vocab, dim))))
+    }
+
+    fn linear_fwd(
+        x: View<'_, Self>,
+        w: View<'_, Self>,
+        b: Option<View<'_, Self>>,
+        d: LinearDims,
+    ) -> Result<Self> {
+        const OP: &str = "linear";
+        need(OP, "x", x.len, d.n * d.d_in)?;
+        need(OP, "weight", w.len, d.d_in * d.d_out)?;
+        if let Some(b) = b {
+            need(OP, "bias", b.len, d.d_out)?;
+        }
+        let mut all = vec![x, w];
+        all.extend(b);
+        real!(OP, same_dtype(OP, &all)?, |T| {
+            let bias = b.map(|b| b.typed::<T>(OP)).transpose()?;
+            Ok(wrap(linear::linear_fwd::<T>(d, x.typed(OP)?, w.typed(OP)?, bias)))
+        })
+    }
+
+    fn linear_bwd(
+        x: View<'_, Self>,
+        w: View<'_, Self>,
+        dy: View<'_, Self>,
+        d: LinearDims,
+        has_bias: bool,
+    ) -> Result<(Self, Self, Option<Self>)> {
+        const OP: &str = "linear backward";
+        need(OP, "x", x.len, d.n * d.d_in)?;
+        need(OP, "weight", w.len, d.d_in * d.d_out)?;
+        need(OP, "dy", dy.len, d.n * d.d_out)?;
+        real!(OP, same_dtype(OP, &[x, w, dy])?, |T| {
+            let g = linear::linear_bwd::<T>(d, x.typed(OP)?, w.typed(OP)?, dy.typed(OP)?, has_bias);
+            Ok((wrap(g.dx), wrap(g.dw), g.db.map(wrap)))
+        })
+    }
+
+    fn rms_norm_fwd(x: View<'_, Self>, w: View<'_, Self>, cols: usize, eps: f64) -> Result<(Self, Self)> {
+        const OP: &str = "rms_norm";
+        rows_of(OP, x.len, cols)?;
+        need(OP, "weight", w.len, cols)?;
+        real!(OP, same_dtype(OP, &[x, w])?, |T| {
+            let o = rms_norm::rms_norm_fwd::<T>(x.typed(OP)?, w.typed(OP)?, cols, eps);
+            Ok((wrap(o.y), wrap(o.rstd)))
+        })
+    }
+
+    fn rms_norm_bwd(
+        x: View<'_, Self>,
+        w: View<'_, Self>,
+        rstd: View<'_, Self>,
+        dy: View<'_, Self>,
+        cols: usize,
+    ) -> Result<(Self, Self)> {
+        const OP: &str = "rms_norm backward";
+        let rows = rows_of(OP, x.len, cols)?;
+        need(OP, "weight", w.len, cols)?;
+        need(OP, "rstd", rstd.len, rows)?;
+        need(OP, "dy", dy.len, x.len)?;
+        real!(OP, same_dtype(OP, &[x, w, rstd, dy])?, |T| {
+            let g =
+                rms_norm::rms_norm_bwd::<T>(x.typed(OP)?, w.typed(OP)?, rstd.typed(OP)?, dy.typed(OP)?, cols);
+            Ok((wrap(g.dx), wrap(g.dw)))
+        })
+    }
+
+    fn layer_norm_fwd(
+        x: View<'_, Self>,
+        w: View<'_, Self>,
+        b: View<'_, Self>,
+        cols: usize,
+        eps: f64,
+    ) -> Result<(Self, Self, Self)> {
+        const OP: &str = "layer_norm";
+        rows_of(OP, x.len, cols)?;
+        need(OP, "weight", w.len, cols)?;
+        need(OP, "bias", b.len, cols)?;
+        real!(OP, same_dtype(OP, &[x, w, b])?, |T| {
+            let o = layer_norm::layer_norm_fwd::<T>(x.typed(OP)?, w.typed(OP)?, b.typed(OP)?, cols, eps);
+            Ok((wrap(o.y), wrap(o.mean), wrap(o.rstd)))
+        })
+    }
+
+    fn layer_norm_bwd(
+        x: View<'_, Self>,
+        w: View<'_, Self>,
+        mean: View<'_, Self>,
+        rstd: View<'_, Self>,
+        dy: View<'_, Self>,
+        cols: usize,
+    ) -> Result<(Self, Self, Self)> {
+        const OP: &str = "layer_norm backward";
+        let rows = rows_of(OP, x.len, cols)?;
+        need(OP, "weight", w.len, cols)?;
+        need(OP, "mean", mean.len, rows)?;
+        need(OP, "rstd", rstd.len, rows)?;
+        need(OP, "dy", dy.len, x.len)?;
+        real!(OP, same_dtype(OP, &[x, w, mean, rstd, dy])?, |T| {
+            let g = layer_norm::layer_norm_bwd::<T>(
+                x.typed(OP)?,
+                w.typed(OP)?,
+                mean.typed(OP)?,
+                rstd.typed(OP)?,
+                dy.typed(OP)?,
+                cols,
+            );
+            let db = g.db.ok_or_else(|| Error::Msg("internal: layer_norm_bwd returned no db".into()))?;
+            Ok((wrap(g.dx), wrap(g.dw), wrap(db)))
+        })
+    }
+
+    fn rope_fwd(x: View<'_, Self>, positions: View<'_, Self>, spec: &RopeSpec) -> Result<Self> {
+        rope(x, positions, spec, false)
+    }
+
+    fn rope_bwd(dy: View<'_, Self>, positions: View<'_, Self>, spec: &RopeSpec) -> Result<Self> {
+        rope(dy, positions, spec, true)
+    }
+
+    fn attention_fwd(
+        q: View<'_, Self>,
+        k: View<'_, Self>,
+        v: View<'_, Self>,
+        lengths: View<'_, Self>,
+        d: &AttnDims,
+    ) -> Result<(Self, Self)> {
+        const OP: &str = "attention";
+        let lengths = indices(OP, lengths)?;
+        attention::check_dims(OP, d, q.len, k.len, v.len, &lengths)?;
+        real!(OP, same_dtype(OP, &[q, k, v])?, |T| {
+            let o = attention::attention_fwd::<T>(d, q.typed(OP)?, k.typed(OP)?, v.typed(OP)?, &lengths);
+            Ok((wrap(o.out), wrap(o.lse)))
+        })
+    }
+
+    fn attention_bwd(
+        q: View<'_, Self>,
+        k: View<'_, Self>,
+        v: View<'_, Self>,
+        lengths: View<'_, Self>,
+        out: View<'_, Self>,
+        lse: View<'_, Self>,
+        dout: View<'_, Self>,
+        d: &AttnDims,
+    ) -> Result<(Self, Self, Self)> {
+        const OP: &str = "attention backward";
+        let lengths = indices(OP, lengths)?;
+        attention::check_dims(OP, d, q.len, k.len, v.len, &lengths)?;
+        need(OP, "out", out.len, q.len)?;
+        need(OP, "dout", dout.len, q.len)?;
+        need(OP, "lse", lse.len, d.batch * d.q_heads * d.seq)?;
+        real!(OP, same_dtype(OP, &[q, k, v, out, lse, dout])?, |T| {
+            let g = attention::attention_bwd::<T>(
+                d,
+                q.typed(OP)?,
+                k.typed(OP)?,
+                v.typed(OP)?,
+                &lengths,
+                out.typed(OP)?,
+                lse.typed(OP)?,
+                dout.typed(OP)?,
+            );
+            Ok((wrap(g.dq), wrap(g.dk), wrap(g.dv)))
+        })
+    }
+
+    fn attention_cached_fwd(
+        q: View<'_, Self>,
+        k_cache: View<'_, Self>,
+        v_cache: View<'_, Self>,
+        seq: View<'_, Self>,
+        pos: View<'_, Self>,
+        d: &CachedAttnDims,
+    ) -> Result<Self> {
+        const OP: &str = "cached attention";
+        let (seq, pos) = (seq.typed::<u32>(OP)?, pos.typed::<u32>(OP)?);
+        attention::check_cached_dims(OP, d, q.len, k_cache.len, v_cache.len, seq, pos)?;
+        real!(OP, same_dtype(OP, &[q, k_cache, v_cache])?, |T| {
+            Ok(wrap(attention::attention_cached_fwd::<T>(
+                d,
+                q.typed(OP)?,
+                k_cache.typed(OP)?,
+                v_cache.typed(OP)?,
+                seq,
+                pos,
+            )))
+        })
+    }
+
+    fn gelu_fwd(x: View<'_, Self>) -> Result<Self> {
+        const OP: &str = "gelu";
+        real!(OP, x.dtype(), |T| Ok(wrap(gelu::gelu_fwd::<T>(x.typed(OP)?))))
+    }
+
+    fn gelu_bwd(x: View<'_, Self>, dy: View<'_, Self>) -> Result<Self> {
+        const OP: &str = "gelu backward";
+        need(OP, "dy", dy.len, x.len)?;
+        real!(OP, same_dtype(OP, &[x, dy])?, |T| Ok(wrap(gelu::gelu_bwd::<T>(x.typed(OP)?, dy.typed(OP)?))))
+    }
+
+    fn swiglu_fwd(gate: View<'_, Self>, up: View<'_, Self>) -> Result<Self> {
+        const OP: &str = "swiglu";
+        need(OP, "up", up.len, gate.len)?;
+        real!(OP, same_dtype(OP, &[gate, up])?, |T| {
+            Ok(wrap(swiglu::swiglu_fwd::<T>(gate.typed(OP)?, up.typed(OP)?)))
+        })
+    }
+
+    fn swiglu_bwd(gate: View<'_, Self>, up: View<'_, Self>, dy: View<'_, Self>) -> Result<(Self, Self)> {
+        const OP: &str = "swiglu backward";
+        need(OP, "up", up.len, gate.len)?;
+        need(OP, "dy", dy.len, gate.len)?;
+        real!(OP, same_dtype(OP, &[gate, up, dy])?, |T| {
+            let (dg, du) = swiglu::swiglu_bwd::<T>(gate.typed(OP)?, up.typed(OP)?, dy.typed(OP)?);
+            Ok((wrap(dg), wrap(du)))
+        })
+    }
+
+    fn narrow_cols_fwd(x: View<'_, Self>, width: usize, start: usize, len: usize) -> Result<Self> {
+        const OP: &str = "narrow_cols";
+        if start + len > width {
+            return shape_err(OP, format!("columns {start}..{} of {width}", start + len));
+        }
+        rows_of(OP, x.len, width)?;
+        real!(OP, x.dtype(), |T| Ok(wrap(narrow::narrow_cols_fwd::<T>(x.typed(OP)?, width, start, len))))
+    }
+
+    fn narrow_cols_bwd(dy: View<'_, Self>, width: usize, start: usize, len: usize) -> Result<Self> {
+        const OP: &str = "narrow_cols backward";
+        if start + len > width {
+            return shape_err(OP, format!("columns {start}..{} of {width}", start + len));
+        }
+        rows_of(OP, dy.len, len)?;
+        real!(OP, dy.dtype(), |T| Ok(wrap(narrow::narrow_cols_bwd::<T>(dy.typed(OP)?, width, start, len))))
+    }
+
+    fn cross_entropy(
+        logits: View<'_, Self>,
+        targets: View<'_, Self>,
+        spec: &LossSpec,
+    ) -> Result<(Self, Option<Self>)> {
+        const OP: &str = "cross_entropy";
+        let targets = targets.typed::<u32>(OP)?;
+        check_loss(OP, spec, logits.len, targets.len())?;
+        check_targets(OP, targets, spec.vocab)?;
+        real!(OP, logits.dtype(), |T| {
+            let (loss, grad) = cross_entropy::cross_entropy_fwd_bwd::<T>(
+                logits.typed(OP)?,
+                targets,
+                spec.vocab,
+                spec.scale,
+                spec.want_grad,
+            );
+            Ok((wrap(loss), spec.want_grad.then(|| wrap(grad))))
+        })
+    }
+
+    fn divergence(
+        student: View<'_, Self>,
+        teacher: View<'_, Self>,
+        mask: Option<View<'_, Self>>,
+        spec: &LossSpec,
+    ) -> Result<(Self, Option<Self>)> {
+        const OP: &str = "divergence";
+        let LossKind::Divergence { divergence, temperature } = spec.kind else {
+            return Err(Error::Msg(format!("{OP}: the loss must be a divergence")));
+        };
+        check_loss(OP, spec, student.len, spec.rows)?;
+        need(OP, "teacher", teacher.len, student.len)?;
+        let mask: Option<Vec<bool>> = match mask {
+            Some(m) => {
+                let m = m.typed::<u8>(OP)?;
+                need(OP, "row mask", m.len(), spec.rows)?;
+                Some(m.iter().map(|&x| x != 0).collect())
+            }
+            None => None,
+        };
+        real!(OP, same_dtype(OP, &[student, teacher])?, |T| {
+            let o = divergence::divergence_fwd_bwd::<T>(
+                divergence,
+                temperature,
+                student.typed(OP)?,
+                teacher.typed(OP)?,
+                spec.vocab,
+                mask.as_deref(),
+                spec.scale,
+                spec.want_grad,
+            )?;
+            let loss: Vec<T> = o.row_loss.into_iter().map(T::from_f64).collect();
+            Ok((wrap(loss), spec.want_grad.then(|| wrap(o.grad))))
+        })
+    }
+
+    fn linear_loss(
+        hidden: View<'_, Self>,
+        head: View<'_, Self>,
+        target: LossTarget<'_, Self>,
+        spec: &LinearLossSpec,
+    ) -> Result<LinearLossOut<Self>> {
+        const OP: &str = "linear_loss";
+        let (n, h, v) = (spec.loss.rows, spec.hidden, spec.loss.vocab);
+        check_loss(OP, &spec.loss, n * v, n)?;
+        need(OP, "hidden", hidden.len, n * h)?;
+        need(OP, "head", head.len, spec.head_rows * h)?;
+        if spec.head_rows < v {
+            return shape_err(OP, format!("a head of {} rows for a vocabulary of {v}", spec.head_rows));
+        }
+        real!(OP, same_dtype(OP, &[hidden, head])?, |T| {
+            let target = match target {
+                LossTarget::Tokens(t) => {
+                    let t = t.typed::<u32>(OP)?;
+                    need(OP, "targets", t.len(), n)?;
+                    check_targets(OP, t, v)?;
+                    linear_loss::Target::Tokens(t)
+                }
+                LossTarget::Teacher { hidden: th, head: tw } => {
+                    let ht = spec.teacher_hidden;
+                    need(OP, "teacher hidden", th.len, n * ht)?;
+                    need(OP, "teacher head", tw.len, spec.teacher_head_rows * ht)?;
+                    if spec.teacher_head_rows < v {
+                        return shape_err(
+                            OP,
+                            format!(
+                                "a teacher head of {} rows for a vocabulary of {v}",
+                                spec.teacher_head_rows
+                            ),
+                        );
+                    }
+                    same_dtype(OP, &[hidden, th, tw])?;
+                    linear_loss::Target::Teacher { hidden: th.typed::<T>(OP)?, head: tw.typed::<T>(OP)? }
+                }
+            };
+            let o = linear_loss::linear_loss::<T>(hidden.typed(OP)?, head.typed(OP)?, target, spec)?;
+            Ok(LinearLossOut {
+                row_loss: wrap(o.row_loss),
+                d_hidden: o.d_hidden.map(wrap),
+                d_head: o.d_head.map(wrap),
+            })
+        })
+    }
+}
+
+fn rope(
+    x: View<'_, CpuStorage>,
+    positions: View<'_, CpuStorage>,
+    spec: &RopeSpec,
+    inverse: bool,
+) -> Result<CpuStorage> {
+    const OP: &str = "rope";
+    let pos = positions.typed::<u32>(OP)?;
+    let width = spec.heads * 2 * spec.inv_freq.len();
+    if width == 0 {
+        return shape_err(OP, format!("{} heads of dimension {}", spec.heads, 2 * spec.inv_freq.len()));
+    }
+    need(OP, "input", x.len, pos.len() * width)?;
+    real!(OP, x.dtype(), |T| {
+        let f = if inverse { rope::rope_bwd::<T> } else { rope::rope_fwd::<T> };
+        Ok(wrap(f(x.typed(OP)?, pos, spec.inv_freq, spec.heads)))
+    })
+}
+
+/// A loss over `rows` × `vocab` logits of `logits` elements, with `targets` rows.
+fn check_loss(op: &'static str, spec: &LossSpec, logits: usize, targets: usize) -> Result<()> {
+    if spec.vocab == 0 {
+        return shape_err(op, "the vocabulary is empty");
+    }
+    need(op, "logits", logits, spec.rows * spec.vocab)?;
+    need(op, "targets", targets, spec.rows)?;
+    if !spec.scale.is_finite() {
+        return Err(Error::Msg(format!("{op}: the scale must be finite, got {}", spec.scale)));
+    }
+    if let LossKind::Divergence { divergence, temperature } = spec.kind {
+        divergence.validate()?;
+        if !(temperature > 0.0 && temperature.is_finite()) {
+            return Err(Error::Msg(format!("{op}: the temperature must be positive, got {temperature}")));
+        }
+    }
+    Ok(())
+}
+
+fn check_targets(op: &'static str, targets: &[u32], vocab: usize) -> Result<()> {
+    match targets.iter().find(|&&t| t != super::ops::IGNORE && t as usize >= vocab) {
+        Some(&bad) => shape_err(op, format!("target {bad} is outside the vocabulary of {vocab}")),
+        None => Ok(()),
+    }
+}

@@ -1,14 +1,12 @@
 //! The element types the CPU backend computes in: f32 (the reference) and f64 (gradient checks).
 
+use super::Element;
 use num_traits::Float;
 use std::fmt::Debug;
 use std::iter::Sum;
 
 /// A floating-point element type of the CPU backend.
-pub trait Real: Float + Default + Debug + Sum + Send + Sync + 'static {
-    fn from_f64(x: f64) -> Self;
-    fn to_f64(self) -> f64;
-
+pub trait Real: Float + Element + Default + Debug + Sum + Send + Sync + 'static {
     /// `C = alpha * A B + beta * C` on strided matrices (row stride, column stride), one thread.
     ///
     /// # Safety
@@ -34,12 +32,6 @@ pub trait Real: Float + Default + Debug + Sum + Send + Sync + 'static {
 }
 
 impl Real for f32 {
-    fn from_f64(x: f64) -> Self {
-        x as f32
-    }
-    fn to_f64(self) -> f64 {
-        self as f64
-    }
     unsafe fn gemm_raw(
         m: usize,
         k: usize,
@@ -61,12 +53,6 @@ impl Real for f32 {
 }
 
 impl Real for f64 {
-    fn from_f64(x: f64) -> Self {
-        x
-    }
-    fn to_f64(self) -> f64 {
-        self
-    }
     unsafe fn gemm_raw(
         m: usize,
         k: usize,

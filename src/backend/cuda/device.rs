@@ -1,32 +1,17 @@
 //! One GPU: its context, the stream everything runs on, cuBLAS handles, and loaded kernels.
 
 use super::{abi, modules, probe};
+use crate::backend::Device;
 use crate::error::{Error, Result};
-use crate::tensor::{CpuStorage, DType, Device};
 use cudarc::cublas::CudaBlas;
 use cudarc::cublaslt::CudaBlasLT;
 use cudarc::driver::{
-    sys::CUresult, CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DriverError,
+    sys::CUresult, CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DeviceRepr, DriverError,
+    ValidAsZeroBits,
 };
 use cudarc::nvrtc::Ptx;
-use half::{bf16, f16};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
-
-/// A device buffer, one variant per dtype the GPU path uses.
-#[derive(Debug)]
-pub enum CudaBuf {
-    F32(CudaSlice<f32>),
-    BF16(CudaSlice<bf16>),
-    F16(CudaSlice<f16>),
-}
-
-/// A tensor's storage on a GPU: the buffer and the device that owns it.
-#[derive(Debug)]
-pub struct CudaStorage {
-    pub dev: Arc<CudaDevice>,
-    pub buf: CudaBuf,
-}
 
 pub struct CudaDevice {
     ordinal: usize,
@@ -50,6 +35,14 @@ impl std::fmt::Debug for CudaDevice {
 pub(crate) fn cuda_err(context: impl Into<String>) -> impl FnOnce(DriverError) -> Error {
     let context = context.into();
     move |e| Error::Cuda { context, detail: e.to_string() }
+}
+
+static POISON: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Whether every later uninitialized allocation is filled with 0xFF bytes (NaN) first: tests turn
+/// it on, so that an output element a kernel does not write is caught.
+pub fn set_poison_allocations(on: bool) {
+    POISON.store(on, std::sync::atomic::Ordering::Relaxed);
 }
 
 impl CudaDevice {
@@ -190,78 +183,46 @@ impl CudaDevice {
         let context = context.to_string();
         move |e| {
             if e.0 == CUresult::CUDA_ERROR_OUT_OF_MEMORY {
-                Error::OutOfMemory { bytes, device: self.device(), context }
+                Error::OutOfMemory { bytes, device: self.device().to_string(), context }
             } else {
                 Error::Cuda { context, detail: e.to_string() }
             }
         }
     }
 
-    /// A zero-filled f32 buffer (scratch space for kernels).
-    pub fn zeros_f32(&self, n: usize, context: &str) -> Result<CudaSlice<f32>> {
-        self.stream.alloc_zeros::<f32>(n).map_err(self.alloc_err(n * 4, context))
+    /// `n` zeros of `T`, at least one element (the driver refuses empty allocations).
+    pub fn zeros_of<T: DeviceRepr + ValidAsZeroBits>(&self, n: usize, context: &str) -> Result<CudaSlice<T>> {
+        let bytes = n.max(1) * std::mem::size_of::<T>();
+        self.stream.alloc_zeros::<T>(n.max(1)).map_err(self.alloc_err(bytes, context))
     }
 
-    /// A buffer of `n` elements whose contents are undefined until a kernel writes them.
+    /// A buffer of `n` elements (at least one) whose contents are undefined until written. With
+    /// `set_poison_allocations(true)` (tests) every byte is 0xFF first: NaN in f32, bf16 and f16,
+    /// so an element a kernel forgets to write shows.
     ///
     /// # Safety
     /// The caller must write every element before any is read.
-    pub unsafe fn alloc_f32(&self, n: usize, context: &str) -> Result<CudaSlice<f32>> {
-        self.stream.alloc::<f32>(n).map_err(self.alloc_err(n * 4, context))
+    pub unsafe fn alloc_of<T: DeviceRepr>(&self, n: usize, context: &str) -> Result<CudaSlice<T>> {
+        let bytes = n.max(1) * std::mem::size_of::<T>();
+        let mut s = self.stream.alloc::<T>(n.max(1)).map_err(self.alloc_err(bytes, context))?;
+        if POISON.load(std::sync::atomic::Ordering::Relaxed) {
+            let (ptr, _guard) = cudarc::driver::DevicePtrMut::device_ptr_mut(&mut s, &self.stream);
+            cudarc::driver::result::memset_d8_async(ptr, 0xFF, bytes, self.stream.cu_stream())
+                .map_err(cuda_err(format!("{context}: poisoning a new buffer")))?;
+        }
+        Ok(s)
     }
 
-    /// # Safety
-    /// As `alloc_f32`.
-    pub unsafe fn alloc_buf(&self, dtype: DType, n: usize, context: &str) -> Result<CudaBuf> {
-        let bytes = n * dtype.size_in_bytes();
-        Ok(match dtype {
-            DType::F32 => CudaBuf::F32(self.stream.alloc(n).map_err(self.alloc_err(bytes, context))?),
-            DType::BF16 => CudaBuf::BF16(self.stream.alloc(n).map_err(self.alloc_err(bytes, context))?),
-            DType::F16 => CudaBuf::F16(self.stream.alloc(n).map_err(self.alloc_err(bytes, context))?),
-            DType::F64 => return Err(f64_on_gpu(context)),
-        })
-    }
-
-    pub fn zeros(&self, dtype: DType, n: usize, context: &str) -> Result<CudaBuf> {
-        let bytes = n * dtype.size_in_bytes();
-        Ok(match dtype {
-            DType::F32 => CudaBuf::F32(self.stream.alloc_zeros(n).map_err(self.alloc_err(bytes, context))?),
-            DType::BF16 => CudaBuf::BF16(self.stream.alloc_zeros(n).map_err(self.alloc_err(bytes, context))?),
-            DType::F16 => CudaBuf::F16(self.stream.alloc_zeros(n).map_err(self.alloc_err(bytes, context))?),
-            DType::F64 => return Err(f64_on_gpu(context)),
-        })
-    }
-
-    pub fn upload(&self, host: &CpuStorage, context: &str) -> Result<CudaBuf> {
-        let bytes = host.len() * host.dtype().size_in_bytes();
-        Ok(match host {
-            CpuStorage::F32(v) => {
-                CudaBuf::F32(self.stream.clone_htod(v).map_err(self.alloc_err(bytes, context))?)
-            }
-            CpuStorage::BF16(v) => {
-                CudaBuf::BF16(self.stream.clone_htod(v).map_err(self.alloc_err(bytes, context))?)
-            }
-            CpuStorage::F16(v) => {
-                CudaBuf::F16(self.stream.clone_htod(v).map_err(self.alloc_err(bytes, context))?)
-            }
-            CpuStorage::F64(_) => return Err(f64_on_gpu(context)),
-        })
-    }
-
-    pub fn download(&self, buf: &CudaBuf) -> Result<CpuStorage> {
-        let e = cuda_err("copying a tensor to the host");
-        Ok(match buf {
-            CudaBuf::F32(s) => CpuStorage::F32(self.stream.clone_dtoh(s).map_err(e)?),
-            CudaBuf::BF16(s) => CpuStorage::BF16(self.stream.clone_dtoh(s).map_err(e)?),
-            CudaBuf::F16(s) => CpuStorage::F16(self.stream.clone_dtoh(s).map_err(e)?),
-        })
+    /// A copy of host data on the device (at least one element).
+    pub fn upload_of<T: DeviceRepr + ValidAsZeroBits>(&self, v: &[T], context: &str) -> Result<CudaSlice<T>> {
+        if v.is_empty() {
+            return self.zeros_of(1, context);
+        }
+        let bytes = std::mem::size_of_val(v);
+        self.stream.clone_htod(v).map_err(self.alloc_err(bytes, context))
     }
 
     pub fn download_f32(&self, s: &CudaSlice<f32>) -> Result<Vec<f32>> {
         self.stream.clone_dtoh(s).map_err(cuda_err("copying to the host"))
     }
-}
-
-fn f64_on_gpu(context: &str) -> Error {
-    Error::Msg(format!("{context}: f64 tensors exist on the CPU only; convert to f32 or bf16 first"))
 }

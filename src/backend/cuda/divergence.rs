@@ -40,10 +40,9 @@
 use super::abi::{
     DivergenceParams, DIV_FKL, DIV_JSD, DIV_PREFETCH_L2, DIV_RKL, DIV_SKEW_FKL, DIV_SKEW_RKL, DIV_TVD,
 };
-use super::device::{cuda_err, CudaBuf, CudaDevice, CudaStorage};
-use crate::distill::Divergence;
+use super::device::{cuda_err, CudaDevice};
+use crate::backend::{DType, Divergence};
 use crate::error::{shape_err, Error, Result};
-use crate::tensor::{DType, Storage, Tensor};
 use cudarc::driver::sys::{
     self, CUdevice_attribute, CUfunction_attribute, CUlaunchAttribute, CUlaunchAttributeID, CUlaunchConfig,
 };
@@ -623,95 +622,4 @@ pub fn divergence_fwd_bwd<T: DivElem>(
     unsafe { launch_raw(dev, &f, plan.grid, plan.block, plan.smem_bytes, cluster, &mut args) }
         .map_err(cuda_err(format!("{OP}: launching {}", plan.kernel)))?;
     Ok(plan)
-}
-
-/// Loss and gradient for (.., V) student and teacher logits on one GPU (f32 or bf16, the same
-/// dtype), contiguous rows, `Auto` path: returns (Σ_rows scale·D_r, gradient like `student`).
-pub fn divergence(
-    student: &Tensor,
-    teacher: &Tensor,
-    mask: Option<&[bool]>,
-    div: Divergence,
-    temperature: f64,
-    scale: f64,
-) -> Result<(f64, Tensor)> {
-    const OP: &str = "divergence (cuda)";
-    if student.shape() != teacher.shape() || student.dtype() != teacher.dtype() {
-        return shape_err(
-            OP,
-            format!(
-                "student {} {} vs teacher {} {}",
-                student.shape(),
-                student.dtype(),
-                teacher.shape(),
-                teacher.dtype()
-            ),
-        );
-    }
-    let (Storage::Cuda(ss), Storage::Cuda(ts)) = (student.storage(), teacher.storage()) else {
-        return Err(Error::Msg(format!("{OP}: student and teacher logits must be on the GPU")));
-    };
-    if ss.dev.ordinal() != ts.dev.ordinal() {
-        return Err(Error::DeviceMismatch { op: OP, a: student.device(), b: teacher.device() });
-    }
-    let dev = ss.dev.clone();
-    let (rows, vocab) = (student.shape().rows(), student.shape().last());
-    if let Some(m) = mask.filter(|m| m.len() != rows) {
-        return shape_err(OP, format!("row mask of {} for {rows} rows", m.len()));
-    }
-    let launch = DivergenceLaunch {
-        rows,
-        vocab,
-        ld: vocab,
-        divergence: div,
-        temperature: temperature as f32,
-        scale: scale as f32,
-        path: KernelPath::Auto,
-    };
-    // SAFETY: the kernel writes every element of the gradient and of row_loss (masked rows too).
-    let (mut grad, mut row_loss) = unsafe {
-        (dev.alloc_buf(student.dtype(), student.numel().max(1), OP)?, dev.alloc_f32(rows.max(1), OP)?)
-    };
-    let mask_dev = match mask {
-        Some(m) => {
-            let bytes: Vec<u8> = m.iter().map(|&b| u8::from(b)).collect();
-            Some(dev.stream().clone_htod(&bytes).map_err(cuda_err(format!("{OP}: uploading the row mask")))?)
-        }
-        None => None,
-    };
-    let mask_view = mask_dev.as_ref().map(|m| m.as_view());
-    match (&ss.buf, &ts.buf, &mut grad) {
-        (CudaBuf::F32(s), CudaBuf::F32(t), CudaBuf::F32(g)) => divergence_fwd_bwd(
-            &dev,
-            &launch,
-            StudentGrad::Into { student: s.as_view(), grad: g.as_view_mut() },
-            &t.as_view(),
-            mask_view.as_ref(),
-            &mut row_loss.as_view_mut(),
-        )?,
-        (CudaBuf::BF16(s), CudaBuf::BF16(t), CudaBuf::BF16(g)) => divergence_fwd_bwd(
-            &dev,
-            &launch,
-            StudentGrad::Into { student: s.as_view(), grad: g.as_view_mut() },
-            &t.as_view(),
-            mask_view.as_ref(),
-            &mut row_loss.as_view_mut(),
-        )?,
-        _ => {
-            return Err(Error::DType {
-                op: OP,
-                dtype: student.dtype(),
-                device: student.device(),
-                supported: "f32, bf16",
-            })
-        }
-    };
-    let losses = dev.download_f32(&row_loss)?;
-    let loss = losses[..rows].iter().map(|&l| l as f64).sum();
-    let grad = if student.numel() == 0 {
-        Tensor::zeros(student.shape().clone(), student.dtype(), student.device())?
-    } else {
-        Tensor::from_cuda(CudaStorage { dev: dev.clone(), buf: grad }, student.shape().clone())
-    };
-    Ok((loss, grad))
 }

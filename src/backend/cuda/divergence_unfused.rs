@@ -9,8 +9,8 @@
 use super::abi::{DivergenceParams, DIV_JSD, DIV_SKEW_FKL, DIV_SKEW_RKL};
 use super::device::{cuda_err, CudaDevice};
 use super::divergence::{launch_raw, prepare, DivElem, DivergenceLaunch, RawLaunch, StudentGrad};
+use crate::backend::DType;
 use crate::error::Result;
-use crate::tensor::DType;
 use cudarc::driver::{CudaSlice, CudaView, CudaViewMut, DevicePtr};
 use std::ffi::c_void;
 
@@ -64,14 +64,14 @@ pub fn divergence_unfused_fwd_bwd<T: DivElem>(
     // SAFETY: each buffer is fully written by the kernel that produces it before any read.
     let (lq, lp, lm, ta, tb, lse_s, lse_t, sums) = unsafe {
         (
-            dev.alloc_f32(n, OP)?,
-            dev.alloc_f32(n, OP)?,
-            dev.alloc_f32(if mixture { n } else { 1 }, OP)?,
-            dev.alloc_f32(n, OP)?,
-            dev.alloc_f32(n, OP)?,
-            dev.alloc_f32(p.rows, OP)?,
-            dev.alloc_f32(p.rows, OP)?,
-            dev.alloc_f32(3 * p.rows, OP)?,
+            dev.alloc_of::<f32>(n, OP)?,
+            dev.alloc_of::<f32>(n, OP)?,
+            dev.alloc_of::<f32>(if mixture { n } else { 1 }, OP)?,
+            dev.alloc_of::<f32>(n, OP)?,
+            dev.alloc_of::<f32>(n, OP)?,
+            dev.alloc_of::<f32>(p.rows, OP)?,
+            dev.alloc_of::<f32>(p.rows, OP)?,
+            dev.alloc_of::<f32>(3 * p.rows, OP)?,
         )
     };
     let bf16 = T::DTYPE == DType::BF16;

@@ -2,11 +2,11 @@
 //! output heads to the loss, d(student hidden) and d(student head), without ever holding the
 //! (tokens × vocab) logits. The path the GPU trainer uses.
 //!
-//! Rows are processed in chunks of `c` tokens; per chunk, with S and T two (c, V) bf16 scratch
-//! buffers reused across chunks:
-//!   S = hs·Wsᵀ, T = ht·Wtᵀ                      (cuBLAS, fp32 accumulation, bf16 out)
+//! Rows are processed in chunks of `c` tokens; per chunk, with S and T two (c, V) scratch buffers
+//! of the inputs' type (bf16 in training, f32 in tests) reused across chunks:
+//!   S = hs·Wsᵀ, T = ht·Wtᵀ                      (cuBLAS, fp32 accumulation)
 //!   S ← scale·∂D/∂(student logits), row losses  (the fused divergence kernel, in place over S)
-//!   d_hs[chunk] = S·Ws                          (bf16 out)
+//!   d_hs[chunk] = S·Ws
 //!   d_Ws += Sᵀ·hs[chunk]                        (fp32 accumulator, beta = 1)
 //! Extra device memory is 2·c·V·2 bytes plus N floats of row losses, against the unfused path's
 //! two full (N, V) logit tensors and the divergence's (N, V) fp32 intermediates. Only the first
@@ -14,13 +14,16 @@
 //! and their d_Ws rows are left untouched.
 
 use super::device::{cuda_err, CudaDevice};
-use super::divergence::{divergence_fwd_bwd, DivergenceLaunch, KernelPath, StudentGrad};
+use super::divergence::{divergence_fwd_bwd, DivElem, DivergenceLaunch, KernelPath, StudentGrad};
 use super::divergence_unfused::divergence_unfused_fwd_bwd;
-use super::matmul::{gemm, Gemm};
-use crate::distill::Divergence;
+use super::matmul::{gemm, Gemm, GemmElem};
+use crate::backend::Divergence;
 use crate::error::{shape_err, Result};
-use cudarc::driver::{CudaSlice, CudaView, CudaViewMut};
-use half::bf16;
+use cudarc::driver::{CudaSlice, CudaView, CudaViewMut, DeviceRepr, ValidAsZeroBits};
+
+/// An element type of the fused head: f32 (tests at tight tolerances) or bf16 (training).
+pub trait HeadElem: DivElem + GemmElem + ValidAsZeroBits + DeviceRepr {}
+impl<T: DivElem + GemmElem + ValidAsZeroBits + DeviceRepr> HeadElem for T {}
 
 /// Default scratch budget for the two logit chunks.
 pub const DEFAULT_CHUNK_BYTES: usize = 256 << 20;
@@ -52,16 +55,16 @@ pub struct LinearDivergenceOut {
     pub scratch_bytes: usize,
 }
 
-/// The inputs: hidden states and heads, all bf16 and row-major.
-pub struct LinearDivergenceInputs<'a> {
+/// The inputs: hidden states and heads, all of one type T and row-major.
+pub struct LinearDivergenceInputs<'a, T> {
     /// (N, Hs)
-    pub student_hidden: &'a CudaView<'a, bf16>,
+    pub student_hidden: &'a CudaView<'a, T>,
     /// (≥V, Hs)
-    pub student_head: &'a CudaView<'a, bf16>,
+    pub student_head: &'a CudaView<'a, T>,
     /// (N, Ht)
-    pub teacher_hidden: &'a CudaView<'a, bf16>,
+    pub teacher_hidden: &'a CudaView<'a, T>,
     /// (≥V, Ht)
-    pub teacher_head: &'a CudaView<'a, bf16>,
+    pub teacher_head: &'a CudaView<'a, T>,
     /// (N) u8, 0 = token not counted (prompt, padding).
     pub row_mask: Option<&'a CudaView<'a, u8>>,
 }
@@ -71,20 +74,23 @@ pub struct LinearDivergenceInputs<'a> {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Work {
     Fused,
+    /// Row losses only (no gradient, no backward products).
+    LossOnly,
     Matmuls,
 }
 
 impl LinearDivergence {
-    pub fn resolved_chunk(&self) -> usize {
+    /// Rows per chunk for elements of `elem` bytes.
+    pub fn resolved_chunk(&self, elem: usize) -> usize {
         if self.chunk_rows > 0 {
             return self.chunk_rows.min(self.rows.max(1));
         }
-        let per_row = 2 * self.vocab * std::mem::size_of::<bf16>();
+        let per_row = 2 * self.vocab * elem;
         let c = (DEFAULT_CHUNK_BYTES / per_row.max(1)) / 64 * 64;
         c.clamp(64, self.rows.max(64)).min(self.rows.max(1))
     }
 
-    fn check(&self, x: &LinearDivergenceInputs, d_hidden: usize, d_head: usize) -> Result<()> {
+    fn check<T>(&self, x: &LinearDivergenceInputs<'_, T>, d_hidden: usize, d_head: usize) -> Result<()> {
         const OP: &str = "linear + divergence (cuda)";
         let (n, hs, ht, v) = (self.rows, self.student_dim, self.teacher_dim, self.vocab);
         let bad = |what: &str, len: usize, need: usize| {
@@ -117,46 +123,59 @@ impl LinearDivergence {
     }
 
     /// Loss, d(student hidden) (written) and d(student head) (accumulated into, fp32).
-    pub fn run(
+    pub fn run<T: HeadElem>(
         &self,
         dev: &CudaDevice,
-        x: &LinearDivergenceInputs,
-        d_hidden: &mut CudaViewMut<bf16>,
+        x: &LinearDivergenceInputs<'_, T>,
+        d_hidden: &mut CudaViewMut<T>,
         d_head: &mut CudaViewMut<f32>,
     ) -> Result<LinearDivergenceOut> {
-        self.execute(dev, x, d_hidden, d_head, Work::Fused)
+        Ok(self.execute(dev, x, d_hidden, d_head, Work::Fused)?.1)
+    }
+
+    /// As `run`, also returning the row losses, (N) scale·D_r; without `want_grad` only the
+    /// losses are computed and the gradient buffers are left alone.
+    pub fn run_rows<T: HeadElem>(
+        &self,
+        dev: &CudaDevice,
+        x: &LinearDivergenceInputs<'_, T>,
+        d_hidden: &mut CudaViewMut<T>,
+        d_head: &mut CudaViewMut<f32>,
+        want_grad: bool,
+    ) -> Result<(CudaSlice<f32>, LinearDivergenceOut)> {
+        self.execute(dev, x, d_hidden, d_head, if want_grad { Work::Fused } else { Work::LossOnly })
     }
 
     /// The same matrix products, chunking and buffers as `run`, without the divergence kernel.
-    pub fn run_matmuls_only(
+    pub fn run_matmuls_only<T: HeadElem>(
         &self,
         dev: &CudaDevice,
-        x: &LinearDivergenceInputs,
-        d_hidden: &mut CudaViewMut<bf16>,
+        x: &LinearDivergenceInputs<'_, T>,
+        d_hidden: &mut CudaViewMut<T>,
         d_head: &mut CudaViewMut<f32>,
     ) -> Result<LinearDivergenceOut> {
-        self.execute(dev, x, d_hidden, d_head, Work::Matmuls)
+        Ok(self.execute(dev, x, d_hidden, d_head, Work::Matmuls)?.1)
     }
 
-    fn execute(
+    fn execute<T: HeadElem>(
         &self,
         dev: &CudaDevice,
-        x: &LinearDivergenceInputs,
-        d_hidden: &mut CudaViewMut<bf16>,
+        x: &LinearDivergenceInputs<'_, T>,
+        d_hidden: &mut CudaViewMut<T>,
         d_head: &mut CudaViewMut<f32>,
         work: Work,
-    ) -> Result<LinearDivergenceOut> {
+    ) -> Result<(CudaSlice<f32>, LinearDivergenceOut)> {
         const OP: &str = "linear + divergence (cuda)";
         self.check(x, d_hidden.len(), d_head.len())?;
         let (n, hs, ht, v) = (self.rows, self.student_dim, self.teacher_dim, self.vocab);
-        let chunk = self.resolved_chunk();
+        let elem = std::mem::size_of::<T>();
+        let chunk = self.resolved_chunk(elem);
         let stream = dev.stream();
         // SAFETY: every chunk's products overwrite S and T (beta = 0) before anything reads them.
-        let (mut s, mut t): (CudaSlice<bf16>, CudaSlice<bf16>) = unsafe {
-            (stream.alloc(chunk * v).map_err(cuda_err(OP))?, stream.alloc(chunk * v).map_err(cuda_err(OP))?)
-        };
-        let mut row_loss: CudaSlice<f32> = stream.alloc_zeros(n.max(1)).map_err(cuda_err(OP))?;
-        let scratch_bytes = 2 * chunk * v * 2 + n.max(1) * 4;
+        let (mut s, mut t): (CudaSlice<T>, CudaSlice<T>) =
+            unsafe { (dev.alloc_of(chunk * v, OP)?, dev.alloc_of(chunk * v, OP)?) };
+        let mut row_loss: CudaSlice<f32> = dev.zeros_of(n, OP)?;
+        let scratch_bytes = 2 * chunk * v * elem + n.max(1) * 4;
         let mut r0 = 0;
         while r0 < n {
             let c = chunk.min(n - r0);
@@ -177,7 +196,7 @@ impl LinearDivergence {
                 &x.teacher_head.slice(..v * ht),
                 &mut t.slice_mut(..c * v),
             )?;
-            if work == Work::Fused {
+            if work != Work::Matmuls {
                 let launch = DivergenceLaunch {
                     rows: c,
                     vocab: v,
@@ -188,14 +207,22 @@ impl LinearDivergence {
                     path: self.path,
                 };
                 let mask = x.row_mask.map(|m| m.slice(r0..r0 + c));
+                let student = match work {
+                    Work::LossOnly => StudentGrad::LossOnly(s.slice(..c * v)),
+                    _ => StudentGrad::InPlace(s.slice_mut(..c * v)),
+                };
                 divergence_fwd_bwd(
                     dev,
                     &launch,
-                    StudentGrad::InPlace(s.slice_mut(..c * v)),
+                    student,
                     &t.slice(..c * v),
                     mask.as_ref(),
                     &mut row_loss.slice_mut(r0..r0 + c),
                 )?;
+            }
+            if work == Work::LossOnly {
+                r0 += c;
+                continue;
             }
             // d_hs[chunk] (c, Hs) = G (c, V) · Ws (V, Hs).
             gemm(
@@ -212,27 +239,28 @@ impl LinearDivergence {
         }
         let losses = stream.clone_dtoh(&row_loss).map_err(cuda_err(OP))?;
         let loss = losses[..n].iter().map(|&l| l as f64).sum();
-        Ok(LinearDivergenceOut { loss, chunk_rows: chunk, scratch_bytes })
+        Ok((row_loss, LinearDivergenceOut { loss, chunk_rows: chunk, scratch_bytes }))
     }
 }
 
 /// The unfused baseline: both (N, V) logit tensors materialized, the unfused divergence (its fp32
 /// intermediates included), then the two backward products. Same outputs as `LinearDivergence::run`.
-pub fn linear_divergence_unfused(
+pub fn linear_divergence_unfused<T: HeadElem>(
     p: &LinearDivergence,
     dev: &CudaDevice,
-    x: &LinearDivergenceInputs,
-    d_hidden: &mut CudaViewMut<bf16>,
+    x: &LinearDivergenceInputs<'_, T>,
+    d_hidden: &mut CudaViewMut<T>,
     d_head: &mut CudaViewMut<f32>,
 ) -> Result<LinearDivergenceOut> {
     const OP: &str = "linear + divergence (unfused)";
     p.check(x, d_hidden.len(), d_head.len())?;
     let (n, hs, ht, v) = (p.rows, p.student_dim, p.teacher_dim, p.vocab);
     let stream = dev.stream();
-    let mut s: CudaSlice<bf16> = stream.alloc_zeros(n * v).map_err(cuda_err(OP))?;
-    let mut t: CudaSlice<bf16> = stream.alloc_zeros(n * v).map_err(cuda_err(OP))?;
-    let mut g: CudaSlice<bf16> = stream.alloc_zeros(n * v).map_err(cuda_err(OP))?;
-    let mut row_loss: CudaSlice<f32> = stream.alloc_zeros(n.max(1)).map_err(cuda_err(OP))?;
+    let elem = std::mem::size_of::<T>();
+    let mut s: CudaSlice<T> = dev.zeros_of(n * v, OP)?;
+    let mut t: CudaSlice<T> = dev.zeros_of(n * v, OP)?;
+    let mut g: CudaSlice<T> = dev.zeros_of(n * v, OP)?;
+    let mut row_loss: CudaSlice<f32> = dev.zeros_of(n, OP)?;
     gemm(
         dev,
         &Gemm::dense(n, v, hs, false, true),
@@ -279,7 +307,7 @@ pub fn linear_divergence_unfused(
     Ok(LinearDivergenceOut {
         loss: losses[..n].iter().map(|&l| l as f64).sum(),
         chunk_rows: n,
-        scratch_bytes: 3 * n * v * 2 + n.max(1) * 4 + fp32_buffers * n * v * 4,
+        scratch_bytes: 3 * n * v * elem + n.max(1) * 4 + fp32_buffers * n * v * 4,
     })
 }
 

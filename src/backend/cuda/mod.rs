@@ -1,5 +1,6 @@
 //! The CUDA backend: driver probing, one context and stream per GPU, cuBLAS handles, the embedded
-//! kernel modules (loaded once, lazily), and the launchers of each kernel family.
+//! kernel modules (loaded once, lazily), the launchers of each kernel family, and the backend
+//! contract on top of them (`storage.rs`).
 //!
 //! A machine without the driver is a normal case: `probe()` reports it and every entry point
 //! returns `Error::NoCuda` with the reason; nothing here panics for lack of a GPU.
@@ -9,15 +10,20 @@ pub mod bandwidth;
 mod device;
 pub mod divergence;
 pub mod divergence_unfused;
-pub mod elementwise;
+mod elementwise;
+mod layer_norm;
+mod linear;
 pub mod linear_divergence;
 pub mod matmul;
 mod modules;
-pub mod norm;
+mod norm_launch;
 mod probe;
+mod rms_norm;
+mod storage;
 
-pub use device::{CudaBuf, CudaDevice, CudaStorage};
+pub use device::{set_poison_allocations, CudaDevice};
 pub use modules::{
     compiled_by, compiled_by_nvcc, kernel_targets, nvrtc_available, nvrtc_ptx, EmbeddedModule, MODULES,
 };
 pub use probe::{probe, GpuInfo, Probe};
+pub use storage::{CudaBuf, CudaElem, CudaStorage};

@@ -1,11 +1,8 @@
-//! LayerNorm and RMSNorm over the last dimension (C), one row at a time.
-//!
-//! LayerNorm: x̂ = (x − μ)·rstd, rstd = 1/√(σ² + ε) with the biased σ² (as PyTorch); y = x̂·w + b.
-//! RMSNorm:   x̂ = x·rstd,       rstd = 1/√(mean(x²) + ε);                            y = x̂·w.
+//! LayerNorm over the last dimension (C), one row at a time:
+//!   x̂ = (x − μ)·rstd, rstd = 1/√(σ² + ε) with the biased σ² (as PyTorch); y = x̂·w + b.
 //! Backward, with g = dy·w:
-//!   LayerNorm: dx = rstd·(g − mean(g) − x̂·mean(g·x̂))
-//!   RMSNorm:   dx = rstd·(g − x̂·mean(g·x̂))
-//!   dw = Σ_rows dy·x̂,  db = Σ_rows dy.
+//!   dx = rstd·(g − mean(g) − x̂·mean(g·x̂)),  dw = Σ_rows dy·x̂,  db = Σ_rows dy.
+//! RMSNorm (rms_norm.rs) shares the backward, without the mean.
 
 use super::Real;
 use rayon::prelude::*;
@@ -22,26 +19,26 @@ pub struct NormGrads<T> {
     pub db: Option<Vec<T>>, // (C); None for RMSNorm
 }
 
-fn rows_of<T>(op: &str, x: &[T], w: &[T], cols: usize) -> usize {
+pub(super) fn rows_of<T>(op: &str, x: &[T], w: &[T], cols: usize) -> usize {
     assert!(cols > 0, "{op}: cols must be positive");
     assert_eq!(x.len() % cols, 0, "{op}: x has {} elements, not a multiple of cols {cols}", x.len());
     assert_eq!(w.len(), cols, "{op}: weight has {} elements, expected {cols}", w.len());
     x.len() / cols
 }
 
-fn mean_of<T: Real>(v: impl Iterator<Item = T>, cols: usize) -> T {
+pub(super) fn mean_of<T: Real>(v: impl Iterator<Item = T>, cols: usize) -> T {
     v.sum::<T>() / T::from_f64(cols as f64)
 }
 
-pub fn layernorm_fwd<T: Real>(
+pub fn layer_norm_fwd<T: Real>(
     x: &[T], // (N, C)
     w: &[T], // (C)
     b: &[T], // (C)
     cols: usize,
     eps: f64,
 ) -> NormOut<T> {
-    let rows = rows_of("layernorm_fwd", x, w, cols);
-    assert_eq!(b.len(), cols, "layernorm_fwd: bias has {} elements, expected {cols}", b.len());
+    let rows = rows_of("layer_norm_fwd", x, w, cols);
+    assert_eq!(b.len(), cols, "layer_norm_fwd: bias has {} elements, expected {cols}", b.len());
     let mut y = vec![T::zero(); x.len()];
     let mut mean = vec![T::zero(); rows];
     let mut rstd = vec![T::zero(); rows];
@@ -61,7 +58,7 @@ pub fn layernorm_fwd<T: Real>(
     NormOut { y, mean, rstd }
 }
 
-pub fn layernorm_bwd<T: Real>(
+pub fn layer_norm_bwd<T: Real>(
     x: &[T],    // (N, C)
     w: &[T],    // (C)
     mean: &[T], // (N)
@@ -69,46 +66,14 @@ pub fn layernorm_bwd<T: Real>(
     dy: &[T],   // (N, C)
     cols: usize,
 ) -> NormGrads<T> {
-    let rows = rows_of("layernorm_bwd", x, w, cols);
-    assert_eq!(mean.len(), rows, "layernorm_bwd: mean has {} elements, expected {rows}", mean.len());
+    let rows = rows_of("layer_norm_bwd", x, w, cols);
+    assert_eq!(mean.len(), rows, "layer_norm_bwd: mean has {} elements, expected {rows}", mean.len());
     let (dx, dw, db) = norm_bwd(x, w, Some(mean), rstd, dy, cols);
     NormGrads { dx, dw, db: Some(db) }
 }
 
-pub fn rmsnorm_fwd<T: Real>(
-    x: &[T], // (N, C)
-    w: &[T], // (C)
-    cols: usize,
-    eps: f64,
-) -> NormOut<T> {
-    let rows = rows_of("rmsnorm_fwd", x, w, cols);
-    let mut y = vec![T::zero(); x.len()];
-    let mut rstd = vec![T::zero(); rows];
-    y.par_chunks_mut(cols).zip(x.par_chunks(cols)).zip(rstd.par_iter_mut()).for_each(|((yr, xr), r)| {
-        let ms = mean_of(xr.iter().map(|&v| v * v), cols);
-        let rs = (ms + T::from_f64(eps)).sqrt().recip();
-        for ((o, &xv), &wv) in yr.iter_mut().zip(xr).zip(w) {
-            *o = (xv * rs) * wv;
-        }
-        *r = rs;
-    });
-    NormOut { y, mean: Vec::new(), rstd }
-}
-
-pub fn rmsnorm_bwd<T: Real>(
-    x: &[T],    // (N, C)
-    w: &[T],    // (C)
-    rstd: &[T], // (N)
-    dy: &[T],   // (N, C)
-    cols: usize,
-) -> NormGrads<T> {
-    rows_of("rmsnorm_bwd", x, w, cols);
-    let (dx, dw, _) = norm_bwd(x, w, None, rstd, dy, cols);
-    NormGrads { dx, dw, db: None }
-}
-
-/// Shared backward: `mean` is None for RMSNorm. Returns (dx, dw, db).
-fn norm_bwd<T: Real>(
+/// The backward of both norms: `mean` is None for RMSNorm. Returns (dx, dw, db).
+pub(super) fn norm_bwd<T: Real>(
     x: &[T],            // (N, C)
     w: &[T],            // (C)
     mean: Option<&[T]>, // (N)

@@ -1,6 +1,7 @@
 //! The divergences of generalized knowledge distillation between the teacher's and the student's
 //! next-token distributions: per row, the loss and its gradient with respect to the student
-//! logits, in one pass. The CPU reference of `kernels/divergence.cu`.
+//! logits, in one pass. The CPU reference of `kernels/divergence.cu`; the divergences themselves
+//! are described in `backend/divergence.rs`.
 //!
 //! One row: student logits s, teacher logits t (V entries), loss temperature τ; a = s/τ, b = t/τ,
 //! Q = softmax(a), P = softmax(b), log Q = a − lse(a), log P = b − lse(b).
@@ -34,126 +35,11 @@
 //! P or Q is not 0. A row whose student or teacher logits are all −inf has no distribution: its
 //! loss and gradient are 0, as for a masked row.
 
-use crate::backend::cpu::Real;
+use super::softmax::log_softmax;
+use super::Real;
+use crate::backend::Divergence;
 use crate::error::{shape_err, Error, Result};
 use rayon::prelude::*;
-use std::fmt;
-use std::str::FromStr;
-
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub enum Divergence {
-    ForwardKl,
-    ReverseKl,
-    Jsd { beta: f64 },
-    Tvd,
-    SkewForwardKl { alpha: f64 },
-    SkewReverseKl { alpha: f64 },
-}
-
-/// The command-line names, in the order of the enum.
-pub const DIVERGENCE_NAMES: [&str; 6] = ["fkl", "rkl", "jsd", "tvd", "skew-fkl", "skew-rkl"];
-
-/// β of `jsd` and α of the skew divergences when the name carries no value (TRL's GKD default
-/// β = 0.5; DistiLLM's α = 0.1).
-pub const DEFAULT_BETA: f64 = 0.5;
-pub const DEFAULT_ALPHA: f64 = 0.1;
-
-impl Divergence {
-    /// From a command-line name (`fkl|rkl|jsd|tvd|skew-fkl|skew-rkl`); `beta` is used by `jsd`,
-    /// `alpha` by the skew divergences, each ignored otherwise.
-    pub fn from_cli(name: &str, beta: f64, alpha: f64) -> Result<Divergence> {
-        let d = match name {
-            "fkl" => Divergence::ForwardKl,
-            "rkl" => Divergence::ReverseKl,
-            "jsd" => Divergence::Jsd { beta },
-            "tvd" => Divergence::Tvd,
-            "skew-fkl" => Divergence::SkewForwardKl { alpha },
-            "skew-rkl" => Divergence::SkewReverseKl { alpha },
-            _ => {
-                return Err(Error::Msg(format!(
-                    "unknown divergence `{name}`: use one of {}",
-                    DIVERGENCE_NAMES.join(", ")
-                )))
-            }
-        };
-        d.validate()
-    }
-
-    /// The divergence itself when its parameter is in range: 0 ≤ β ≤ 1, 0 ≤ α < 1.
-    pub fn validate(self) -> Result<Divergence> {
-        match self {
-            Divergence::Jsd { beta } if !(0.0..=1.0).contains(&beta) => Err(Error::Msg(format!(
-                "jsd: beta must be in [0, 1] (0 = forward KL, 1 = reverse KL), got {beta}"
-            ))),
-            Divergence::SkewForwardKl { alpha } | Divergence::SkewReverseKl { alpha }
-                if !(0.0..1.0).contains(&alpha) =>
-            {
-                Err(Error::Msg(format!(
-                    "{}: alpha must be in [0, 1) (α = 1 makes the divergence 0), got {alpha}",
-                    self.name()
-                )))
-            }
-            d => Ok(d),
-        }
-    }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Divergence::ForwardKl => "fkl",
-            Divergence::ReverseKl => "rkl",
-            Divergence::Jsd { .. } => "jsd",
-            Divergence::Tvd => "tvd",
-            Divergence::SkewForwardKl { .. } => "skew-fkl",
-            Divergence::SkewReverseKl { .. } => "skew-rkl",
-        }
-    }
-
-    /// The formula that is computed: JSD(0) → forward KL, JSD(1) → reverse KL, skew KL with
-    /// α = 0 → the plain KL; anything else unchanged.
-    pub fn canonical(self) -> Divergence {
-        match self {
-            Divergence::Jsd { beta: 0.0 } => Divergence::ForwardKl,
-            Divergence::Jsd { beta: 1.0 } => Divergence::ReverseKl,
-            Divergence::SkewForwardKl { alpha: 0.0 } => Divergence::ForwardKl,
-            Divergence::SkewReverseKl { alpha: 0.0 } => Divergence::ReverseKl,
-            d => d,
-        }
-    }
-}
-
-/// `fkl`, `rkl`, `tvd`, `jsd` (β = 0.5), `jsd:0.9`, `skew-fkl` (α = 0.1), `skew-rkl:0.2`.
-impl FromStr for Divergence {
-    type Err = Error;
-    fn from_str(s: &str) -> Result<Divergence> {
-        let (name, value) = match s.split_once(':') {
-            Some((n, v)) => {
-                let x = v
-                    .trim()
-                    .parse::<f64>()
-                    .map_err(|_| Error::Msg(format!("divergence `{s}`: `{v}` is not a number")))?;
-                if !matches!(n, "jsd" | "skew-fkl" | "skew-rkl") {
-                    return Err(Error::Msg(format!(
-                        "divergence `{s}`: only jsd, skew-fkl and skew-rkl take a parameter"
-                    )));
-                }
-                (n, Some(x))
-            }
-            None => (s, None),
-        };
-        Divergence::from_cli(name, value.unwrap_or(DEFAULT_BETA), value.unwrap_or(DEFAULT_ALPHA))
-    }
-}
-
-impl fmt::Display for Divergence {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match *self {
-            Divergence::Jsd { beta: x }
-            | Divergence::SkewForwardKl { alpha: x }
-            | Divergence::SkewReverseKl { alpha: x } => write!(f, "{}:{x}", self.name()),
-            d => f.write_str(d.name()),
-        }
-    }
-}
 
 pub struct DivergenceOut<T> {
     /// scale · Σ over unmasked rows of D_r.
@@ -228,16 +114,6 @@ fn log_add_exp<T: Real>(x: T, y: T) -> T {
     m + ((x - m).exp() + (y - m).exp()).ln()
 }
 
-/// Log-probabilities of softmax(x·inv_t); None when every entry is −inf.
-fn log_softmax<T: Real>(x: &[T], inv_t: T) -> Option<Vec<T>> {
-    let m = x.iter().fold(T::neg_infinity(), |m, &v| m.max(v * inv_t));
-    if m == T::neg_infinity() {
-        return None;
-    }
-    let lse = m + x.iter().map(|&v| (v * inv_t - m).exp()).sum::<T>().ln();
-    Some(x.iter().map(|&v| v * inv_t - lse).collect())
-}
-
 /// p·(x − y), 0 where p is 0 (0·log 0 = 0).
 fn xlog<T: Real>(p: T, x: T, y: T) -> T {
     if p > T::zero() {
@@ -265,7 +141,9 @@ fn row<T: Real>(div: Divergence, inv_t: T, s: &[T], t: &[T], grad: Option<&mut [
     let q: Vec<T> = lq.iter().map(|x| x.exp()).collect();
     let p: Vec<T> = lp.iter().map(|x| x.exp()).collect();
     let v = s.len();
-    let sum = |f: &dyn Fn(usize) -> T| (0..v).map(f).sum::<T>();
+    // Row sums accumulate in f64: over a large vocabulary an f32 running sum would drift by more
+    // than the cancellations in the gradients below can absorb.
+    let sum = |f: &dyn Fn(usize) -> T| T::from_f64((0..v).map(|j| f(j).to_f64()).sum::<f64>());
     // log M = log(w_p P + w_q Q), as a log-sum-exp.
     let log_mix =
         |wp: T, wq: T| -> Vec<T> { (0..v).map(|j| log_add_exp(wp.ln() + lp[j], wq.ln() + lq[j])).collect() };

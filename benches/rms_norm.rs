@@ -22,19 +22,19 @@ fn fwd_bwd(x: &Tensor, w: &Tensor, dy: &Tensor) {
     let mut tape = Tape::new();
     let xv = tape.leaf(x.clone(), true);
     let wv = tape.leaf(w.clone(), true);
-    let y = tape.rmsnorm(xv, wv, 1e-6).unwrap();
-    tape.backward_from(y, dy.clone()).unwrap();
+    let y = tape.rms_norm(&xv, &wv, 1e-6).unwrap();
+    tape.backward_from(&y, dy.clone()).unwrap();
 }
 
 fn bench(c: &mut Criterion) {
-    let mut g = c.benchmark_group("rmsnorm_fwd_bwd");
+    let mut g = c.benchmark_group("rms_norm_fwd_bwd");
     let (rows, cols) = (256, 896);
     let (x, w, dy) = inputs(rows, cols, DType::F32, Device::Cpu);
     g.throughput(Throughput::Bytes((4 * rows * cols * 4) as u64));
     g.bench_function("cpu_f32_256x896", |b| b.iter(|| fwd_bwd(&x, &w, &dy)));
 
     if cuda::probe().usable_devices() == 0 {
-        eprintln!("rmsnorm_fwd_bwd: no GPU, CUDA cases skipped");
+        eprintln!("rms_norm_fwd_bwd: no GPU, CUDA cases skipped");
         return;
     }
     let dev = cuda::CudaDevice::get(0).unwrap();

@@ -22,7 +22,7 @@ impl DeviceRequest {
         match self {
             DeviceRequest::Exact(d) => d,
             DeviceRequest::Auto => {
-                if crate::backend::cuda::probe().usable_devices() > 0 {
+                if super::cuda::probe().usable_devices() > 0 {
                     Device::Cuda(0)
                 } else {
                     Device::Cpu

@@ -1,0 +1,63 @@
+// LayerNorm over the last dimension, forward and backward, f32 and bf16:
+//   y = (x − mean) · rstd · w + b,  rstd = 1/sqrt(var + eps)  (biased variance)
+// Statistics in fp32; mean and rstd are saved in fp32 for the backward (norm_backward.cuh). One
+// warp per row.
+#include "norm_backward.cuh"
+
+template <typename T>
+__device__ void layer_norm_fwd(const T *x,      // (rows, cols)
+                              const T *w,      // (cols)
+                              const T *b,      // (cols)
+                              T *y,            // (rows, cols)
+                              float *mean_out, // (rows)
+                              float *rstd_out, // (rows)
+                              gkd_norm_params p) {
+    const int lane = threadIdx.x & 31;
+    const long row = (long)blockIdx.x * ROWS_PER_BLOCK + (threadIdx.x >> 5);
+    if (row >= p.rows) return;
+    const T *xr = x + row * p.cols;
+    float s = 0.0f;
+    for (int c = lane; c < p.cols; c += 32) s += load_f32(xr, c);
+    const float m = warp_sum(s) / p.cols;
+    float v = 0.0f;
+    for (int c = lane; c < p.cols; c += 32) {
+        const float d = load_f32(xr, c) - m;
+        v += d * d;
+    }
+    const float rs = rsqrtf(warp_sum(v) / p.cols + p.eps);
+    T *yr = y + row * p.cols;
+    for (int c = lane; c < p.cols; c += 32)
+        store_f32(yr, c, (load_f32(xr, c) - m) * rs * load_f32(w, c) + load_f32(b, c));
+    if (lane == 0) {
+        mean_out[row] = m;
+        rstd_out[row] = rs;
+    }
+}
+
+// ----------------------------------------------------------------------------------------------
+// entry points, one per dtype
+
+#define LAYER_NORM_KERNELS(T, SUF)                                                                 \
+    extern "C" __global__ void layer_norm_fwd_##SUF(const T *x, const T *w, const T *b, T *y,     \
+                                                    float *mean, float *rstd, gkd_norm_params p) {\
+        layer_norm_fwd<T>(x, w, b, y, mean, rstd, p);                                             \
+    }                                                                                             \
+    extern "C" __global__ void layer_norm_bwd_dx_##SUF(const T *x, const T *w, const float *mean, \
+                                                       const float *rstd, const T *dy, T *dx,     \
+                                                       gkd_norm_params p) {                       \
+        norm_bwd_dx<T>(x, w, mean, rstd, dy, dx, p);                                              \
+    }                                                                                             \
+    extern "C" __global__ void layer_norm_bwd_wgrad_##SUF(const T *x, const float *mean,          \
+                                                          const float *rstd, const T *dy,         \
+                                                          float *dw_part, float *db_part,         \
+                                                          gkd_norm_wgrad_params p) {              \
+        norm_wgrad_partial<T>(x, mean, rstd, dy, dw_part, db_part, p);                            \
+    }
+
+LAYER_NORM_KERNELS(float, f32)
+LAYER_NORM_KERNELS(bf16, bf16)
+
+extern "C" __global__ void layer_norm_bwd_wgrad_finish(const float *dw_part, const float *db_part,
+                                                       float *dw, float *db, gkd_norm_wgrad_params p) {
+    norm_wgrad_finish(dw_part, db_part, dw, db, p);
+}

@@ -1,0 +1,216 @@
+//! The contract every backend implements: memory operations, and one forward and one backward
+//! per op. `tensor::Storage` holds one backend's storage and forwards each call to it (the one
+//! place that matches on the device); the tape's ops call `Storage` only.
+//!
+//! Inputs are `View`s: a contiguous run of a storage's elements (the tensor layer makes a strided
+//! view contiguous before calling). Outputs are new, dense storages. Shapes are written beside
+//! each argument; every backend checks the lengths it is given and returns an error (never
+//! panics) on a mismatch. An op a backend does not have returns `Error::Unsupported`.
+//!
+//! Element types: the CPU backend computes in f32 (the reference) and f64 (gradient checks); the
+//! CUDA backend in f32 and bf16 with f32 accumulation. Statistics saved for a backward (norm rstd,
+//! attention lse, row losses) are in the accumulation type: f32 on CUDA, the input's type on the
+//! CPU; so are the weight gradients of norms and of the fused output head on CUDA.
+
+use super::ops::{AdamWStep, AttnDims, CachedAttnDims, LinearDims, LinearLossSpec, LossSpec, RopeSpec};
+use super::{CpuStorage, DType, Device, Layout};
+use crate::error::Result;
+
+/// Elements `start..start + len` of a storage, read-only.
+pub struct View<'a, S> {
+    pub storage: &'a S,
+    pub start: usize,
+    pub len: usize,
+}
+
+impl<S> Clone for View<'_, S> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<S> Copy for View<'_, S> {}
+
+impl<'a, S> View<'a, S> {
+    pub fn new(storage: &'a S, start: usize, len: usize) -> Self {
+        View { storage, start, len }
+    }
+}
+
+/// The loss target of the fused output head: the next tokens (cross-entropy), or the teacher's
+/// hidden states and head (divergence).
+pub enum LossTarget<'a, S> {
+    /// (N) u32; `ops::IGNORE` marks a row that does not count.
+    Tokens(View<'a, S>),
+    /// hidden (N, Ht), head (Vt, Ht) in the student's dtype.
+    Teacher { hidden: View<'a, S>, head: View<'a, S> },
+}
+
+/// What the fused output head computes.
+pub struct LinearLossOut<S> {
+    /// (N) scale · L_r.
+    pub row_loss: S,
+    /// (N, H): scale · ∂L/∂h, when asked for.
+    pub d_hidden: Option<S>,
+    /// (Vh, H): scale · ∂L/∂W (rows ≥ vocab are 0), when asked for.
+    pub d_head: Option<S>,
+}
+
+pub trait BackendStorage: Sized {
+    // ---- memory -------------------------------------------------------------------------
+    fn dtype(&self) -> DType;
+    fn len(&self) -> usize;
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    fn device(&self) -> Device;
+    /// A copy on the host, in the same dtype.
+    fn to_host(x: View<'_, Self>) -> Result<CpuStorage>;
+    /// A dense copy of the elements a (possibly strided) layout selects, in row-major order.
+    fn copy_strided(&self, layout: &Layout) -> Result<Self>;
+    /// The same values in another element type (round to nearest even into the 16-bit types).
+    fn cast(x: View<'_, Self>, dtype: DType) -> Result<Self>;
+    /// A fresh copy of the whole storage (copy-on-write of a shared tensor before a write).
+    fn try_clone(&self) -> Result<Self>;
+
+    // ---- in place: `self`'s elements from `start` ----------------------------------------
+    /// self[start..start + src.len] = src
+    fn copy_in(&mut self, start: usize, src: View<'_, Self>) -> Result<()>;
+    /// self[start..start + src.len] += src
+    fn add_in(&mut self, start: usize, src: View<'_, Self>) -> Result<()>;
+    /// self[start..start + len] = value
+    fn fill_in(&mut self, start: usize, len: usize, value: f64) -> Result<()>;
+    /// self[start..start + len] *= c
+    fn scale_in(&mut self, start: usize, len: usize, c: f64) -> Result<()>;
+    /// Row `rows[i]` of self (rows of `width` elements) = row i of `src` (N, width): the
+    /// key/value cache's append.
+    fn copy_rows_in(&mut self, width: usize, rows: View<'_, Self>, src: View<'_, Self>) -> Result<()>;
+    /// The optimizer: `self[start..]` are f32 master weights (`grad.len` of them), `m` and `v`
+    /// their moments at the same offsets; one AdamW update of each.
+    fn adamw_step(
+        &mut self,
+        start: usize,
+        grad: View<'_, Self>,
+        m: &mut Self,
+        v: &mut Self,
+        h: &AdamWStep,
+    ) -> Result<()>;
+
+    // ---- reductions -----------------------------------------------------------------------
+    /// Σ x² (accumulated in f64 on the CPU); the global gradient norm's building block.
+    fn sum_squares(x: View<'_, Self>) -> Result<f64>;
+
+    // ---- ops --------------------------------------------------------------------------------
+    /// a + b (N)
+    fn add(a: View<'_, Self>, b: View<'_, Self>) -> Result<Self>;
+    /// table (V, C), ids (N) u32 → (N, C)
+    fn embedding_fwd(table: View<'_, Self>, ids: View<'_, Self>, dim: usize) -> Result<Self>;
+    /// dout (N, C), ids (N) → dtable (V, C); repeated ids accumulate
+    fn embedding_bwd(dout: View<'_, Self>, ids: View<'_, Self>, vocab: usize, dim: usize) -> Result<Self>;
+    /// x (N, Din), w per `d`, b (Dout) → (N, Dout)
+    fn linear_fwd(
+        x: View<'_, Self>,
+        w: View<'_, Self>,
+        b: Option<View<'_, Self>>,
+        d: LinearDims,
+    ) -> Result<Self>;
+    /// → (dx (N, Din), dw like w, db (Dout) when `has_bias`)
+    fn linear_bwd(
+        x: View<'_, Self>,
+        w: View<'_, Self>,
+        dy: View<'_, Self>,
+        d: LinearDims,
+        has_bias: bool,
+    ) -> Result<(Self, Self, Option<Self>)>;
+    /// x (N, C), w (C) → (y (N, C), rstd (N))
+    fn rms_norm_fwd(x: View<'_, Self>, w: View<'_, Self>, cols: usize, eps: f64) -> Result<(Self, Self)>;
+    /// → (dx (N, C), dw (C))
+    fn rms_norm_bwd(
+        x: View<'_, Self>,
+        w: View<'_, Self>,
+        rstd: View<'_, Self>,
+        dy: View<'_, Self>,
+        cols: usize,
+    ) -> Result<(Self, Self)>;
+    /// x (N, C), w (C), b (C) → (y (N, C), mean (N), rstd (N))
+    fn layer_norm_fwd(
+        x: View<'_, Self>,
+        w: View<'_, Self>,
+        b: View<'_, Self>,
+        cols: usize,
+        eps: f64,
+    ) -> Result<(Self, Self, Self)>;
+    /// → (dx (N, C), dw (C), db (C))
+    fn layer_norm_bwd(
+        x: View<'_, Self>,
+        w: View<'_, Self>,
+        mean: View<'_, Self>,
+        rstd: View<'_, Self>,
+        dy: View<'_, Self>,
+        cols: usize,
+    ) -> Result<(Self, Self, Self)>;
+    /// x (N, H·D), positions (N) u32 → (N, H·D)
+    fn rope_fwd(x: View<'_, Self>, positions: View<'_, Self>, spec: &RopeSpec) -> Result<Self>;
+    /// The inverse rotation of dy.
+    fn rope_bwd(dy: View<'_, Self>, positions: View<'_, Self>, spec: &RopeSpec) -> Result<Self>;
+    /// q, k, v per `d`, lengths (B) u32 → (out (B·T, Hq·D), lse (B, Hq, T))
+    fn attention_fwd(
+        q: View<'_, Self>,
+        k: View<'_, Self>,
+        v: View<'_, Self>,
+        lengths: View<'_, Self>,
+        d: &AttnDims,
+    ) -> Result<(Self, Self)>;
+    /// → (dq, dk, dv)
+    #[allow(clippy::too_many_arguments)]
+    fn attention_bwd(
+        q: View<'_, Self>,
+        k: View<'_, Self>,
+        v: View<'_, Self>,
+        lengths: View<'_, Self>,
+        out: View<'_, Self>,
+        lse: View<'_, Self>,
+        dout: View<'_, Self>,
+        d: &AttnDims,
+    ) -> Result<(Self, Self, Self)>;
+    /// q (N, Hq·D), caches (B·L, Hkv·D), seq and pos (N) u32 → (N, Hq·D); no backward.
+    fn attention_cached_fwd(
+        q: View<'_, Self>,
+        k_cache: View<'_, Self>,
+        v_cache: View<'_, Self>,
+        seq: View<'_, Self>,
+        pos: View<'_, Self>,
+        d: &CachedAttnDims,
+    ) -> Result<Self>;
+    /// GELU, tanh form (N)
+    fn gelu_fwd(x: View<'_, Self>) -> Result<Self>;
+    fn gelu_bwd(x: View<'_, Self>, dy: View<'_, Self>) -> Result<Self>;
+    /// silu(gate)·up (N)
+    fn swiglu_fwd(gate: View<'_, Self>, up: View<'_, Self>) -> Result<Self>;
+    /// → (dgate, dup)
+    fn swiglu_bwd(gate: View<'_, Self>, up: View<'_, Self>, dy: View<'_, Self>) -> Result<(Self, Self)>;
+    /// x (N, W) → columns start..start+len (N, L)
+    fn narrow_cols_fwd(x: View<'_, Self>, width: usize, start: usize, len: usize) -> Result<Self>;
+    /// dy (N, L) → dx (N, W), zero outside the columns
+    fn narrow_cols_bwd(dy: View<'_, Self>, width: usize, start: usize, len: usize) -> Result<Self>;
+    /// logits (N, V), targets (N) u32 → (row_loss (N), grad (N, V) when asked for)
+    fn cross_entropy(
+        logits: View<'_, Self>,
+        targets: View<'_, Self>,
+        spec: &LossSpec,
+    ) -> Result<(Self, Option<Self>)>;
+    /// student and teacher logits (N, V), row mask (N) u8 → (row_loss (N), grad w.r.t. the
+    /// student logits (N, V) when asked for); `spec.kind` is a divergence
+    fn divergence(
+        student: View<'_, Self>,
+        teacher: View<'_, Self>,
+        mask: Option<View<'_, Self>>,
+        spec: &LossSpec,
+    ) -> Result<(Self, Option<Self>)>;
+    /// hidden (N, H), head (Vh, H) and the target → row losses and gradients, in row chunks
+    fn linear_loss(
+        hidden: View<'_, Self>,
+        head: View<'_, Self>,
+        target: LossTarget<'_, Self>,
+        spec: &LinearLossSpec,
+    ) -> Result<LinearLossOut<Self>>;
+}

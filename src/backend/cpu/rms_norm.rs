@@ -1,0 +1,39 @@
+//! RMSNorm over the last dimension (C), one row at a time:
+//!   x̂ = x·rstd, rstd = 1/√(mean(x²) + ε); y = x̂·w.
+//! Backward, with g = dy·w: dx = rstd·(g − x̂·mean(g·x̂)), dw = Σ_rows dy·x̂ (layer_norm.rs).
+
+use super::layer_norm::{mean_of, norm_bwd, rows_of, NormGrads, NormOut};
+use super::Real;
+use rayon::prelude::*;
+
+pub fn rms_norm_fwd<T: Real>(
+    x: &[T], // (N, C)
+    w: &[T], // (C)
+    cols: usize,
+    eps: f64,
+) -> NormOut<T> {
+    let rows = rows_of("rms_norm_fwd", x, w, cols);
+    let mut y = vec![T::zero(); x.len()];
+    let mut rstd = vec![T::zero(); rows];
+    y.par_chunks_mut(cols).zip(x.par_chunks(cols)).zip(rstd.par_iter_mut()).for_each(|((yr, xr), r)| {
+        let ms = mean_of(xr.iter().map(|&v| v * v), cols);
+        let rs = (ms + T::from_f64(eps)).sqrt().recip();
+        for ((o, &xv), &wv) in yr.iter_mut().zip(xr).zip(w) {
+            *o = (xv * rs) * wv;
+        }
+        *r = rs;
+    });
+    NormOut { y, mean: Vec::new(), rstd }
+}
+
+pub fn rms_norm_bwd<T: Real>(
+    x: &[T],    // (N, C)
+    w: &[T],    // (C)
+    rstd: &[T], // (N)
+    dy: &[T],   // (N, C)
+    cols: usize,
+) -> NormGrads<T> {
+    rows_of("rms_norm_bwd", x, w, cols);
+    let (dx, dw, _) = norm_bwd(x, w, None, rstd, dy, cols);
+    NormGrads { dx, dw, db: None }
+}

@@ -1,0 +1,754 @@
+//! A tensor's storage on a GPU, and the backend contract on top of the launchers. Ops without a
+//! CUDA kernel yet return `Error::Unsupported` (the CPU backend has every op).
+
+use super::device::{cuda_err, CudaDevice};
+use super::divergence::{divergence_fwd_bwd, DivElem, DivergenceLaunch, KernelPath, StudentGrad};
+use super::linear_divergence::{LinearDivergence, LinearDivergenceInputs};
+use super::matmul::GemmElem;
+use super::{elementwise, layer_norm, rms_norm};
+use crate::backend::contract::{BackendStorage, LinearLossOut, LossTarget, View};
+use crate::backend::ops::{
+    AdamWStep, AttnDims, CachedAttnDims, LinearDims, LinearLossSpec, LossKind, LossSpec, RopeSpec,
+};
+use crate::backend::{CpuStorage, DType, Device, Layout};
+use crate::error::{shape_err, Error, Result};
+use cudarc::driver::{CudaSlice, CudaView, DeviceRepr, ValidAsZeroBits};
+use half::{bf16, f16};
+use std::sync::Arc;
+
+/// A device buffer, one variant per dtype the GPU path uses.
+#[derive(Debug)]
+pub enum CudaBuf {
+    F32(CudaSlice<f32>),
+    BF16(CudaSlice<bf16>),
+    F16(CudaSlice<f16>),
+    U32(CudaSlice<u32>),
+    U8(CudaSlice<u8>),
+}
+
+/// A tensor's storage on a GPU: the buffer and the device that owns it.
+#[derive(Debug)]
+pub struct CudaStorage {
+    pub dev: Arc<CudaDevice>,
+    pub buf: CudaBuf,
+}
+
+/// An element type of a device buffer.
+pub trait CudaElem: DeviceRepr + ValidAsZeroBits + Copy + Default + Unpin + 'static {
+    const DTYPE: DType;
+    fn of(b: &CudaBuf) -> Option<&CudaSlice<Self>>;
+    fn of_mut(b: &mut CudaBuf) -> Option<&mut CudaSlice<Self>>;
+    fn wrap(s: CudaSlice<Self>) -> CudaBuf;
+}
+
+macro_rules! cuda_elem {
+    ($t:ty, $v:ident) => {
+        impl CudaElem for $t {
+            const DTYPE: DType = DType::$v;
+            fn of(b: &CudaBuf) -> Option<&CudaSlice<Self>> {
+                match b {
+                    CudaBuf::$v(s) => Some(s),
+                    _ => None,
+                }
+            }
+            fn of_mut(b: &mut CudaBuf) -> Option<&mut CudaSlice<Self>> {
+                match b {
+                    CudaBuf::$v(s) => Some(s),
+                    _ => None,
+                }
+            }
+            fn wrap(s: CudaSlice<Self>) -> CudaBuf {
+                CudaBuf::$v(s)
+            }
+        }
+    };
+}
+cuda_elem!(f32, F32);
+cuda_elem!(bf16, BF16);
+cuda_elem!(f16, F16);
+cuda_elem!(u32, U32);
+cuda_elem!(u8, U8);
+
+/// Runs `$body` with `$T` bound to the element type of the buffer `$b` and `$s` its slice.
+macro_rules! with_buf {
+    ($b:expr, |$s:ident: $T:ident| $body:expr) => {
+        match $b {
+            CudaBuf::F32($s) => {
+                #[allow(dead_code)]
+                type $T = f32;
+                $body
+            }
+            CudaBuf::BF16($s) => {
+                #[allow(dead_code)]
+                type $T = bf16;
+                $body
+            }
+            CudaBuf::F16($s) => {
+                #[allow(dead_code)]
+                type $T = f16;
+                $body
+            }
+            CudaBuf::U32($s) => {
+                #[allow(dead_code)]
+                type $T = u32;
+                $body
+            }
+            CudaBuf::U8($s) => {
+                #[allow(dead_code)]
+                type $T = u8;
+                $body
+            }
+        }
+    };
+}
+
+/// Runs `$body` with `$T` bound to f32 or bf16 (the dtype `$dt`); other dtypes are an error.
+macro_rules! float {
+    ($op:expr, $dt:expr, |$T:ident| $body:expr) => {
+        match $dt {
+            DType::F32 => {
+                #[allow(dead_code)]
+                type $T = f32;
+                $body
+            }
+            DType::BF16 => {
+                #[allow(dead_code)]
+                type $T = bf16;
+                $body
+            }
+            d => {
+                Err(Error::DType { op: $op, dtype: d.name(), device: "cuda".into(), supported: "f32, bf16" })
+            }
+        }
+    };
+}
+
+impl CudaBuf {
+    pub fn dtype(&self) -> DType {
+        with_buf!(self, |_s: T| <T as CudaElem>::DTYPE)
+    }
+
+    pub fn len(&self) -> usize {
+        with_buf!(self, |s: T| s.len())
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl CudaStorage {
+    pub fn new<T: CudaElem>(dev: &Arc<CudaDevice>, s: CudaSlice<T>) -> CudaStorage {
+        CudaStorage { dev: dev.clone(), buf: T::wrap(s) }
+    }
+
+    pub fn zeros(dev: &Arc<CudaDevice>, dtype: DType, n: usize) -> Result<CudaStorage> {
+        let buf = match dtype {
+            DType::F32 => CudaBuf::F32(dev.zeros_of(n, "zeros")?),
+            DType::BF16 => CudaBuf::BF16(dev.zeros_of(n, "zeros")?),
+            DType::F16 => CudaBuf::F16(dev.zeros_of(n, "zeros")?),
+            DType::U32 => CudaBuf::U32(dev.zeros_of(n, "zeros")?),
+            DType::U8 => CudaBuf::U8(dev.zeros_of(n, "zeros")?),
+            DType::F64 => return Err(f64_on_gpu("zeros")),
+        };
+        Ok(CudaStorage { dev: dev.clone(), buf })
+    }
+
+    pub fn upload(dev: &Arc<CudaDevice>, host: &CpuStorage) -> Result<CudaStorage> {
+        let buf = match host {
+            CpuStorage::F32(v) => CudaBuf::F32(dev.upload_of(v, "upload")?),
+            CpuStorage::BF16(v) => CudaBuf::BF16(dev.upload_of(v, "upload")?),
+            CpuStorage::F16(v) => CudaBuf::F16(dev.upload_of(v, "upload")?),
+            CpuStorage::U32(v) => CudaBuf::U32(dev.upload_of(v, "upload")?),
+            CpuStorage::U8(v) => CudaBuf::U8(dev.upload_of(v, "upload")?),
+            CpuStorage::F64(_) => return Err(f64_on_gpu("upload")),
+        };
+        Ok(CudaStorage { dev: dev.clone(), buf })
+    }
+
+    pub fn dtype(&self) -> DType {
+        self.buf.dtype()
+    }
+
+    pub fn len(&self) -> usize {
+        self.buf.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn device(&self) -> Device {
+        self.dev.device()
+    }
+
+    /// Elements `start..start + len` as `T`, mutable.
+    pub(crate) fn typed_mut<T: CudaElem>(
+        &mut self,
+        op: &'static str,
+        start: usize,
+        len: usize,
+    ) -> Result<cudarc::driver::CudaViewMut<'_, T>> {
+        let dtype = self.dtype();
+        let s = T::of_mut(&mut self.buf).ok_or_else(|| dtype_err(op, dtype, T::DTYPE.name()))?;
+        check_range(op, s.len(), start, len)?;
+        Ok(s.slice_mut(start..start + len))
+    }
+}
+
+fn f64_on_gpu(context: &str) -> Error {
+    Error::Msg(format!("{context}: f64 tensors exist on the CPU only; convert to f32 or bf16 first"))
+}
+
+fn dtype_err(op: &'static str, dtype: DType, supported: &'static str) -> Error {
+    Error::DType { op, dtype: dtype.name(), device: "cuda".into(), supported }
+}
+
+fn check_range(op: &'static str, total: usize, start: usize, len: usize) -> Result<()> {
+    if start.checked_add(len).is_none_or(|end| end > total) {
+        return shape_err(op, format!("elements {start}..{} of a buffer of {total}", start + len));
+    }
+    Ok(())
+}
+
+fn need(op: &'static str, what: &str, len: usize, want: usize) -> Result<()> {
+    if len != want {
+        return shape_err(op, format!("{what} has {len} elements, expected {want}"));
+    }
+    Ok(())
+}
+
+fn unsupported<T>(op: &'static str, s: &CudaStorage) -> Result<T> {
+    Err(Error::Unsupported { op, device: s.device().to_string() })
+}
+
+impl<'a> View<'a, CudaStorage> {
+    /// The elements as a device view of `T`.
+    pub fn typed<T: CudaElem>(&self, op: &'static str) -> Result<CudaView<'a, T>> {
+        let s =
+            T::of(&self.storage.buf).ok_or_else(|| dtype_err(op, self.storage.dtype(), T::DTYPE.name()))?;
+        check_range(op, s.len(), self.start, self.len)?;
+        Ok(s.slice(self.start..self.start + self.len))
+    }
+
+    pub fn dtype(&self) -> DType {
+        self.storage.dtype()
+    }
+
+    pub fn dev(&self) -> &'a Arc<CudaDevice> {
+        &self.storage.dev
+    }
+}
+
+/// One dtype for all, f32 or bf16.
+fn same_float(op: &'static str, views: &[View<'_, CudaStorage>]) -> Result<DType> {
+    let d = views[0].dtype();
+    if let Some(v) = views.iter().find(|v| v.dtype() != d) {
+        return shape_err(op, format!("mixed dtypes {d} and {}", v.dtype()));
+    }
+    Ok(d)
+}
+
+impl BackendStorage for CudaStorage {
+    fn dtype(&self) -> DType {
+        self.buf.dtype()
+    }
+
+    fn len(&self) -> usize {
+        self.buf.len()
+    }
+
+    fn device(&self) -> Device {
+        self.dev.device()
+    }
+
+    fn to_host(x: View<'_, Self>) -> Result<CpuStorage> {
+        const OP: &str = "copy to the host";
+        let stream = x.dev().stream();
+        with_buf!(&x.storage.buf, |_s: T| {
+            let v = stream.clone_dtoh(&x.typed::<T>(OP)?).map_err(cuda_err(OP))?;
+            Ok(<T as crate::backend::Element>::wrap(v))
+        })
+    }
+
+    fn copy_strided(&self, layout: &Layout) -> Result<Self> {
+        const OP: &str = "contiguous copy";
+        match layout.contiguous_range() {
+            Some(r) => {
+                let v = View::new(self, r.start, r.len());
+                with_buf!(&self.buf, |_s: T| {
+                    let out = self.dev.stream().clone_dtod(&v.typed::<T>(OP)?).map_err(cuda_err(OP))?;
+                    Ok(CudaStorage::new(&self.dev, out))
+                })
+            }
+            None => unsupported("strided copy (contiguous() of a transposed or column view)", self),
+        }
+    }
+
+    fn cast(x: View<'_, Self>, dtype: DType) -> Result<Self> {
+        const OP: &str = "cast";
+        let dev = x.dev();
+        match (x.dtype(), dtype) {
+            (a, b) if a == b => {
+                with_buf!(&x.storage.buf, |_s: T| {
+                    let out = dev.stream().clone_dtod(&x.typed::<T>(OP)?).map_err(cuda_err(OP))?;
+                    Ok(CudaStorage::new(dev, out))
+                })
+            }
+            (DType::F32, DType::BF16) => {
+                Ok(CudaStorage::new(dev, elementwise::cast::<f32, bf16>(dev, &x.typed(OP)?)?))
+            }
+            (DType::BF16, DType::F32) => {
+                Ok(CudaStorage::new(dev, elementwise::cast::<bf16, f32>(dev, &x.typed(OP)?)?))
+            }
+            (a, b) => Err(Error::Unsupported {
+                op: if a == DType::F64 || b == DType::F64 { "cast to or from f64" } else { "this cast" },
+                device: x.storage.device().to_string(),
+            }),
+        }
+    }
+
+    fn try_clone(&self) -> Result<Self> {
+        const OP: &str = "copy";
+        with_buf!(&self.buf, |s: T| {
+            let out = self.dev.stream().clone_dtod(s).map_err(cuda_err(OP))?;
+            Ok(CudaStorage::new(&self.dev, out))
+        })
+    }
+
+    fn copy_in(&mut self, start: usize, src: View<'_, Self>) -> Result<()> {
+        const OP: &str = "copy (in place)";
+        let dev = self.dev.clone();
+        with_buf!(&src.storage.buf, |_s: T| {
+            let s = src.typed::<T>(OP)?;
+            let mut d = self.typed_mut::<T>(OP, start, src.len)?;
+            dev.stream().memcpy_dtod(&s, &mut d).map_err(cuda_err(OP))
+        })
+    }
+
+    fn add_in(&mut self, start: usize, src: View<'_, Self>) -> Result<()> {
+        const OP: &str = "add (in place)";
+        let dev = self.dev.clone();
+        float!(OP, src.dtype(), |T| {
+            let s = src.typed::<T>(OP)?;
+            let mut d = self.typed_mut::<T>(OP, start, src.len)?;
+            elementwise::add_in_place::<T>(&dev, &mut d, &s)
+        })
+    }
+
+    fn fill_in(&mut self, start: usize, len: usize, value: f64) -> Result<()> {
+        const OP: &str = "fill";
+        if value != 0.0 {
+            return unsupported("fill with a nonzero value", self);
+        }
+        let dev = self.dev.clone();
+        with_buf!(&self.buf, |_s: T| {
+            let mut d = self.typed_mut::<T>(OP, start, len)?;
+            dev.stream().memset_zeros(&mut d).map_err(cuda_err(OP))
+        })
+    }
+
+    fn scale_in(&mut self, _start: usize, _len: usize, _c: f64) -> Result<()> {
+        unsupported("scale", self)
+    }
+
+    fn copy_rows_in(&mut self, _width: usize, _rows: View<'_, Self>, _src: View<'_, Self>) -> Result<()> {
+        unsupported("copy_rows (the key/value cache)", self)
+    }
+
+    fn adamw_step(
+        &mut self,
+        _start: usize,
+        _grad: View<'_, Self>,
+        _m: &mut Self,
+        _v: &mut Self,
+        _h: &AdamWStep,
+    ) -> Result<()> {
+        unsupported("adamw", self)
+    }
+
+    fn sum_squares(x: View<'_, Self>) -> Result<f64> {
+        unsupported("sum_squares (the gradient norm)", x.storage)
+    }
+
+    fn add(a: View<'_, Self>, b: View<'_, Self>) -> Result<Self> {
+        const OP: &str = "add";
+        need(OP, "b", b.len, a.len)?;
+        let dev = a.dev();
+        float!(OP, same_float(OP, &[a, b])?, |T| {
+            Ok(CudaStorage::new(dev, elementwise::add::<T>(dev, &a.typed(OP)?, &b.typed(OP)?)?))
+        })
+    }
+
+    fn embedding_fwd(table: View<'_, Self>, _ids: View<'_, Self>, _dim: usize) -> Result<Self> {
+        unsupported("embedding", table.storage)
+    }
+
+    fn embedding_bwd(dout: View<'_, Self>, _ids: View<'_, Self>, _vocab: usize, _dim: usize) -> Result<Self> {
+        unsupported("embedding backward", dout.storage)
+    }
+
+    fn linear_fwd(
+        x: View<'_, Self>,
+        w: View<'_, Self>,
+        b: Option<View<'_, Self>>,
+        d: LinearDims,
+    ) -> Result<Self> {
+        const OP: &str = "linear";
+        need(OP, "x", x.len, d.n * d.d_in)?;
+        need(OP, "weight", w.len, d.d_in * d.d_out)?;
+        let mut all = vec![x, w];
+        if let Some(b) = b {
+            need(OP, "bias", b.len, d.d_out)?;
+            all.push(b);
+        }
+        let dev = x.dev();
+        float!(OP, same_float(OP, &all)?, |T| {
+            let bias = b.map(|b| b.typed::<T>(OP)).transpose()?;
+            let y = super::linear::linear_fwd::<T>(dev, d, &x.typed(OP)?, &w.typed(OP)?, bias.as_ref())?;
+            Ok(CudaStorage::new(dev, y))
+        })
+    }
+
+    fn linear_bwd(
+        x: View<'_, Self>,
+        w: View<'_, Self>,
+        dy: View<'_, Self>,
+        d: LinearDims,
+        has_bias: bool,
+    ) -> Result<(Self, Self, Option<Self>)> {
+        const OP: &str = "linear backward";
+        need(OP, "x", x.len, d.n * d.d_in)?;
+        need(OP, "weight", w.len, d.d_in * d.d_out)?;
+        need(OP, "dy", dy.len, d.n * d.d_out)?;
+        let dev = x.dev();
+        float!(OP, same_float(OP, &[x, w, dy])?, |T| {
+            let g = super::linear::linear_bwd::<T>(
+                dev,
+                d,
+                &x.typed(OP)?,
+                &w.typed(OP)?,
+                &dy.typed(OP)?,
+                has_bias,
+            )?;
+            Ok((
+                CudaStorage::new(dev, g.dx),
+                CudaStorage::new(dev, g.dw),
+                g.db.map(|db| CudaStorage::new(dev, db)),
+            ))
+        })
+    }
+
+    fn rms_norm_fwd(x: View<'_, Self>, w: View<'_, Self>, cols: usize, eps: f64) -> Result<(Self, Self)> {
+        const OP: &str = "rms_norm";
+        let rows = rows_of(OP, x.len, cols)?;
+        need(OP, "weight", w.len, cols)?;
+        let dev = x.dev();
+        float!(OP, same_float(OP, &[x, w])?, |T| {
+            let (y, rstd) = rms_norm::fwd::<T>(dev, &x.typed(OP)?, &w.typed(OP)?, rows, cols, eps as f32)?;
+            Ok((CudaStorage::new(dev, y), CudaStorage::new(dev, rstd)))
+        })
+    }
+
+    fn rms_norm_bwd(
+        x: View<'_, Self>,
+        w: View<'_, Self>,
+        rstd: View<'_, Self>,
+        dy: View<'_, Self>,
+        cols: usize,
+    ) -> Result<(Self, Self)> {
+        const OP: &str = "rms_norm backward";
+        let rows = rows_of(OP, x.len, cols)?;
+        need(OP, "weight", w.len, cols)?;
+        need(OP, "rstd", rstd.len, rows)?;
+        need(OP, "dy", dy.len, x.len)?;
+        let dev = x.dev();
+        float!(OP, same_float(OP, &[x, w, dy])?, |T| {
+            let (dx, dw) = rms_norm::bwd::<T>(
+                dev,
+                &x.typed(OP)?,
+                &w.typed(OP)?,
+                &rstd.typed::<f32>(OP)?,
+                &dy.typed(OP)?,
+                rows,
+                cols,
+            )?;
+            Ok((CudaStorage::new(dev, dx), CudaStorage::new(dev, dw)))
+        })
+    }
+
+    fn layer_norm_fwd(
+        x: View<'_, Self>,
+        w: View<'_, Self>,
+        b: View<'_, Self>,
+        cols: usize,
+        eps: f64,
+    ) -> Result<(Self, Self, Self)> {
+        const OP: &str = "layer_norm";
+        let rows = rows_of(OP, x.len, cols)?;
+        need(OP, "weight", w.len, cols)?;
+        need(OP, "bias", b.len, cols)?;
+        let dev = x.dev();
+        float!(OP, same_float(OP, &[x, w, b])?, |T| {
+            let (y, mean, rstd) = layer_norm::fwd::<T>(
+                dev,
+                &x.typed(OP)?,
+                &w.typed(OP)?,
+                &b.typed(OP)?,
+                rows,
+                cols,
+                eps as f32,
+            )?;
+            Ok((CudaStorage::new(dev, y), CudaStorage::new(dev, mean), CudaStorage::new(dev, rstd)))
+        })
+    }
+
+    fn layer_norm_bwd(
+        x: View<'_, Self>,
+        w: View<'_, Self>,
+        mean: View<'_, Self>,
+        rstd: View<'_, Self>,
+        dy: View<'_, Self>,
+        cols: usize,
+    ) -> Result<(Self, Self, Self)> {
+        const OP: &str = "layer_norm backward";
+        let rows = rows_of(OP, x.len, cols)?;
+        need(OP, "weight", w.len, cols)?;
+        need(OP, "mean", mean.len, rows)?;
+        need(OP, "rstd", rstd.len, rows)?;
+        need(OP, "dy", dy.len, x.len)?;
+        let dev = x.dev();
+        float!(OP, same_float(OP, &[x, w, dy])?, |T| {
+            let (dx, dw, db) = layer_norm::bwd::<T>(
+                dev,
+                &x.typed(OP)?,
+                &w.typed(OP)?,
+                &mean.typed::<f32>(OP)?,
+                &rstd.typed::<f32>(OP)?,
+                &dy.typed(OP)?,
+                rows,
+                cols,
+            )?;
+            Ok((CudaStorage::new(dev, dx), CudaStorage::new(dev, dw), CudaStorage::new(dev, db)))
+        })
+    }
+
+    fn rope_fwd(x: View<'_, Self>, _positions: View<'_, Self>, _spec: &RopeSpec) -> Result<Self> {
+        unsupported("rope", x.storage)
+    }
+
+    fn rope_bwd(dy: View<'_, Self>, _positions: View<'_, Self>, _spec: &RopeSpec) -> Result<Self> {
+        unsupported("rope backward", dy.storage)
+    }
+
+    fn attention_fwd(
+        q: View<'_, Self>,
+        _k: View<'_, Self>,
+        _v: View<'_, Self>,
+        _lengths: View<'_, Self>,
+        _d: &AttnDims,
+    ) -> Result<(Self, Self)> {
+        unsupported("attention", q.storage)
+    }
+
+    fn attention_bwd(
+        q: View<'_, Self>,
+        _k: View<'_, Self>,
+        _v: View<'_, Self>,
+        _lengths: View<'_, Self>,
+        _out: View<'_, Self>,
+        _lse: View<'_, Self>,
+        _dout: View<'_, Self>,
+        _d: &AttnDims,
+    ) -> Result<(Self, Self, Self)> {
+        unsupported("attention backward", q.storage)
+    }
+
+    fn attention_cached_fwd(
+        q: View<'_, Self>,
+        _k_cache: View<'_, Self>,
+        _v_cache: View<'_, Self>,
+        _seq: View<'_, Self>,
+        _pos: View<'_, Self>,
+        _d: &CachedAttnDims,
+    ) -> Result<Self> {
+        unsupported("cached attention (generation)", q.storage)
+    }
+
+    fn gelu_fwd(x: View<'_, Self>) -> Result<Self> {
+        unsupported("gelu", x.storage)
+    }
+
+    fn gelu_bwd(x: View<'_, Self>, _dy: View<'_, Self>) -> Result<Self> {
+        unsupported("gelu backward", x.storage)
+    }
+
+    fn swiglu_fwd(gate: View<'_, Self>, _up: View<'_, Self>) -> Result<Self> {
+        unsupported("swiglu", gate.storage)
+    }
+
+    fn swiglu_bwd(gate: View<'_, Self>, _up: View<'_, Self>, _dy: View<'_, Self>) -> Result<(Self, Self)> {
+        unsupported("swiglu backward", gate.storage)
+    }
+
+    fn narrow_cols_fwd(x: View<'_, Self>, _width: usize, _start: usize, _len: usize) -> Result<Self> {
+        unsupported("narrow_cols", x.storage)
+    }
+
+    fn narrow_cols_bwd(dy: View<'_, Self>, _width: usize, _start: usize, _len: usize) -> Result<Self> {
+        unsupported("narrow_cols backward", dy.storage)
+    }
+
+    fn cross_entropy(
+        logits: View<'_, Self>,
+        _targets: View<'_, Self>,
+        _spec: &LossSpec,
+    ) -> Result<(Self, Option<Self>)> {
+        unsupported("cross_entropy", logits.storage)
+    }
+
+    fn divergence(
+        student: View<'_, Self>,
+        teacher: View<'_, Self>,
+        mask: Option<View<'_, Self>>,
+        spec: &LossSpec,
+    ) -> Result<(Self, Option<Self>)> {
+        const OP: &str = "divergence";
+        let LossKind::Divergence { divergence, temperature } = spec.kind else {
+            return Err(Error::Msg(format!("{OP}: the loss must be a divergence")));
+        };
+        need(OP, "student", student.len, spec.rows * spec.vocab)?;
+        need(OP, "teacher", teacher.len, student.len)?;
+        let dev = student.dev();
+        let launch = DivergenceLaunch {
+            rows: spec.rows,
+            vocab: spec.vocab,
+            ld: spec.vocab,
+            divergence,
+            temperature: temperature as f32,
+            scale: spec.scale as f32,
+            path: KernelPath::Auto,
+        };
+        let mask = mask.map(|m| m.typed::<u8>(OP)).transpose()?;
+        float!(OP, same_float(OP, &[student, teacher])?, |T| {
+            divergence_into::<T>(
+                dev,
+                &launch,
+                &student.typed(OP)?,
+                &teacher.typed(OP)?,
+                mask.as_ref(),
+                spec.want_grad,
+            )
+        })
+    }
+
+    fn linear_loss(
+        hidden: View<'_, Self>,
+        head: View<'_, Self>,
+        target: LossTarget<'_, Self>,
+        spec: &LinearLossSpec,
+    ) -> Result<LinearLossOut<Self>> {
+        const OP: &str = "linear_loss";
+        let (n, h, v) = (spec.loss.rows, spec.hidden, spec.loss.vocab);
+        let (LossKind::Divergence { divergence, temperature }, LossTarget::Teacher { hidden: th, head: tw }) =
+            (spec.loss.kind, target)
+        else {
+            return unsupported("cross-entropy through the output head", hidden.storage);
+        };
+        let ht = spec.teacher_hidden;
+        need(OP, "hidden", hidden.len, n * h)?;
+        need(OP, "head", head.len, spec.head_rows * h)?;
+        need(OP, "teacher hidden", th.len, n * ht)?;
+        need(OP, "teacher head", tw.len, spec.teacher_head_rows * ht)?;
+        if spec.head_rows < v || spec.teacher_head_rows < v {
+            return shape_err(
+                OP,
+                format!(
+                    "heads of {} and {} rows for a vocabulary of {v}",
+                    spec.head_rows, spec.teacher_head_rows
+                ),
+            );
+        }
+        let dev = hidden.dev();
+        let p = LinearDivergence {
+            rows: n,
+            student_dim: h,
+            teacher_dim: ht,
+            vocab: v,
+            divergence,
+            temperature: temperature as f32,
+            scale: spec.loss.scale as f32,
+            chunk_rows: spec.chunk_rows,
+            path: KernelPath::Auto,
+        };
+        float!(OP, same_float(OP, &[hidden, head, th, tw])?, |T| {
+            let (hs, ws, hts, wts) =
+                (hidden.typed::<T>(OP)?, head.typed::<T>(OP)?, th.typed::<T>(OP)?, tw.typed::<T>(OP)?);
+            let x = LinearDivergenceInputs {
+                student_hidden: &hs,
+                student_head: &ws,
+                teacher_hidden: &hts,
+                teacher_head: &wts,
+                row_mask: None,
+            };
+            let mut d_hidden: CudaSlice<T> = dev.zeros_of(n * h, OP)?;
+            let mut d_head: CudaSlice<f32> = dev.zeros_of(spec.head_rows * h, OP)?;
+            let (row_loss, _) = p.run_rows(
+                dev,
+                &x,
+                &mut d_hidden.slice_mut(..),
+                &mut d_head.slice_mut(..),
+                spec.loss.want_grad,
+            )?;
+            Ok(LinearLossOut {
+                row_loss: CudaStorage::new(dev, row_loss),
+                d_hidden: spec.loss.want_grad.then(|| CudaStorage::new(dev, d_hidden)),
+                d_head: spec.loss.want_grad.then(|| CudaStorage::new(dev, d_head)),
+            })
+        })
+    }
+}
+
+fn rows_of(op: &'static str, len: usize, cols: usize) -> Result<usize> {
+    if cols == 0 || len % cols != 0 || len / cols > i32::MAX as usize || cols > i32::MAX as usize {
+        return shape_err(op, format!("{len} elements are not rows of {cols} (32-bit indexing)"));
+    }
+    Ok(len / cols)
+}
+
+/// The fused divergence into fresh buffers: (row losses f32, the gradient when asked for).
+fn divergence_into<T: DivElem + CudaElem + GemmElem>(
+    dev: &Arc<CudaDevice>,
+    launch: &DivergenceLaunch,
+    student: &CudaView<'_, T>,
+    teacher: &CudaView<'_, T>,
+    mask: Option<&CudaView<'_, u8>>,
+    want_grad: bool,
+) -> Result<(CudaStorage, Option<CudaStorage>)> {
+    const OP: &str = "divergence";
+    let mut row_loss: CudaSlice<f32> = dev.zeros_of(launch.rows.max(1), OP)?;
+    let grad = if want_grad {
+        // SAFETY: the kernel writes every gradient element (masked rows too).
+        let mut g: CudaSlice<T> = unsafe { dev.alloc_of(student.len().max(1), OP)? };
+        divergence_fwd_bwd(
+            dev,
+            launch,
+            StudentGrad::Into { student: student.slice(..), grad: g.slice_mut(..student.len()) },
+            teacher,
+            mask,
+            &mut row_loss.slice_mut(..launch.rows),
+        )?;
+        Some(g)
+    } else {
+        divergence_fwd_bwd(
+            dev,
+            launch,
+            StudentGrad::LossOnly(student.slice(..)),
+            teacher,
+            mask,
+            &mut row_loss.slice_mut(..launch.rows),
+        )?;
+        None
+    };
+    Ok((CudaStorage::new(dev, row_loss), grad.map(|g| CudaStorage::new(dev, g))))
+}

@@ -1,0 +1,458 @@
+//! A tensor's storage on its device, and the one place that matches on the device: every op of
+//! the backend contract is forwarded from here to the backend that holds its inputs (inputs on
+//! different devices are an error naming both).
+
+use crate::backend::cuda::{CudaDevice, CudaStorage};
+use crate::backend::ops::{
+    AdamWStep, AttnDims, CachedAttnDims, LinearDims, LinearLossSpec, LossSpec, RopeSpec,
+};
+use crate::backend::{BackendStorage, CpuStorage, DType, Device, Layout, LinearLossOut, LossTarget, View};
+use crate::error::{Error, Result};
+
+#[derive(Debug)]
+pub enum Storage {
+    Cpu(CpuStorage),
+    Cuda(CudaStorage),
+}
+
+/// Inputs of one op, all on one backend.
+enum Views<'a> {
+    Cpu(Vec<View<'a, CpuStorage>>),
+    Cuda(Vec<View<'a, CudaStorage>>),
+}
+
+fn mismatch(op: &'static str, a: &Storage, b: &Storage) -> Error {
+    Error::DeviceMismatch { op, a: a.device().to_string(), b: b.device().to_string() }
+}
+
+fn split<'a>(op: &'static str, views: &[View<'a, Storage>]) -> Result<Views<'a>> {
+    let first = views[0].storage;
+    match first {
+        Storage::Cpu(_) => views
+            .iter()
+            .map(|v| match v.storage {
+                Storage::Cpu(s) => Ok(View::new(s, v.start, v.len)),
+                other => Err(mismatch(op, first, other)),
+            })
+            .collect::<Result<_>>()
+            .map(Views::Cpu),
+        Storage::Cuda(f) => views
+            .iter()
+            .map(|v| match v.storage {
+                Storage::Cuda(s) if s.dev.ordinal() == f.dev.ordinal() => Ok(View::new(s, v.start, v.len)),
+                other => Err(mismatch(op, first, other)),
+            })
+            .collect::<Result<_>>()
+            .map(Views::Cuda),
+    }
+}
+
+/// A backend's output, wrapped back into `Storage`.
+pub(crate) trait Lift {
+    type Out;
+    fn lift(self) -> Self::Out;
+}
+impl Lift for CpuStorage {
+    type Out = Storage;
+    fn lift(self) -> Storage {
+        Storage::Cpu(self)
+    }
+}
+impl Lift for CudaStorage {
+    type Out = Storage;
+    fn lift(self) -> Storage {
+        Storage::Cuda(self)
+    }
+}
+impl<A: Lift> Lift for Option<A> {
+    type Out = Option<A::Out>;
+    fn lift(self) -> Self::Out {
+        self.map(A::lift)
+    }
+}
+impl<A: Lift, B: Lift> Lift for (A, B) {
+    type Out = (A::Out, B::Out);
+    fn lift(self) -> Self::Out {
+        (self.0.lift(), self.1.lift())
+    }
+}
+impl<A: Lift, B: Lift, C: Lift> Lift for (A, B, C) {
+    type Out = (A::Out, B::Out, C::Out);
+    fn lift(self) -> Self::Out {
+        (self.0.lift(), self.1.lift(), self.2.lift())
+    }
+}
+impl<S: Lift<Out = Storage>> Lift for LinearLossOut<S> {
+    type Out = LinearLossOut<Storage>;
+    fn lift(self) -> Self::Out {
+        LinearLossOut {
+            row_loss: self.row_loss.lift(),
+            d_hidden: self.d_hidden.lift(),
+            d_head: self.d_head.lift(),
+        }
+    }
+}
+
+/// Calls `$call` on the backend all `$views` live on, `$B` naming its storage type and `$v` its
+/// views (in the order given), and wraps the result back.
+macro_rules! dispatch {
+    ($op:expr, [$($x:expr),* $(,)?], |$B:ident, $v:ident| $call:expr) => {
+        match split($op, &[$($x),*])? {
+            Views::Cpu($v) => {
+                type $B = CpuStorage;
+                $call.map(Lift::lift)
+            }
+            Views::Cuda($v) => {
+                type $B = CudaStorage;
+                $call.map(Lift::lift)
+            }
+        }
+    };
+}
+
+impl Storage {
+    pub fn zeros(device: Device, dtype: DType, n: usize) -> Result<Storage> {
+        Ok(match device {
+            Device::Cpu => Storage::Cpu(CpuStorage::zeros(dtype, n)),
+            Device::Cuda(i) => Storage::Cuda(CudaStorage::zeros(&CudaDevice::get(i)?, dtype, n)?),
+        })
+    }
+
+    pub fn from_host(device: Device, host: CpuStorage) -> Result<Storage> {
+        Ok(match device {
+            Device::Cpu => Storage::Cpu(host),
+            Device::Cuda(i) => Storage::Cuda(CudaStorage::upload(&CudaDevice::get(i)?, &host)?),
+        })
+    }
+
+    pub fn dtype(&self) -> DType {
+        match self {
+            Storage::Cpu(s) => BackendStorage::dtype(s),
+            Storage::Cuda(s) => s.dtype(),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        match self {
+            Storage::Cpu(s) => BackendStorage::len(s),
+            Storage::Cuda(s) => s.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn device(&self) -> Device {
+        match self {
+            Storage::Cpu(_) => Device::Cpu,
+            Storage::Cuda(s) => s.device(),
+        }
+    }
+
+    pub fn to_host(x: View<'_, Storage>) -> Result<CpuStorage> {
+        match x.storage {
+            Storage::Cpu(s) => CpuStorage::to_host(View::new(s, x.start, x.len)),
+            Storage::Cuda(s) => CudaStorage::to_host(View::new(s, x.start, x.len)),
+        }
+    }
+
+    pub fn copy_strided(&self, layout: &Layout) -> Result<Storage> {
+        Ok(match self {
+            Storage::Cpu(s) => Storage::Cpu(s.copy_strided(layout)?),
+            Storage::Cuda(s) => Storage::Cuda(s.copy_strided(layout)?),
+        })
+    }
+
+    pub fn try_clone(&self) -> Result<Storage> {
+        Ok(match self {
+            Storage::Cpu(s) => Storage::Cpu(s.try_clone()?),
+            Storage::Cuda(s) => Storage::Cuda(s.try_clone()?),
+        })
+    }
+
+    pub fn cast(x: View<'_, Storage>, dtype: DType) -> Result<Storage> {
+        dispatch!("cast", [x], |B, v| B::cast(v[0], dtype))
+    }
+
+    // ---- in place -------------------------------------------------------------------------
+
+    pub fn copy_in(&mut self, start: usize, src: View<'_, Storage>) -> Result<()> {
+        match (&mut *self, src.storage) {
+            (Storage::Cpu(d), Storage::Cpu(s)) => d.copy_in(start, View::new(s, src.start, src.len)),
+            (Storage::Cuda(d), Storage::Cuda(s)) => d.copy_in(start, View::new(s, src.start, src.len)),
+            (_, s) => Err(mismatch("copy", self, s)),
+        }
+    }
+
+    pub fn add_in(&mut self, start: usize, src: View<'_, Storage>) -> Result<()> {
+        match (&mut *self, src.storage) {
+            (Storage::Cpu(d), Storage::Cpu(s)) => d.add_in(start, View::new(s, src.start, src.len)),
+            (Storage::Cuda(d), Storage::Cuda(s)) => d.add_in(start, View::new(s, src.start, src.len)),
+            (_, s) => Err(mismatch("add (in place)", self, s)),
+        }
+    }
+
+    pub fn fill_in(&mut self, start: usize, len: usize, value: f64) -> Result<()> {
+        match self {
+            Storage::Cpu(s) => s.fill_in(start, len, value),
+            Storage::Cuda(s) => s.fill_in(start, len, value),
+        }
+    }
+
+    pub fn scale_in(&mut self, start: usize, len: usize, c: f64) -> Result<()> {
+        match self {
+            Storage::Cpu(s) => s.scale_in(start, len, c),
+            Storage::Cuda(s) => s.scale_in(start, len, c),
+        }
+    }
+
+    pub fn copy_rows_in(
+        &mut self,
+        width: usize,
+        rows: View<'_, Storage>,
+        src: View<'_, Storage>,
+    ) -> Result<()> {
+        const OP: &str = "copy_rows";
+        match (&mut *self, rows.storage, src.storage) {
+            (Storage::Cpu(d), Storage::Cpu(r), Storage::Cpu(s)) => {
+                d.copy_rows_in(width, View::new(r, rows.start, rows.len), View::new(s, src.start, src.len))
+            }
+            (Storage::Cuda(d), Storage::Cuda(r), Storage::Cuda(s)) => {
+                d.copy_rows_in(width, View::new(r, rows.start, rows.len), View::new(s, src.start, src.len))
+            }
+            (_, r, s) => Err(mismatch(OP, if r.device() == self.device() { s } else { r }, self)),
+        }
+    }
+
+    pub fn adamw_step(
+        &mut self,
+        start: usize,
+        grad: View<'_, Storage>,
+        m: &mut Storage,
+        v: &mut Storage,
+        h: &AdamWStep,
+    ) -> Result<()> {
+        match (&mut *self, grad.storage, m, v) {
+            (Storage::Cpu(p), Storage::Cpu(g), Storage::Cpu(m), Storage::Cpu(v)) => {
+                p.adamw_step(start, View::new(g, grad.start, grad.len), m, v, h)
+            }
+            (Storage::Cuda(p), Storage::Cuda(g), Storage::Cuda(m), Storage::Cuda(v)) => {
+                p.adamw_step(start, View::new(g, grad.start, grad.len), m, v, h)
+            }
+            (_, g, _, _) => Err(mismatch("adamw", self, g)),
+        }
+    }
+
+    pub fn sum_squares(x: View<'_, Storage>) -> Result<f64> {
+        match x.storage {
+            Storage::Cpu(s) => CpuStorage::sum_squares(View::new(s, x.start, x.len)),
+            Storage::Cuda(s) => CudaStorage::sum_squares(View::new(s, x.start, x.len)),
+        }
+    }
+
+    // ---- ops ------------------------------------------------------------------------------
+
+    pub fn add(a: View<'_, Storage>, b: View<'_, Storage>) -> Result<Storage> {
+        dispatch!("add", [a, b], |B, v| B::add(v[0], v[1]))
+    }
+
+    pub fn embedding_fwd(table: View<'_, Storage>, ids: View<'_, Storage>, dim: usize) -> Result<Storage> {
+        dispatch!("embedding", [table, ids], |B, v| B::embedding_fwd(v[0], v[1], dim))
+    }
+
+    pub fn embedding_bwd(
+        dout: View<'_, Storage>,
+        ids: View<'_, Storage>,
+        vocab: usize,
+        dim: usize,
+    ) -> Result<Storage> {
+        dispatch!("embedding backward", [dout, ids], |B, v| B::embedding_bwd(v[0], v[1], vocab, dim))
+    }
+
+    pub fn linear_fwd(
+        x: View<'_, Storage>,
+        w: View<'_, Storage>,
+        b: Option<View<'_, Storage>>,
+        d: LinearDims,
+    ) -> Result<Storage> {
+        match b {
+            Some(b) => dispatch!("linear", [x, w, b], |B, v| B::linear_fwd(v[0], v[1], Some(v[2]), d)),
+            None => dispatch!("linear", [x, w], |B, v| B::linear_fwd(v[0], v[1], None, d)),
+        }
+    }
+
+    pub fn linear_bwd(
+        x: View<'_, Storage>,
+        w: View<'_, Storage>,
+        dy: View<'_, Storage>,
+        d: LinearDims,
+        has_bias: bool,
+    ) -> Result<(Storage, Storage, Option<Storage>)> {
+        dispatch!("linear backward", [x, w, dy], |B, v| B::linear_bwd(v[0], v[1], v[2], d, has_bias))
+    }
+
+    pub fn rms_norm_fwd(
+        x: View<'_, Storage>,
+        w: View<'_, Storage>,
+        cols: usize,
+        eps: f64,
+    ) -> Result<(Storage, Storage)> {
+        dispatch!("rms_norm", [x, w], |B, v| B::rms_norm_fwd(v[0], v[1], cols, eps))
+    }
+
+    pub fn rms_norm_bwd(
+        x: View<'_, Storage>,
+        w: View<'_, Storage>,
+        rstd: View<'_, Storage>,
+        dy: View<'_, Storage>,
+        cols: usize,
+    ) -> Result<(Storage, Storage)> {
+        dispatch!("rms_norm backward", [x, w, rstd, dy], |B, v| B::rms_norm_bwd(v[0], v[1], v[2], v[3], cols))
+    }
+
+    pub fn layer_norm_fwd(
+        x: View<'_, Storage>,
+        w: View<'_, Storage>,
+        b: View<'_, Storage>,
+        cols: usize,
+        eps: f64,
+    ) -> Result<(Storage, Storage, Storage)> {
+        dispatch!("layer_norm", [x, w, b], |B, v| B::layer_norm_fwd(v[0], v[1], v[2], cols, eps))
+    }
+
+    pub fn layer_norm_bwd(
+        x: View<'_, Storage>,
+        w: View<'_, Storage>,
+        mean: View<'_, Storage>,
+        rstd: View<'_, Storage>,
+        dy: View<'_, Storage>,
+        cols: usize,
+    ) -> Result<(Storage, Storage, Storage)> {
+        dispatch!("layer_norm backward", [x, w, mean, rstd, dy], |B, v| {
+            B::layer_norm_bwd(v[0], v[1], v[2], v[3], v[4], cols)
+        })
+    }
+
+    pub fn rope_fwd(x: View<'_, Storage>, positions: View<'_, Storage>, spec: &RopeSpec) -> Result<Storage> {
+        dispatch!("rope", [x, positions], |B, v| B::rope_fwd(v[0], v[1], spec))
+    }
+
+    pub fn rope_bwd(dy: View<'_, Storage>, positions: View<'_, Storage>, spec: &RopeSpec) -> Result<Storage> {
+        dispatch!("rope backward", [dy, positions], |B, v| B::rope_bwd(v[0], v[1], spec))
+    }
+
+    pub fn attention_fwd(
+        q: View<'_, Storage>,
+        k: View<'_, Storage>,
+        v: View<'_, Storage>,
+        lengths: View<'_, Storage>,
+        d: &AttnDims,
+    ) -> Result<(Storage, Storage)> {
+        dispatch!("attention", [q, k, v, lengths], |B, x| B::attention_fwd(x[0], x[1], x[2], x[3], d))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub fn attention_bwd(
+        q: View<'_, Storage>,
+        k: View<'_, Storage>,
+        v: View<'_, Storage>,
+        lengths: View<'_, Storage>,
+        out: View<'_, Storage>,
+        lse: View<'_, Storage>,
+        dout: View<'_, Storage>,
+        d: &AttnDims,
+    ) -> Result<(Storage, Storage, Storage)> {
+        dispatch!("attention backward", [q, k, v, lengths, out, lse, dout], |B, x| {
+            B::attention_bwd(x[0], x[1], x[2], x[3], x[4], x[5], x[6], d)
+        })
+    }
+
+    pub fn attention_cached_fwd(
+        q: View<'_, Storage>,
+        k_cache: View<'_, Storage>,
+        v_cache: View<'_, Storage>,
+        seq: View<'_, Storage>,
+        pos: View<'_, Storage>,
+        d: &CachedAttnDims,
+    ) -> Result<Storage> {
+        dispatch!("cached attention", [q, k_cache, v_cache, seq, pos], |B, x| {
+            B::attention_cached_fwd(x[0], x[1], x[2], x[3], x[4], d)
+        })
+    }
+
+    pub fn gelu_fwd(x: View<'_, Storage>) -> Result<Storage> {
+        dispatch!("gelu", [x], |B, v| B::gelu_fwd(v[0]))
+    }
+
+    pub fn gelu_bwd(x: View<'_, Storage>, dy: View<'_, Storage>) -> Result<Storage> {
+        dispatch!("gelu backward", [x, dy], |B, v| B::gelu_bwd(v[0], v[1]))
+    }
+
+    pub fn swiglu_fwd(gate: View<'_, Storage>, up: View<'_, Storage>) -> Result<Storage> {
+        dispatch!("swiglu", [gate, up], |B, v| B::swiglu_fwd(v[0], v[1]))
+    }
+
+    pub fn swiglu_bwd(
+        gate: View<'_, Storage>,
+        up: View<'_, Storage>,
+        dy: View<'_, Storage>,
+    ) -> Result<(Storage, Storage)> {
+        dispatch!("swiglu backward", [gate, up, dy], |B, v| B::swiglu_bwd(v[0], v[1], v[2]))
+    }
+
+    pub fn narrow_cols_fwd(x: View<'_, Storage>, width: usize, start: usize, len: usize) -> Result<Storage> {
+        dispatch!("narrow_cols", [x], |B, v| B::narrow_cols_fwd(v[0], width, start, len))
+    }
+
+    pub fn narrow_cols_bwd(dy: View<'_, Storage>, width: usize, start: usize, len: usize) -> Result<Storage> {
+        dispatch!("narrow_cols backward", [dy], |B, v| B::narrow_cols_bwd(v[0], width, start, len))
+    }
+
+    pub fn cross_entropy(
+        logits: View<'_, Storage>,
+        targets: View<'_, Storage>,
+        spec: &LossSpec,
+    ) -> Result<(Storage, Option<Storage>)> {
+        dispatch!("cross_entropy", [logits, targets], |B, v| B::cross_entropy(v[0], v[1], spec))
+    }
+
+    pub fn divergence(
+        student: View<'_, Storage>,
+        teacher: View<'_, Storage>,
+        mask: Option<View<'_, Storage>>,
+        spec: &LossSpec,
+    ) -> Result<(Storage, Option<Storage>)> {
+        match mask {
+            Some(m) => dispatch!("divergence", [student, teacher, m], |B, v| B::divergence(
+                v[0],
+                v[1],
+                Some(v[2]),
+                spec
+            )),
+            None => dispatch!("divergence", [student, teacher], |B, v| B::divergence(v[0], v[1], None, spec)),
+        }
+    }
+
+    pub fn linear_loss(
+        hidden: View<'_, Storage>,
+        head: View<'_, Storage>,
+        target: LossTarget<'_, Storage>,
+        spec: &LinearLossSpec,
+    ) -> Result<LinearLossOut<Storage>> {
+        const OP: &str = "linear_loss";
+        match target {
+            LossTarget::Tokens(t) => {
+                dispatch!(OP, [hidden, head, t], |B, v| B::linear_loss(
+                    v[0],
+                    v[1],
+                    LossTarget::Tokens(v[2]),
+                    spec
+                ))
+            }
+            LossTarget::Teacher { hidden: th, head: tw } => dispatch!(OP, [hidden, head, th, tw], |B, v| {
+                B::linear_loss(v[0], v[1], LossTarget::Teacher { hidden: v[2], head: v[3] }, spec)
+            }),
+        }
+    }
+}

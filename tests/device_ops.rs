@@ -1,0 +1,267 @@
+//! Every op of the backend contract on every backend, through the tape, against the CPU f32
+//! reference: values and gradients (the harness in tests/common/harness.rs, the cases listed once
+//! in tests/common/ops.rs). The CUDA half runs wherever a GPU exists and prints SKIPPED elsewhere;
+//! an op the CUDA backend has no kernel for yet prints UNSUPPORTED. Also here: the harness rejects
+//! wrong outputs, the cached attention equals the full one, and the in-place memory operations.
+
+mod common;
+
+use common::harness::{check, compare, corrupt, run, Corruption};
+use common::{cuda_or_skip, ops, visible};
+use gkd::autograd::{CachedAttnDims, Tape, Var};
+use gkd::backend::ops::{AdamWStep, AttnDims};
+use gkd::{DType, Device, Error, Tensor};
+
+#[test]
+fn every_op_small_shapes() {
+    for case in ops::small() {
+        check(&case);
+    }
+}
+
+#[test]
+fn every_op_large_shapes() {
+    for case in ops::large() {
+        check(&case);
+    }
+}
+
+/// The harness's own test: outputs that are zeros, sign-flipped or shifted by a row fail it, on
+/// every case (and the correct outcome from the f64 backend passes).
+#[test]
+fn harness_rejects_wrong_outputs() {
+    for case in ops::small() {
+        let want = run(&case, Device::Cpu, DType::F32, DType::F32).unwrap();
+        let exact = run(&case, Device::Cpu, DType::F64, DType::F32).unwrap();
+        compare(&exact, &want, case.tol.f32).unwrap_or_else(|e| panic!("{}: {e}", case.name));
+        for c in [Corruption::Zeros, Corruption::SignFlip, Corruption::ShiftRow] {
+            let wrong = corrupt(&want, c);
+            if c == Corruption::ShiftRow && wrong.out == want.out {
+                continue; // a one-row (scalar) output has no row to shift
+            }
+            assert!(
+                compare(&wrong, &want, case.tol.bf16).is_err(),
+                "{}: {c:?} passed the harness",
+                case.name
+            );
+        }
+    }
+}
+
+/// Prefill 3 tokens of one sequence, then 2 single tokens, through the cache: the same as
+/// attention over all 5 at once; a second sequence in the cache is not read.
+#[test]
+fn cached_attention_equals_full_attention() {
+    let (hq, hkv, dh, t) = (4usize, 2usize, 3usize, 5usize);
+    let q = common::harness::normals(t * hq * dh, 0.0, 1.0, 1);
+    let k = common::harness::normals(t * hkv * dh, 0.0, 1.0, 2);
+    let v = common::harness::normals(t * hkv * dh, 0.0, 1.0, 3);
+    let mut devices = vec![Device::Cpu];
+    if let Some(d) = cuda_or_skip("device_ops::cached_attention_equals_full_attention") {
+        devices.push(Device::Cuda(d.ordinal()));
+    }
+    for device in devices {
+        let tensor = |x: &[f64], rows: usize, width: usize| -> Tensor {
+            Tensor::from_vec(x.to_vec(), [rows, width])
+                .unwrap()
+                .to_dtype(DType::F32)
+                .unwrap()
+                .to_device(device)
+                .unwrap()
+        };
+        let mut tape = Tape::no_grad();
+        let full = tape.attention(
+            &Var::constant(tensor(&q, t, hq * dh)),
+            &Var::constant(tensor(&k, t, hkv * dh)),
+            &Var::constant(tensor(&v, t, hkv * dh)),
+            AttnDims::new(1, t, hq, hkv, dh),
+            &Tensor::from_u32(&[t as u32], device).unwrap(),
+        );
+        let full = match full {
+            Err(Error::Unsupported { op, .. }) => {
+                visible(&format!(
+                    "UNSUPPORTED device_ops::cached_attention_equals_full_attention on {device}: {op}"
+                ));
+                continue;
+            }
+            r => r.unwrap().value().to_vec_f64().unwrap(),
+        };
+        let capacity = 6;
+        let kv = hkv * dh;
+        let (mut kc, mut vc) = (
+            Tensor::zeros([2 * capacity, kv], DType::F32, device).unwrap(),
+            Tensor::zeros([2 * capacity, kv], DType::F32, device).unwrap(),
+        );
+        // Sequence 1 holds garbage that must not leak into sequence 0.
+        let junk = tensor(&vec![50.0; capacity * kv], capacity, kv);
+        let rows1: Vec<u32> = (capacity as u32..2 * capacity as u32).collect();
+        kc.copy_rows_(kv, &Tensor::from_u32(&rows1, device).unwrap(), &junk).unwrap();
+        vc.copy_rows_(kv, &Tensor::from_u32(&rows1, device).unwrap(), &junk).unwrap();
+        let mut got = Vec::new();
+        for (a, b) in [(0usize, 3usize), (3, 4), (4, 5)] {
+            let pos: Vec<u32> = (a as u32..b as u32).collect();
+            let rows = Tensor::from_u32(&pos, device).unwrap();
+            kc.copy_rows_(kv, &rows, &tensor(&k[a * kv..b * kv], b - a, kv)).unwrap();
+            vc.copy_rows_(kv, &rows, &tensor(&v[a * kv..b * kv], b - a, kv)).unwrap();
+            let d = CachedAttnDims {
+                rows: b - a,
+                batch: 2,
+                capacity,
+                q_heads: hq,
+                kv_heads: hkv,
+                head_dim: dh,
+                scale: 1.0 / (dh as f64).sqrt(),
+            };
+            let out = tape
+                .attention_cached(
+                    &Var::constant(tensor(&q[a * hq * dh..b * hq * dh], b - a, hq * dh)),
+                    &kc,
+                    &vc,
+                    &Tensor::from_u32(&vec![0; b - a], device).unwrap(),
+                    &rows,
+                    d,
+                )
+                .unwrap();
+            got.extend(out.value().to_vec_f64().unwrap());
+        }
+        for (i, (x, y)) in got.iter().zip(&full).enumerate() {
+            assert!((x - y).abs() < 1e-5, "{device} [{i}]: cached {x} vs full {y}");
+        }
+        // A tape that records gradients refuses the cached attention (it has no backward).
+        let mut grad_tape = Tape::new();
+        let qv = grad_tape.leaf(tensor(&q[..hq * dh], 1, hq * dh), true);
+        let d = CachedAttnDims {
+            rows: 1,
+            batch: 2,
+            capacity,
+            q_heads: hq,
+            kv_heads: hkv,
+            head_dim: dh,
+            scale: 1.0,
+        };
+        let zero = Tensor::from_u32(&[0], device).unwrap();
+        assert!(grad_tape.attention_cached(&qv, &kc, &vc, &zero, &zero, d).is_err());
+    }
+}
+
+/// The memory operations of the contract (in place: add, copy, fill, scale, rows; the sum of
+/// squares; the AdamW step; bf16 ↔ f32 casts) on every backend against the CPU.
+#[test]
+fn in_place_operations_match_the_cpu() {
+    let n = 1000;
+    let a = common::harness::normals(n, 0.0, 1.0, 31);
+    let b = common::harness::normals(n, 0.0, 1.0, 32);
+    let run_on = |device: Device| -> Vec<(&'static str, gkd::Result<Vec<f64>>)> {
+        let t = |x: &[f64]| {
+            Tensor::from_vec(x.to_vec(), [x.len()])
+                .unwrap()
+                .to_dtype(DType::F32)
+                .unwrap()
+                .to_device(device)
+                .unwrap()
+        };
+        let mut out = Vec::new();
+        let mut x = t(&a);
+        out.push(("add_at", x.add_at(100, &t(&b[..500])).and_then(|()| x.to_vec_f64())));
+        let mut x = t(&a);
+        out.push(("copy_at", x.copy_at(7, &t(&b[..300])).and_then(|()| x.to_vec_f64())));
+        let mut x = t(&a);
+        out.push(("fill", x.fill_(0.0).and_then(|()| x.to_vec_f64())));
+        let mut x = t(&a);
+        out.push(("scale", x.scale_(-0.37).and_then(|()| x.to_vec_f64())));
+        out.push(("sum_squares", t(&a).sum_squares().map(|s| vec![s])));
+        let mut x = t(&a).reshape([100, 10]).unwrap();
+        let rows = Tensor::from_u32(&[5, 0, 99], device).unwrap();
+        out.push(("copy_rows", x.copy_rows_(10, &rows, &t(&b[..30])).and_then(|()| x.to_vec_f64())));
+        let (mut p, mut m, mut v) = (t(&a), t(&vec![0.0; n]), t(&vec![0.0; n]));
+        let h = AdamWStep {
+            decay: 0.99,
+            one_minus_beta1: 0.1,
+            beta2: 0.999,
+            one_minus_beta2: 0.001,
+            neg_step_size: -0.01,
+            bc2_sqrt: 0.0316,
+            eps: 1e-8,
+        };
+        let r = p
+            .adamw_step_at(200, &t(&b[..600]), &mut m, &mut v, &h)
+            .and_then(|()| Ok([p.to_vec_f64()?, m.to_vec_f64()?, v.to_vec_f64()?].concat()));
+        out.push(("adamw", r));
+        out.push((
+            "cast",
+            t(&a).to_dtype(DType::BF16).and_then(|x| x.to_dtype(DType::F32)).and_then(|x| x.to_vec_f64()),
+        ));
+        out
+    };
+    let want = run_on(Device::Cpu);
+    for (name, r) in &want {
+        assert!(r.is_ok(), "cpu {name}: {:?}", r.as_ref().err());
+    }
+    // The CPU results against what the operations mean.
+    let w = |name: &str| want.iter().find(|(n, _)| *n == name).unwrap().1.as_ref().unwrap().clone();
+    let f32v = |x: f64| x as f32 as f64;
+    assert_eq!(w("add_at")[150], f32v(f32v(a[150]) + f32v(b[50])));
+    assert_eq!(w("add_at")[99], f32v(a[99]));
+    assert_eq!(w("copy_at")[7..307], b[..300].iter().map(|&x| f32v(x)).collect::<Vec<_>>());
+    assert!(w("fill").iter().all(|&x| x == 0.0));
+    assert_eq!(w("scale")[3], (f32v(a[3]) as f32 * -0.37f32) as f64);
+    let ss: f64 = a.iter().map(|&x| f32v(x) * f32v(x)).sum();
+    assert!((w("sum_squares")[0] - ss).abs() < 1e-9 * ss);
+    assert_eq!(w("copy_rows")[990..1000], b[20..30].iter().map(|&x| f32v(x)).collect::<Vec<_>>());
+    assert_eq!(w("copy_rows")[10..20], a[10..20].iter().map(|&x| f32v(x)).collect::<Vec<_>>());
+    let adam = w("adamw");
+    assert_eq!(adam[199], f32v(a[199]), "outside the range: untouched");
+    assert_ne!(adam[200], f32v(a[200]));
+    assert!(w("cast").iter().zip(&a).all(|(c, x)| (c - x).abs() <= x.abs() / 256.0));
+
+    let Some(dev) = cuda_or_skip("device_ops::in_place_operations_match_the_cpu") else { return };
+    let device = Device::Cuda(dev.ordinal());
+    for ((name, got), (_, want)) in run_on(device).into_iter().zip(&want) {
+        match got {
+            Ok(g) => {
+                let want = want.as_ref().unwrap();
+                let scale = want.iter().fold(1e-30f64, |m, x| m.max(x.abs()));
+                let err = g.iter().zip(want).fold(0.0f64, |m, (x, y)| m.max((x - y).abs() / scale));
+                assert!(err <= 1e-6, "{device} {name}: error {err:.2e}");
+            }
+            Err(Error::Unsupported { op, .. }) => {
+                visible(&format!("UNSUPPORTED device_ops::{name} on {device}: {op}"))
+            }
+            Err(e) => panic!("{device} {name}: {e}"),
+        }
+    }
+}
+
+/// NaN inputs in one row stay in that row through both norms: a kernel reading or writing out of
+/// its row would spread them, and an output it leaves unwritten would show as NaN elsewhere.
+#[test]
+fn nan_rows_stay_in_their_rows() {
+    let (rows, cols) = (37, 61);
+    let mut x: Vec<f32> = (0..rows * cols).map(|i| ((i * 7919) % 97) as f32 / 50.0 - 1.0).collect();
+    x[5 * cols..6 * cols].iter_mut().for_each(|v| *v = f32::NAN);
+    let mut devices = vec![Device::Cpu];
+    if let Some(d) = cuda_or_skip("device_ops::nan_rows_stay_in_their_rows") {
+        devices.push(Device::Cuda(d.ordinal()));
+    }
+    for device in devices {
+        let t =
+            |v: Vec<f32>, s: &[usize]| Tensor::from_vec(v, s.to_vec()).unwrap().to_device(device).unwrap();
+        let mut tape = Tape::new();
+        let xv = tape.leaf(t(x.clone(), &[rows, cols]), false);
+        let w = tape.leaf(t(vec![1.0; cols], &[cols]), true);
+        let b = tape.leaf(t(vec![0.5; cols], &[cols]), true);
+        let y1 = tape.rms_norm(&xv, &w, 1e-6).unwrap();
+        let y2 = tape.layer_norm(&xv, &w, &b, 1e-6).unwrap();
+        for y in [y1, y2] {
+            let yv = y.value().to_vec_f32().unwrap();
+            for r in 0..rows {
+                let row = &yv[r * cols..(r + 1) * cols];
+                if r == 5 {
+                    assert!(row.iter().all(|v| v.is_nan()), "{device}: row 5 should be NaN");
+                } else {
+                    assert!(row.iter().all(|v| v.is_finite()), "{device}: row {r} has a non-finite value");
+                }
+            }
+        }
+    }
+}
