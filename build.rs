@@ -9,8 +9,15 @@
 //! to make a missing compiler an error instead, or `NVCC=none` to build the NVRTC way on purpose
 //! (scripts/gpu-check does, to test that path on a GPU).
 //!
-//! `kernels/abi_check.c` is compiled with the host C compiler: it exports the sizes and offsets of
-//! the structs in `kernels/abi.h`, which the Rust side compares with its own definitions.
+//! The structs and constants that kernels and Rust share are generated from `kernels/abi.h` by
+//! bindgen into `$OUT_DIR/abi_bindings.rs` (included by `src/backend/cuda/abi.rs`), with bindgen's
+//! compile-time size, alignment and offset assertions. libclang is loaded at build time when it
+//! can be (`LIBCLANG_PATH`, or the usual system places; `scripts/install-libclang` puts the pinned
+//! wheel in `.libclang/`); where it cannot, the checked-in copy `src/backend/cuda/abi_bindings.rs`
+//! is used instead, with a warning, provided it was generated from this very `abi.h` (its header
+//! records a hash); otherwise the build fails and says to run `scripts/regen-abi`. A test checks
+//! that the checked-in copy equals the fresh output. `GKD_REQUIRE_LIBCLANG=1` (CI sets it) makes a
+//! missing libclang an error.
 
 use std::collections::BTreeSet;
 use std::env;
@@ -19,8 +26,12 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use bindgen::{Formatter, MacroTypeVariation, RustEdition, RustTarget};
+
 const SASS_TARGETS: [&str; 4] = ["80", "86", "89", "90"];
 const PTX_TARGET: &str = "80";
+/// bindgen's output for kernels/abi.h, checked in for machines without libclang.
+const ABI_BINDINGS: &str = "src/backend/cuda/abi_bindings.rs";
 
 fn main() {
     let root = PathBuf::from(env::var("CARGO_MANIFEST_DIR").unwrap());
@@ -36,11 +47,7 @@ fn main() {
         println!("cargo:rerun-if-changed={}", local_nvcc.display());
     }
 
-    cc::Build::new()
-        .file(kdir.join("abi_check.c"))
-        .include(&kdir)
-        .warnings_into_errors(true)
-        .compile("gkd_abi_check");
+    abi_bindings(&root, &out);
 
     let mut sources: Vec<PathBuf> = fs::read_dir(&kdir)
         .expect("kernels/ is missing")
@@ -124,6 +131,84 @@ fn main() {
     writeln!(table, "];").unwrap();
     fs::write(out.join("kernels.rs"), table).unwrap();
     fs::write(out.join("kernel-report.txt"), report).unwrap();
+}
+
+/// Writes `$OUT_DIR/abi_bindings.rs`: bindgen's output for `kernels/abi.h` where libclang loads,
+/// else the checked-in copy. Tells the crate which through `GKD_ABI_BINDINGS` ("bindgen", or
+/// "checked-in copy (why)"), for the test that compares the two.
+fn abi_bindings(root: &Path, out: &Path) {
+    println!("cargo:rerun-if-changed={ABI_BINDINGS}");
+    for var in ["LIBCLANG_PATH", "GKD_REQUIRE_LIBCLANG"] {
+        println!("cargo:rerun-if-env-changed={var}");
+    }
+    let header_path = root.join("kernels/abi.h");
+    let header = fs::read(&header_path).expect("kernels/abi.h is missing");
+    let (text, source) = match clang_sys::load() {
+        Ok(()) => (generate_abi_bindings(&header_path, &header), "bindgen".to_string()),
+        Err(e) => {
+            let why = format!("libclang cannot be loaded ({})", e.trim_end_matches('.'));
+            if env::var("GKD_REQUIRE_LIBCLANG").is_ok_and(|v| !v.is_empty() && v != "0") {
+                panic!("GKD_REQUIRE_LIBCLANG is set but {why}: run scripts/install-libclang");
+            }
+            let checked_in =
+                fs::read_to_string(root.join(ABI_BINDINGS)).unwrap_or_else(|e| panic!("{ABI_BINDINGS}: {e}"));
+            if !checked_in.contains(&abi_header_stamp(&header)) {
+                panic!(
+                    "{ABI_BINDINGS} was generated from another kernels/abi.h, and bindgen cannot \
+                     regenerate it here: {why}. Run scripts/regen-abi (it installs libclang) and \
+                     commit the result"
+                );
+            }
+            println!(
+                "cargo:warning={why}: the kernel ABI structs come from the checked-in {ABI_BINDINGS} \
+                 (generated from this kernels/abi.h); scripts/install-libclang gets libclang"
+            );
+            (checked_in, format!("checked-in copy: {why}"))
+        }
+    };
+    fs::write(out.join("abi_bindings.rs"), text).unwrap();
+    println!("cargo:rustc-env=GKD_ABI_BINDINGS={}", source.replace(['\n', '\r'], " "));
+}
+
+/// bindgen's output for abi.h, the same text on every machine and libclang version: no paths, no
+/// versions, formatted in-process, for the target the crate supports (Rust 1.85, edition 2021).
+fn generate_abi_bindings(path: &Path, header: &[u8]) -> String {
+    let bindings = bindgen::Builder::default()
+        .header(path.to_str().expect("non-UTF-8 path to kernels/abi.h"))
+        .allowlist_type("gkd_.*")
+        .allowlist_var("GKD_.*")
+        // The kernels take these as `int`.
+        .default_macro_constant_type(MacroTypeVariation::Signed)
+        .derive_copy(true)
+        .derive_debug(true)
+        .derive_default(true)
+        .layout_tests(true)
+        .use_core()
+        .generate_comments(false)
+        .detect_include_paths(false)
+        .disable_header_comment()
+        .rust_target(RustTarget::stable(85, 0).unwrap())
+        .rust_edition(RustEdition::Edition2021)
+        .formatter(Formatter::Prettyplease)
+        .generate()
+        .unwrap_or_else(|e| panic!("bindgen failed on kernels/abi.h: {e}"));
+    format!(
+        "// @generated by build.rs (bindgen) from kernels/abi.h: do not edit.\n\
+         // The crate compiles this copy only where libclang cannot be loaded, and bindgen's output\n\
+         // otherwise; the test backend::cuda::abi::tests::checked_in_bindings_match_bindgen checks that\n\
+         // the two agree. Regenerate with scripts/regen-abi.\n\
+         {}\n\n{bindings}",
+        abi_header_stamp(header)
+    )
+}
+
+/// The line that ties the checked-in bindings to the header they were generated from.
+fn abi_header_stamp(header: &[u8]) -> String {
+    // FNV-1a, 64 bits: enough to notice an edit, no dependency.
+    let hash = header
+        .iter()
+        .fold(0xcbf2_9ce4_8422_2325u64, |h, &b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
+    format!("// kernels/abi.h FNV-1a 64: {hash:016x}")
 }
 
 fn find_nvcc(root: &Path) -> Option<PathBuf> {

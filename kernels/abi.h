@@ -1,7 +1,8 @@
-// Structs passed by value from Rust to the kernels. Defined once, here; the Rust side
-// (src/backend/cuda/abi.rs) mirrors them with #[repr(C)], and kernels/abi_check.c exports their
-// sizes and offsets so that a test (and every CUDA context at start) checks the two agree.
-// Plain C: included by the .cu files, by abi_check.c, and by NVRTC without any system header.
+// Structs passed by value from Rust to the kernels, and their constants. Defined once, here: build.rs
+// generates the Rust side from this file with bindgen (gkd_* types, GKD_* macros), layout assertions
+// included; src/backend/cuda/abi_bindings.rs is that output, checked in for machines without
+// libclang: run scripts/regen-abi after editing this file.
+// Plain C: included by the .cu files, compiled by NVRTC without any system header, parsed by libclang.
 #ifndef GKD_ABI_H
 #define GKD_ABI_H
 

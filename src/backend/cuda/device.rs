@@ -1,6 +1,6 @@
 //! One GPU: its context, the stream everything runs on, cuBLAS handles, and loaded kernels.
 
-use super::{abi, modules, probe};
+use super::{modules, probe};
 use crate::backend::Device;
 use crate::error::{Error, Result};
 use cudarc::cublas::CudaBlas;
@@ -68,7 +68,6 @@ impl CudaDevice {
                 )))
             }
         };
-        abi::verify_layout().map_err(Error::Msg)?;
         let ctx =
             CudaContext::new(ordinal).map_err(cuda_err(format!("creating a context on cuda:{ordinal}")))?;
         // One stream per device: cudarc's cross-stream event tracking is not needed.
