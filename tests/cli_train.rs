@@ -2,65 +2,13 @@
 
 mod cli_common;
 
-use cli_common::{fails, ok};
+use cli_common::{copy_dir, fails, losses, ok, s, scratch, setup};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 
-fn scratch(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("gkd-cli-train-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
-
-/// A teacher and a student sharing the fixture tokenizer, and a small dataset with short completions.
-fn setup(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
-    let tok = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/llama/tokenizer.json");
-    let (t, st) = (dir.join("teacher"), dir.join("student"));
-    for (out, hidden, seed) in [(&t, "32", "1"), (&st, "16", "2")] {
-        ok(&[
-            "init",
-            "--arch",
-            "llama",
-            "--hidden",
-            hidden,
-            "--layers",
-            "1",
-            "--heads",
-            "2",
-            "--tokenizer",
-            s(&tok),
-            "--max-positions",
-            "256",
-            "--seed",
-            seed,
-            "--out",
-            s(out),
-        ]);
-    }
-    let data = dir.join("train.jsonl");
-    let lines: String = (0..6)
-        .map(|i| format!("{{\"prompt\": \"What is {i} + {i}?\\n\", \"completion\": \"#### {}\"}}\n", 2 * i))
-        .collect();
-    std::fs::write(&data, lines).unwrap();
-    (t, st, data)
-}
-
-fn losses(metrics: &Path) -> Vec<f64> {
-    std::fs::read_to_string(metrics)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str::<Value>(l).unwrap()["loss"].as_f64().unwrap())
-        .collect()
-}
-
 #[test]
 fn sft_distill_eval_end_to_end() {
-    let dir = scratch("e2e");
+    let dir = scratch("train-e2e");
     let (teacher, student, data) = setup(&dir);
     let sft = dir.join("sft");
     ok(&[
@@ -173,7 +121,7 @@ fn sft_distill_eval_end_to_end() {
 /// the same losses as a run that was never interrupted.
 #[test]
 fn resume_after_kill_logs_the_same_losses() {
-    let dir = scratch("resume");
+    let dir = scratch("train-resume");
     let (teacher, student, data) = setup(&dir);
     let common = |out: &Path| -> Vec<String> {
         [
@@ -226,17 +174,9 @@ fn resume_after_kill_logs_the_same_losses() {
     assert_eq!(losses(&cut.join("metrics.jsonl")), want);
 }
 
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
-    }
-}
-
 #[test]
 fn clear_errors() {
-    let dir = scratch("errors");
+    let dir = scratch("train-errors");
     let (teacher, student, data) = setup(&dir);
     let out = dir.join("out");
     let distill = |data: &Path, extra: &[&str]| {
