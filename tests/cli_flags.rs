@@ -732,3 +732,14 @@ fn demo_at_reduced_size() {
         )
     );
 }
+
+/// `demo --steps N` with N below the demo's fixed 5 warmup steps still runs (the warmup should be
+/// cut to the run). Today it fails after scoring teacher and student: "learning-rate schedule: 5
+/// warmup steps exceed the 2 total steps".
+#[test]
+fn demo_runs_with_fewer_steps_than_its_warmup() {
+    let dir = scratch("flags-demo-short");
+    let out = dir.join("demo");
+    let stdout = ok(&["demo", "--steps", "2", "--batch-size", "2", "--eval-n", "1", "--out", s(&out)]);
+    assert_eq!(metrics(&out.join("metrics.jsonl")).len(), 2, "{stdout}");
+}
