@@ -70,7 +70,8 @@ impl Model {
         let v = tape.linear(&h, &p[5], Some(&p[6]), WeightLayout::OutIn).unwrap();
         let q = tape.rope(&q, &positions, inv_freq.clone(), HQ).unwrap();
         let k = tape.rope(&k, &positions, inv_freq, HKV).unwrap();
-        let a = tape.attention(&q, &k, &v, AttnDims::new(B, T, HQ, HKV, D), &lengths).unwrap();
+        let starts = Tensor::from_u32(&[0, T as u32], Device::Cpu).unwrap();
+        let a = tape.attention(&q, &k, &v, AttnDims::new(B * T, B, HQ, HKV, D), &starts, &lengths).unwrap();
         let o = tape.linear(&a, &p[7], None, WeightLayout::OutIn).unwrap();
         let x = tape.add(&x, &o).unwrap();
         let h = tape.layer_norm(&x, &p[8], &p[9], 1e-5).unwrap();

@@ -74,7 +74,8 @@ fn cached_attention_equals_full_attention() {
             &Var::constant(tensor(&q, t, hq * dh)),
             &Var::constant(tensor(&k, t, hkv * dh)),
             &Var::constant(tensor(&v, t, hkv * dh)),
-            AttnDims::new(1, t, hq, hkv, dh),
+            AttnDims::new(t, 1, hq, hkv, dh),
+            &Tensor::from_u32(&[0], device).unwrap(),
             &Tensor::from_u32(&[t as u32], device).unwrap(),
         );
         let full = match full {

@@ -113,7 +113,8 @@ fn f64_tensor(v: Vec<f64>, shape: &[usize]) -> Tensor {
 fn attention_padding_is_inert() {
     for (lengths, hq, hkv, dh) in [(vec![5u32, 1, 3], 4, 2, 6), (vec![0, 2], 2, 1, 3)] {
         let (b, t) = (lengths.len(), 5usize.max(*lengths.iter().max().unwrap() as usize));
-        let d = AttnDims::new(b, t, hq, hkv, dh);
+        let d = AttnDims::new(b * t, b, hq, hkv, dh);
+        let starts: Vec<u32> = (0..b as u32).map(|i| i * t as u32).collect();
         let padded = |row: usize| row % t >= lengths[row / t] as usize;
         let inputs = [(hq, 41u64), (hkv, 42), (hkv, 43)]
             .map(|(heads, seed)| common::harness::normals(b * t * heads * dh, 0.0, 1.0, seed));
@@ -125,7 +126,8 @@ fn attention_padding_is_inert() {
                 .map(|(v, heads)| tape.leaf(f64_tensor(v.clone(), &[b * t, heads * dh]), true))
                 .collect();
             let lens = Tensor::from_u32(&lengths, Device::Cpu).unwrap();
-            let out = tape.attention(&vars[0], &vars[1], &vars[2], d, &lens).unwrap();
+            let st = Tensor::from_u32(&starts, Device::Cpu).unwrap();
+            let out = tape.attention(&vars[0], &vars[1], &vars[2], d, &st, &lens).unwrap();
             let o = out.value().to_vec_f64().unwrap();
             let dout = f64_tensor(common::harness::normals(o.len(), 0.0, 1.0, 44), &[b * t, hq * dh]);
             let g = tape.backward_from(&out, dout).unwrap();
@@ -222,17 +224,23 @@ fn bad_input_is_an_error() {
     assert!(e.contains("outside the vocabulary"), "{e}");
     let q = Var::constant(f64_tensor(vec![0.0; 12], &[2, 6]));
     let kv = Var::constant(f64_tensor(vec![0.0; 8], &[2, 4]));
+    let u = |v: &[u32]| Tensor::from_u32(v, Device::Cpu).unwrap();
     let e = tape
-        .attention(&q, &kv, &kv, AttnDims::new(1, 2, 3, 2, 2), &Tensor::from_u32(&[2], Device::Cpu).unwrap())
+        .attention(&q, &kv, &kv, AttnDims::new(2, 1, 3, 2, 2), &u(&[0]), &u(&[2]))
         .unwrap_err()
         .to_string();
     assert!(e.contains("cannot share"), "{e}");
     let q = Var::constant(f64_tensor(vec![0.0; 8], &[2, 4]));
     let e = tape
-        .attention(&q, &kv, &kv, AttnDims::new(1, 2, 2, 2, 2), &Tensor::from_u32(&[3], Device::Cpu).unwrap())
+        .attention(&q, &kv, &kv, AttnDims::new(2, 1, 2, 2, 2), &u(&[0]), &u(&[3]))
         .unwrap_err()
         .to_string();
-    assert!(e.contains("lengths"), "{e}");
+    assert!(e.contains("run past"), "{e}");
+    let e = tape
+        .attention(&q, &kv, &kv, AttnDims::new(2, 2, 2, 2, 2), &u(&[0, 1]), &u(&[2, 1]))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("overlap"), "{e}");
     let z = Var::constant(f64_tensor(vec![0.0; 6], &[2, 3]));
     let e = tape
         .cross_entropy(&z, &Tensor::from_u32(&[1, 3], Device::Cpu).unwrap(), 1.0)

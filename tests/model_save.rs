@@ -115,10 +115,10 @@ fn fresh_args(arch: Arch) -> FreshConfig {
 /// Mean cross-entropy of a padded batch in f64, and its gradient with respect to every parameter.
 fn loss_and_grads(model: &Model, seqs: &[Vec<u32>]) -> (f64, Vec<Tensor>) {
     let batch = TokenBatch::new(seqs).unwrap();
-    let mut targets = vec![IGNORE; batch.ids.len()];
+    let mut targets = vec![IGNORE; batch.rows()];
     for (b, s) in seqs.iter().enumerate() {
         for t in 0..s.len() - 1 {
-            targets[b * batch.seq + t] = s[t + 1];
+            targets[batch.row(b, t)] = s[t + 1];
         }
     }
     let counted = targets.iter().filter(|&&t| t != IGNORE).count();
@@ -182,7 +182,7 @@ fn gradients_match_finite_differences() {
 }
 
 #[test]
-fn padding_does_not_change_the_result() {
+fn batching_does_not_change_the_result() {
     let model = Model::load(&fixture("mistral")).unwrap();
     let seqs = reference("mistral").sequences;
     let batched = model.logprobs(&seqs).unwrap();

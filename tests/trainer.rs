@@ -267,3 +267,90 @@ fn errors_a_user_can_hit() {
     let e = make(config(Objective::Distill, 1.5), &data(2)).unwrap();
     assert!(e.contains("lambda"), "{e}");
 }
+
+/// The model's logits in f64: an f64 copy of its weights, the padded forward, the output head.
+fn logits_f64(m: &Model, seq: &[u32]) -> Vec<Vec<f64>> {
+    use gkd::autograd::Tape;
+    use gkd::model::TokenBatch;
+    let named = m
+        .names()
+        .iter()
+        .cloned()
+        .zip(m.tensors().unwrap().iter().map(|t| t.to_dtype(gkd::DType::F64).unwrap()))
+        .collect();
+    let m64 = Model::from_tensors(m.config.clone(), named).unwrap();
+    let mut tape = Tape::no_grad();
+    let p = m64.bind(&mut tape, false).unwrap();
+    let batch = TokenBatch::new(&[seq.to_vec()]).unwrap();
+    let h = m64.forward(&mut tape, &p, &mut batch.inputs(gkd::Device::Cpu).unwrap()).unwrap();
+    let z = m64.logits(&mut tape, &p, &h).unwrap().value().to_vec_f64().unwrap();
+    z.chunks(m.config.vocab_size).map(<[f64]>::to_vec).collect()
+}
+
+fn softmax(z: &[f64], tau: f64) -> Vec<f64> {
+    let m = z.iter().fold(f64::NEG_INFINITY, |m, &x| m.max(x / tau));
+    let e: Vec<f64> = z.iter().map(|&x| (x / tau - m).exp()).collect();
+    let s: f64 = e.iter().sum();
+    e.iter().map(|x| x / s).collect()
+}
+
+/// KL(a‖b) = Σ a ln(a/b).
+fn kl(a: &[f64], b: &[f64]) -> f64 {
+    a.iter().zip(b).filter(|(x, _)| **x > 0.0).map(|(x, y)| x * (x / y).ln()).sum()
+}
+
+/// The first step's loss through the trainer's whole path (teacher hidden states, the fused
+/// heads and divergence in chunks, the token mean over the step's micro-batches) against the
+/// divergence written out here in f64 over logits from the models' own forward, over the
+/// tokenizer's vocabulary only (the models carry 7 padding rows).
+#[test]
+fn distillation_loss_matches_an_f64_formula() {
+    let tok = tokenizer();
+    let v = tok.vocab_size();
+    let teacher = model(&tok, 24, 2, 5);
+    let examples = data(4);
+    let enc = encode_examples(&tok, &examples, 256, true).unwrap();
+    let tau = 1.3;
+    for div in
+        [Divergence::Jsd { beta: 0.5 }, Divergence::ReverseKl, Divergence::SkewForwardKl { alpha: 0.3 }]
+    {
+        let mut cfg = config(Objective::Distill, 0.0);
+        (cfg.lr, cfg.steps, cfg.divergence, cfg.loss_temperature) = (0.0, 1, div, tau);
+        let student = model(&tok, 16, 1, 6);
+        let mut t = Trainer::new(cfg, student, Some(&teacher), &tok, &examples).unwrap();
+        let got = t.step().unwrap().loss;
+        // All four examples form the step (2 micro-batches of 2): the order does not matter.
+        let (mut sum, mut n) = (0.0, 0usize);
+        for e in &enc {
+            let c = e.completion.as_ref().unwrap();
+            let seq: Vec<u32> = e.prompt.iter().chain(&c[..c.len() - 1]).copied().collect();
+            let (zs, zt) = (logits_f64(&t.student, &seq), logits_f64(&teacher, &seq));
+            for i in 0..c.len() {
+                let r = e.prompt.len() - 1 + i;
+                let (q, p) = (softmax(&zs[r][..v], tau), softmax(&zt[r][..v], tau));
+                sum += match div {
+                    Divergence::Jsd { beta } => {
+                        let m: Vec<f64> =
+                            p.iter().zip(&q).map(|(a, b)| beta * a + (1.0 - beta) * b).collect();
+                        beta * kl(&p, &m) + (1.0 - beta) * kl(&q, &m)
+                    }
+                    Divergence::ReverseKl => kl(&q, &p),
+                    Divergence::SkewForwardKl { alpha } => {
+                        let m: Vec<f64> =
+                            p.iter().zip(&q).map(|(a, b)| alpha * a + (1.0 - alpha) * b).collect();
+                        kl(&p, &m)
+                    }
+                    _ => unreachable!(),
+                };
+            }
+            n += c.len();
+        }
+        let want = sum / n as f64;
+        assert!(want > 1e-3, "{div}: a degenerate case (loss {want})");
+        // f32 log-probabilities near log 100 (these near-uniform random models) are off by up to
+        // ~2 ulp(4.6) = 1e-6, which a token's loss sees once through Σ p·(log p − log m): 2e-6
+        // absolute, beside 1e-5 relative for the rest.
+        let tol = 1e-5 * want + 2e-6;
+        assert!((got - want).abs() <= tol, "{div}: trainer loss {got} vs the f64 formula {want}");
+    }
+}

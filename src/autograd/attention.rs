@@ -7,12 +7,21 @@ use crate::error::{shape_err, Error, Result};
 use crate::tensor::{Storage, Tensor};
 
 impl Tape {
-    /// q (B·T, Hq·D), k and v (B·T, Hkv·D), lengths (B) u32 → (B·T, Hq·D). Rows at or past a
-    /// sequence's length are padding: their outputs are zero and no gradient flows through them.
-    pub fn attention(&mut self, q: &Var, k: &Var, v: &Var, d: AttnDims, lengths: &Tensor) -> Result<Var> {
+    /// q (N, Hq·D), k and v (N, Hkv·D); sequence b is rows starts[b]..starts[b] + lengths[b]
+    /// (both (B) u32) → (N, Hq·D). Rows of no sequence (padding) get output zero and pass no
+    /// gradient.
+    pub fn attention(
+        &mut self,
+        q: &Var,
+        k: &Var,
+        v: &Var,
+        d: AttnDims,
+        starts: &Tensor,
+        lengths: &Tensor,
+    ) -> Result<Var> {
         const OP: &str = "attention";
         let (qt, kt, vt) = (dense(q)?, dense(k)?, dense(v)?);
-        let rows = d.batch * d.seq;
+        let rows = d.rows;
         if d.kv_heads == 0 || d.q_heads % d.kv_heads != 0 {
             return shape_err(
                 OP,
@@ -28,10 +37,22 @@ impl Tape {
                 format!("q {}, k {}, v {} do not match {d:?}", qt.shape(), kt.shape(), vt.shape()),
             );
         }
-        let lengths = lengths.contiguous()?;
-        let (y, lse) = Storage::attention_fwd(qt.view()?, kt.view()?, vt.view()?, lengths.view()?, &d)?;
+        if starts.numel() != d.batch || lengths.numel() != d.batch {
+            return shape_err(
+                OP,
+                format!(
+                    "{} starts and {} lengths for {} sequences",
+                    starts.numel(),
+                    lengths.numel(),
+                    d.batch
+                ),
+            );
+        }
+        let (starts, lengths) = (starts.contiguous()?, lengths.contiguous()?);
+        let (y, lse) =
+            Storage::attention_fwd(qt.view()?, kt.view()?, vt.view()?, starts.view()?, lengths.view()?, &d)?;
         let y = wrap(y, qt.shape().clone())?;
-        let lse = wrap(lse, [d.batch, d.q_heads, d.seq])?;
+        let lse = wrap(lse, [d.rows, d.q_heads])?;
         let out = y.clone();
         Ok(self.push(y, &[q, k, v], move |dy| {
             let dy = dy.contiguous()?;
@@ -39,6 +60,7 @@ impl Tape {
                 qt.view()?,
                 kt.view()?,
                 vt.view()?,
+                starts.view()?,
                 lengths.view()?,
                 out.view()?,
                 lse.view()?,

@@ -152,11 +152,12 @@ pub trait BackendStorage: Sized {
     fn rope_fwd(x: View<'_, Self>, positions: View<'_, Self>, spec: &RopeSpec) -> Result<Self>;
     /// The inverse rotation of dy.
     fn rope_bwd(dy: View<'_, Self>, positions: View<'_, Self>, spec: &RopeSpec) -> Result<Self>;
-    /// q, k, v per `d`, lengths (B) u32 → (out (B·T, Hq·D), lse (B, Hq, T))
+    /// q, k, v per `d`, starts and lengths (B) u32 → (out (N, Hq·D), lse (N, Hq))
     fn attention_fwd(
         q: View<'_, Self>,
         k: View<'_, Self>,
         v: View<'_, Self>,
+        starts: View<'_, Self>,
         lengths: View<'_, Self>,
         d: &AttnDims,
     ) -> Result<(Self, Self)>;
@@ -166,6 +167,7 @@ pub trait BackendStorage: Sized {
         q: View<'_, Self>,
         k: View<'_, Self>,
         v: View<'_, Self>,
+        starts: View<'_, Self>,
         lengths: View<'_, Self>,
         out: View<'_, Self>,
         lse: View<'_, Self>,

@@ -23,12 +23,14 @@ pub struct LinearDims {
     pub w_in_out: bool,
 }
 
-/// Causal self-attention over right-padded sequences: q (B·T, Hq·D), k and v (B·T, Hkv·D), query
-/// head h reading key/value head h / (Hq/Hkv); `scale` multiplies q·k (1/√D).
+/// Causal self-attention within each of `batch` sequences laid out in the rows: q (N, Hq·D), k and
+/// v (N, Hkv·D), sequence b at rows start[b]..start[b] + len[b] (packed back to back, or padded:
+/// rows of no sequence get output 0); query head h reads key/value head h / (Hq/Hkv); `scale`
+/// multiplies q·k (1/√D).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct AttnDims {
+    pub rows: usize,     // N
     pub batch: usize,    // B
-    pub seq: usize,      // T
     pub q_heads: usize,  // Hq
     pub kv_heads: usize, // Hkv
     pub head_dim: usize, // D
@@ -37,8 +39,8 @@ pub struct AttnDims {
 
 impl AttnDims {
     /// With the usual scale 1/√D.
-    pub fn new(batch: usize, seq: usize, q_heads: usize, kv_heads: usize, head_dim: usize) -> AttnDims {
-        AttnDims { batch, seq, q_heads, kv_heads, head_dim, scale: 1.0 / (head_dim as f64).sqrt() }
+    pub fn new(rows: usize, batch: usize, q_heads: usize, kv_heads: usize, head_dim: usize) -> AttnDims {
+        AttnDims { rows, batch, q_heads, kv_heads, head_dim, scale: 1.0 / (head_dim as f64).sqrt() }
     }
 }
 

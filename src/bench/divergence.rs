@@ -9,7 +9,7 @@ use crate::backend::cuda::linear_divergence::{
     linear_divergence_unfused, LinearDivergence, LinearDivergenceInputs, LinearDivergenceOut,
 };
 use crate::backend::cuda::CudaDevice;
-use crate::distill::Divergence;
+use crate::backend::Divergence;
 use crate::error::{Error, Result};
 use cudarc::driver::CudaSlice;
 use half::bf16;
@@ -84,6 +84,13 @@ impl DivergenceCase {
     /// The minimal traffic: read both logit tensors and write the gradient once.
     pub fn floor_bytes(&self) -> usize {
         3 * self.rows * self.vocab * std::mem::size_of::<bf16>()
+    }
+
+    /// The outputs (gradient, row losses) filled with NaN: what a variant does not write shows
+    /// in `outputs` as a mismatch.
+    pub fn poison(&mut self, dev: &CudaDevice) -> Result<()> {
+        dev.fill_nan(&mut self.grad)?;
+        dev.fill_nan(&mut self.row_loss)
     }
 
     /// Fused kernel, gradient into its own buffer (the student logits stay intact across runs).
@@ -191,6 +198,24 @@ impl LinearCase {
             d_head: dev.stream().alloc_zeros(v * h_s).map_err(e)?,
             params,
         })
+    }
+
+    /// d(student hidden) filled with NaN (what a variant must overwrite), d(student head) zeroed
+    /// (what it adds to).
+    pub fn reset(&mut self, dev: &CudaDevice) -> Result<()> {
+        dev.fill_nan(&mut self.d_hidden)?;
+        dev.stream()
+            .memset_zeros(&mut self.d_head)
+            .map_err(|e| Error::Cuda { context: "bench".into(), detail: e.to_string() })
+    }
+
+    /// The last run's d(student hidden), as f32.
+    pub fn d_hidden(&self, dev: &CudaDevice) -> Result<Vec<f32>> {
+        let h = dev.stream().clone_dtoh(&self.d_hidden).map_err(|e| Error::Cuda {
+            context: "reading the bench gradient".into(),
+            detail: e.to_string(),
+        })?;
+        Ok(h.iter().map(|x| x.to_f32()).collect())
     }
 
     pub fn run(&mut self, dev: &CudaDevice, variant: LinearVariant) -> Result<LinearDivergenceOut> {

@@ -152,6 +152,7 @@ fn cuda_bench(
         let mut case = DivergenceCase::new(&dev, n, v, div)?;
         let floor_bytes = case.floor_bytes() as f64;
         let floor_ms = floor_bytes / bw * 1e3;
+        case.poison(&dev)?;
         let unfused_ms = time_ms(&dev, a.reps, || case.unfused(&dev))?;
         let reference = case.outputs(&dev)?;
         let gbs = |ms: f64| floor_bytes / (ms * 1e-3) / 1e9;
@@ -175,6 +176,8 @@ fn cuda_bench(
         ];
         for (path, tuning) in variants.into_iter().chain(paths.map(|p| (p, on))) {
             let mut plan = String::new();
+            // A variant that writes nothing leaves NaN behind: a mismatch, not Δ = 0.
+            case.poison(&dev)?;
             set_staged_tuning(tuning);
             let ms = time_ms(&dev, a.reps, || case.fused(&dev, path).map(|p| plan = p));
             set_staged_tuning(on);
@@ -229,10 +232,28 @@ fn cuda_bench(
         let mut case = LinearCase::new(&dev, params)?;
         let reps = a.reps.div_ceil(2).max(3);
         let mut outs = Vec::new();
+        let mut d_hidden = Vec::new();
         for variant in [LinearVariant::MatmulsOnly, LinearVariant::Fused, LinearVariant::Unfused] {
             let mut out = None;
+            case.reset(&dev)?;
             let ms = time_ms(&dev, reps, || case.run(&dev, variant).map(|o| out = Some(o)))?;
             outs.push((variant, ms, out.expect("ran at least once")));
+            d_hidden.push(case.d_hidden(&dev)?);
+        }
+        // The fused path against the unfused one: d(student hidden), relative to its largest entry.
+        let (fused, unfused) = (&d_hidden[1], &d_hidden[2]);
+        let scale = unfused.iter().fold(1e-30f64, |m, &y| m.max((y as f64).abs()));
+        let d_grad = fused
+            .iter()
+            .zip(unfused)
+            .map(|(&x, &y)| (x as f64 - y as f64).abs() / scale)
+            .fold(0.0, |m: f64, d| if d.is_nan() || m.is_nan() { f64::NAN } else { m.max(d) });
+        let d_loss = (outs[1].2.loss - outs[2].2.loss).abs() / outs[2].2.loss.abs().max(1e-30);
+        if !(d_loss <= MAX_LOSS_DIFF && d_grad <= MAX_GRAD_DIFF) || d_hidden[0].iter().any(|x| x.is_nan()) {
+            mismatches.push(format!(
+                "{n} × {v} lm_head: fused vs unfused Δ loss {d_loss:.1e}, Δ d(hidden) {d_grad:.1e}; matmuls-only wrote every d(hidden): {}",
+                !d_hidden[0].iter().any(|x| x.is_nan())
+            ));
         }
         let mm_ms = outs[0].1;
         let unfused_bytes = outs[2].2.scratch_bytes as f64;

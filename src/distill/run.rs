@@ -6,7 +6,7 @@ use crate::distill::evaluate::exact_match_greedy;
 use crate::distill::trainer::Trainer;
 use crate::error::{Error, Result};
 use crate::metrics::{plot_curves, MetricsWriter, StepMetrics};
-use crate::DType;
+use crate::tensor::DType;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{json, Map};
 use std::path::{Path, PathBuf};

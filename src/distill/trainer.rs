@@ -465,7 +465,7 @@ impl<'a> Trainer<'a> {
         let mut targets = Vec::new();
         for (b, (p, c)) in pairs.iter().enumerate() {
             for (i, &y) in c.iter().enumerate() {
-                rows.push((b * batch.seq + p.len() - 1 + i) as u32);
+                rows.push(batch.row(b, p.len() - 1 + i) as u32);
                 targets.push(y);
             }
         }
@@ -516,7 +516,7 @@ impl<'a> Trainer<'a> {
     /// trainer state to `dir`, through a temporary directory renamed into place.
     pub fn save_checkpoint(&self, dir: &Path) -> Result<()> {
         write_dir_atomically(dir, |tmp| {
-            self.student.save(tmp, crate::DType::F32)?;
+            self.student.save(tmp, DType::F32)?;
             self.write_side_files(tmp)?;
             self.opt.save(&tmp.join(OPTIMIZER_FILE), &self.param_groups())?;
             let state = serde_json::to_string_pretty(&self.state).expect("JSON") + "\n";
@@ -527,7 +527,7 @@ impl<'a> Trainer<'a> {
 
     /// The finished student in `out` (weights in `dtype`), with optimizer and trainer state so the
     /// directory can also be resumed; each file is renamed into place from a temporary directory.
-    pub fn save_final(&self, out: &Path, dtype: crate::DType) -> Result<()> {
+    pub fn save_final(&self, out: &Path, dtype: DType) -> Result<()> {
         let tmp = out.join(".final.tmp");
         write_dir_atomically(&tmp, |t| {
             self.student.save(t, dtype)?;

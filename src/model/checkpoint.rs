@@ -146,10 +146,12 @@ impl Checkpoint {
             Dtype::F32 => 4,
             Dtype::BF16 | Dtype::F16 => 2,
             Dtype::F64 => 8,
-            other => return Err(msg(format!(
+            other => {
+                return Err(msg(format!(
                 "tensor `{name}` in {} is stored as {other:?}; gkd loads F32, BF16, F16 (and F64) weights",
                 path.display()
-            ))),
+            )))
+            }
         };
         if bytes.len() != dst.len() * width {
             return Err(msg(format!(

@@ -49,12 +49,13 @@ impl ParamSpec {
     }
 }
 
-/// B token sequences right-padded to a common length T (rows ordered b·T + t).
+/// B token sequences packed back to back, without padding: sequence b is rows
+/// starts[b]..starts[b] + lengths[b], so no work is spent on padding rows.
 #[derive(Clone, Debug)]
 pub struct TokenBatch {
-    pub ids: Vec<u32>,       // (B, T); padding holds token 0
+    pub ids: Vec<u32>,       // (N = Σ lengths)
+    pub starts: Vec<usize>,  // (B)
     pub lengths: Vec<usize>, // (B)
-    pub seq: usize,          // T
 }
 
 impl TokenBatch {
@@ -64,33 +65,39 @@ impl TokenBatch {
                 "a batch needs at least one sequence, and every sequence at least one token".into(),
             ));
         }
-        let seq = seqs.iter().map(Vec::len).max().unwrap_or(0);
-        let mut ids = vec![0u32; seqs.len() * seq];
-        for (b, s) in seqs.iter().enumerate() {
-            ids[b * seq..b * seq + s.len()].copy_from_slice(s);
-        }
-        Ok(TokenBatch { ids, lengths: seqs.iter().map(Vec::len).collect(), seq })
+        let lengths: Vec<usize> = seqs.iter().map(Vec::len).collect();
+        let starts = lengths.iter().scan(0, |at, &l| Some(std::mem::replace(at, *at + l))).collect();
+        Ok(TokenBatch { ids: seqs.concat(), starts, lengths })
     }
 
     pub fn batch(&self) -> usize {
         self.lengths.len()
     }
 
-    /// The position of every row: t in 0..T for each sequence.
+    /// Rows in all.
+    pub fn rows(&self) -> usize {
+        self.ids.len()
+    }
+
+    /// The row of position t of sequence b.
+    pub fn row(&self, b: usize, t: usize) -> usize {
+        self.starts[b] + t
+    }
+
+    /// The position of every row in its sequence.
     pub fn positions(&self) -> Vec<u32> {
-        (0..self.batch()).flat_map(|_| 0..self.seq as u32).collect()
+        self.lengths.iter().flat_map(|&l| 0..l as u32).collect()
     }
 
     /// The forward's inputs on `device`.
     pub fn inputs(&self, device: Device) -> Result<Inputs<'static>> {
-        let lengths: Vec<u32> = self.lengths.iter().map(|&l| l as u32).collect();
+        let u32s = |v: &[usize]| v.iter().map(|&x| x as u32).collect::<Vec<u32>>();
         Ok(Inputs {
             ids: Tensor::from_u32(&self.ids, device)?,
             positions: self.positions(),
-            attend: Attend::Padded {
-                batch: self.batch(),
-                seq: self.seq,
-                lengths: Tensor::from_u32(&lengths, device)?,
+            attend: Attend::Sequences {
+                starts: Tensor::from_u32(&u32s(&self.starts), device)?,
+                lengths: Tensor::from_u32(&u32s(&self.lengths), device)?,
             },
         })
     }
@@ -98,8 +105,8 @@ impl TokenBatch {
 
 /// What attention runs over.
 pub enum Attend<'a> {
-    /// Causally within each of `batch` right-padded sequences of `seq` positions, (B) lengths.
-    Padded { batch: usize, seq: usize, lengths: Tensor },
+    /// Causally within each sequence laid out in the rows: (B) starts and lengths.
+    Sequences { starts: Tensor, lengths: Tensor },
     /// The step's new rows over a key/value cache, which the forward appends them to.
     Cache { cache: &'a mut KvCache, step: CacheStep },
 }
@@ -398,17 +405,17 @@ impl Model {
         tape.linear(hidden, self.lm_head(p)?, None, WeightLayout::OutIn)
     }
 
-    /// For each sequence s, ln p(s[i+1] | s[..=i]) for i < len − 1, from one padded batch without
+    /// For each sequence s, ln p(s[i+1] | s[..=i]) for i < len − 1, from one batch without
     /// gradients, through the chunked output head (no (tokens × vocab) buffer).
     pub fn logprobs(&self, seqs: &[Vec<u32>]) -> Result<Vec<Vec<f64>>> {
         let batch = TokenBatch::new(seqs)?;
         let mut tape = Tape::no_grad();
         let p = self.bind(&mut tape, false)?;
         let h = self.forward(&mut tape, &p, &mut batch.inputs(self.device())?)?;
-        // Every row predicts the next token of its sequence; padding and last rows do not count.
+        // Every row predicts the next token of its sequence; a sequence's last row does not count.
         let targets: Vec<u32> = seqs
             .iter()
-            .flat_map(|s| (0..batch.seq).map(move |t| if t + 1 < s.len() { s[t + 1] } else { IGNORE }))
+            .flat_map(|s| (0..s.len()).map(move |t| if t + 1 < s.len() { s[t + 1] } else { IGNORE }))
             .collect();
         let spec = LinearLoss {
             kind: LossKind::CrossEntropy,
@@ -422,7 +429,7 @@ impl Model {
         Ok(seqs
             .iter()
             .enumerate()
-            .map(|(b, s)| (0..s.len() - 1).map(|t| -nll[b * batch.seq + t]).collect())
+            .map(|(b, s)| (0..s.len() - 1).map(|t| -nll[batch.row(b, t)]).collect())
             .collect())
     }
 
@@ -476,9 +483,9 @@ pub(crate) fn attend(
 ) -> Result<Var> {
     let rows = x.rows();
     match &mut x.attend {
-        Attend::Padded { batch, seq, lengths } => {
-            let d = AttnDims::new(*batch, *seq, c.num_heads, c.num_kv_heads, c.head_dim);
-            tape.attention(q, k, v, d, lengths)
+        Attend::Sequences { starts, lengths } => {
+            let d = AttnDims::new(rows, starts.numel(), c.num_heads, c.num_kv_heads, c.head_dim);
+            tape.attention(q, k, v, d, starts, lengths)
         }
         Attend::Cache { cache, step } => {
             cache.write(layer, step, k.value(), v.value())?;

@@ -346,10 +346,13 @@ impl Storage {
         q: View<'_, Storage>,
         k: View<'_, Storage>,
         v: View<'_, Storage>,
+        starts: View<'_, Storage>,
         lengths: View<'_, Storage>,
         d: &AttnDims,
     ) -> Result<(Storage, Storage)> {
-        dispatch!("attention", [q, k, v, lengths], |B, x| B::attention_fwd(x[0], x[1], x[2], x[3], d))
+        dispatch!("attention", [q, k, v, starts, lengths], |B, x| B::attention_fwd(
+            x[0], x[1], x[2], x[3], x[4], d
+        ))
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -357,14 +360,15 @@ impl Storage {
         q: View<'_, Storage>,
         k: View<'_, Storage>,
         v: View<'_, Storage>,
+        starts: View<'_, Storage>,
         lengths: View<'_, Storage>,
         out: View<'_, Storage>,
         lse: View<'_, Storage>,
         dout: View<'_, Storage>,
         d: &AttnDims,
     ) -> Result<(Storage, Storage, Storage)> {
-        dispatch!("attention backward", [q, k, v, lengths, out, lse, dout], |B, x| {
-            B::attention_bwd(x[0], x[1], x[2], x[3], x[4], x[5], x[6], d)
+        dispatch!("attention backward", [q, k, v, starts, lengths, out, lse, dout], |B, x| {
+            B::attention_bwd(x[0], x[1], x[2], x[3], x[4], x[5], x[6], x[7], d)
         })
     }
 

@@ -76,18 +76,30 @@ pub fn rope(heads: usize, head_dim: usize, positions: Vec<u32>) -> Case {
     )
 }
 
-/// Causal attention over right-padded sequences of `lengths`, T = the longest.
-pub fn attention(lengths: Vec<u32>, q_heads: usize, kv_heads: usize, head_dim: usize) -> Case {
-    let (b, t) = (lengths.len(), *lengths.iter().max().unwrap() as usize);
-    let d = AttnDims::new(b, t, q_heads, kv_heads, head_dim);
+/// Causal attention over sequences of `lengths`: right-padded to T = the longest (rows of no
+/// sequence between them) or packed back to back.
+pub fn attention(lengths: Vec<u32>, q_heads: usize, kv_heads: usize, head_dim: usize, packed: bool) -> Case {
+    let (b, t) = (lengths.len(), *lengths.iter().max().unwrap());
+    let starts: Vec<u32> = if packed {
+        lengths.iter().scan(0, |at, &l| Some(std::mem::replace(at, *at + l))).collect()
+    } else {
+        (0..b as u32).map(|i| i * t).collect()
+    };
+    let rows = if packed { lengths.iter().sum::<u32>() } else { b as u32 * t } as usize;
+    let d = AttnDims::new(rows, b, q_heads, kv_heads, head_dim);
     Case::new(
-        format!("attention_b{b}_t{t}_{q_heads}q{kv_heads}kv_d{head_dim}_len{lengths:?}"),
+        format!(
+            "attention_{}_{q_heads}q{kv_heads}kv_d{head_dim}_len{lengths:?}",
+            if packed { "packed" } else { "padded" }
+        ),
         vec![
-            Input::normal("q", &[b * t, q_heads * head_dim], 0.0, 1.0, 11, true),
-            Input::normal("k", &[b * t, kv_heads * head_dim], 0.0, 1.0, 12, true),
-            Input::normal("v", &[b * t, kv_heads * head_dim], 0.0, 1.0, 13, true),
+            Input::normal("q", &[rows, q_heads * head_dim], 0.0, 1.0, 11, true),
+            Input::normal("k", &[rows, kv_heads * head_dim], 0.0, 1.0, 12, true),
+            Input::normal("v", &[rows, kv_heads * head_dim], 0.0, 1.0, 13, true),
         ],
-        Box::new(move |tp, v, dev| tp.attention(&v[0], &v[1], &v[2], d, &u32s(&lengths, dev)?)),
+        Box::new(move |tp, v, dev| {
+            tp.attention(&v[0], &v[1], &v[2], d, &u32s(&starts, dev)?, &u32s(&lengths, dev)?)
+        }),
     )
 }
 
@@ -214,9 +226,11 @@ pub fn small() -> Vec<Case> {
         rms_norm(13, 33),
         layer_norm(13, 33),
         rope(3, 8, vec![0, 5, 2, 9, 1, 3, 300]),
-        attention(vec![5, 3], 4, 2, 8),
-        attention(vec![3], 7, 1, 4),
-        attention(vec![4, 1, 2], 2, 2, 6),
+        attention(vec![5, 3], 4, 2, 8, false),
+        attention(vec![3], 7, 1, 4, false),
+        attention(vec![4, 1, 2], 2, 2, 6, true),
+        // Longer than the CPU kernel's 64-row query tiles: three tiles, the last one partial.
+        attention(vec![150, 3], 2, 1, 4, true),
         gelu(257),
         swiglu(257),
         add(41),
@@ -240,8 +254,8 @@ pub fn large() -> Vec<Case> {
         rms_norm(1031, 129),
         layer_norm(300, 896),
         layer_norm(64, 4099),
-        attention(vec![37, 64, 1], 14, 2, 64),
-        attention(vec![33, 20], 4, 4, 128),
+        attention(vec![37, 64, 1], 14, 2, 64, true),
+        attention(vec![33, 20], 4, 4, 128, false),
         gelu(100_003),
         swiglu(100_003),
         cross_entropy(33, 4099),

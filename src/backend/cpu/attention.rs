@@ -1,13 +1,19 @@
-//! Causal self-attention with grouped-query heads and per-sequence lengths (right padding).
+//! Causal self-attention with grouped-query heads over sequences that sit anywhere in the rows:
+//! sequence b is rows start[b]..start[b] + len[b] (packed back to back, or right-padded with rows
+//! that belong to no sequence: those get output 0 and no gradient).
 //!
-//! Query head h reads KV head h / (Hq/Hkv). For a valid query t < len[b]:
-//!   s_j = scale·q_t·k_j (j ≤ t),  lse_t = log Σ_j exp(s_j),  p_j = exp(s_j − lse_t),
-//!   out_t = Σ_j p_j·v_j.
-//! Padding rows (t ≥ len[b]) have out = 0 and lse = 0 and receive no gradient.
-//! Backward, with probabilities recomputed from lse:
-//!   dp_j = dout_t·v_j,  Δ_t = dout_t·out_t,  ds_j = p_j·(dp_j − Δ_t),
-//!   dq_t = scale·Σ_j ds_j·k_j,  dk_j += scale·ds_j·q_t,  dv_j += p_j·dout_t
-//! where dk/dv sum over the query heads of a group.
+//! Query head h reads key/value head h / (Hq/Hkv). For each sequence and head, with Q, K, V its
+//! rows (len × D):
+//!   S = scale·Q·Kᵀ,  P = softmax(S) over j ≤ i (causal),  lse_i = log Σ_{j≤i} exp(S_ij),
+//!   O = P·V
+//! Backward, with P recomputed from lse:
+//!   dV += Pᵀ·dO,  dP = dO·Vᵀ,  Δ_i = dO_i·O_i,  dS = P ∘ (dP − Δ),
+//!   dQ = scale·dS·K,  dK += scale·dSᵀ·Q
+//! where dK and dV sum over the query heads of a group. Each (sequence, head) block is a few small
+//! matrix products read and written in place through row strides (no copies); blocks run in
+//! parallel and write disjoint rows and columns.
+//!
+//! Attention over a key/value cache (generation) is `attention_cached_fwd`.
 
 use super::Real;
 use crate::backend::ops::{AttnDims, CachedAttnDims};
@@ -15,166 +21,266 @@ use crate::error::{shape_err, Result};
 use rayon::prelude::*;
 
 pub struct AttnOut<T> {
-    pub out: Vec<T>, // (B, T, Hq, D)
-    pub lse: Vec<T>, // (B, Hq, T); 0 for padding rows
+    pub out: Vec<T>, // (N, Hq, D)
+    pub lse: Vec<T>, // (N, Hq); 0 for rows of no sequence
 }
 
 pub struct AttnGrads<T> {
-    pub dq: Vec<T>, // (B, T, Hq, D)
-    pub dk: Vec<T>, // (B, T, Hkv, D)
-    pub dv: Vec<T>, // (B, T, Hkv, D)
+    pub dq: Vec<T>, // (N, Hq, D)
+    pub dk: Vec<T>, // (N, Hkv, D)
+    pub dv: Vec<T>, // (N, Hkv, D)
 }
 
-/// An error unless q, k, v and the lengths fit `d`.
+/// An error unless q, k, v fit `d` and the sequences (start, len) are disjoint runs of rows.
 pub fn check_dims(
     op: &'static str,
     d: &AttnDims,
     q: usize,
     k: usize,
     v: usize,
-    lengths: &[usize],
+    spans: &[(usize, usize)],
 ) -> Result<()> {
-    let AttnDims { batch, seq, q_heads, kv_heads, head_dim, .. } = *d;
+    let AttnDims { rows, batch, q_heads, kv_heads, head_dim, .. } = *d;
     if kv_heads == 0 || q_heads % kv_heads != 0 {
         return shape_err(op, format!("{q_heads} query heads are not a multiple of {kv_heads} KV heads"));
     }
     for (name, len, heads) in [("q", q, q_heads), ("k", k, kv_heads), ("v", v, kv_heads)] {
-        if len != batch * seq * heads * head_dim {
-            return shape_err(
-                op,
-                format!("{name} has {len} elements, expected {batch}×{seq}×{heads}×{head_dim}"),
-            );
+        if len != rows * heads * head_dim {
+            return shape_err(op, format!("{name} has {len} elements, expected {rows}×{heads}×{head_dim}"));
         }
     }
-    if lengths.len() != batch || lengths.iter().any(|&l| l > seq) {
-        return shape_err(
-            op,
-            format!("lengths {lengths:?} for a batch of {batch} sequences of {seq} positions"),
-        );
+    if spans.len() != batch {
+        return shape_err(op, format!("{} sequences for a batch of {batch}", spans.len()));
+    }
+    let mut sorted = spans.to_vec();
+    sorted.sort_unstable();
+    let mut end = 0;
+    for &(s, l) in &sorted {
+        if s < end || s + l > rows {
+            return shape_err(
+                op,
+                format!("sequences (start, length) {spans:?} overlap or run past the {rows} rows"),
+            );
+        }
+        end = s + l;
     }
     Ok(())
 }
 
-/// Offset of row (b, t, head) in a (B, T, heads, D) tensor.
-fn at(d: &AttnDims, b: usize, t: usize, heads: usize, head: usize) -> usize {
-    ((b * d.seq + t) * heads + head) * d.head_dim
+/// A raw pointer that tasks writing disjoint parts of one buffer may share.
+#[derive(Clone, Copy)]
+struct Shared<T>(*mut T);
+// SAFETY: every use writes a region no other task touches (see the callers).
+unsafe impl<T> Send for Shared<T> {}
+unsafe impl<T> Sync for Shared<T> {}
+
+/// C (m × n, row stride ldc) = alpha·A·B + beta·C on raw strided operands, one thread.
+///
+/// # Safety
+/// The strides must describe matrices inside their buffers; C must not alias A or B and no other
+/// thread may touch it meanwhile.
+#[allow(clippy::too_many_arguments)]
+unsafe fn mm<T: Real>(
+    m: usize,
+    k: usize,
+    n: usize,
+    alpha: T,
+    a: (*const T, usize, usize),
+    b: (*const T, usize, usize),
+    beta: T,
+    c: (*mut T, usize),
+) {
+    T::gemm_raw(
+        m,
+        k,
+        n,
+        alpha,
+        a.0,
+        a.1 as isize,
+        a.2 as isize,
+        b.0,
+        b.1 as isize,
+        b.2 as isize,
+        beta,
+        c.0,
+        c.1 as isize,
+        1,
+    );
 }
 
-fn dot<T: Real>(a: &[T], b: &[T]) -> T {
-    a.iter().zip(b).map(|(&x, &y)| x * y).sum()
+/// Query rows per tile: a tile of rows r0..r1 needs only keys 0..r1 (causal), so tiling skips
+/// most of the masked half of each sequence's scores.
+const TILE: usize = 64;
+
+/// The tiles (r0, r1) of a sequence of `len` rows.
+fn tiles(len: usize) -> impl Iterator<Item = (usize, usize)> {
+    (0..len).step_by(TILE).map(move |r0| (r0, (r0 + TILE).min(len)))
+}
+
+/// P (r1−r0 × r1) of query rows r0..r1 over keys 0..r1: scale·Q·Kᵀ, then for row i (global
+/// r0 + i) exp(s − lse) over j ≤ r0 + i and 0 past it. `lse` None: computes the softmax and writes
+/// each row's log-normalizer through `lse_out`.
+///
+/// # Safety
+/// `q` points at row r0 of the sequence's Q (row stride lq), `k` at its row 0 (row stride lk).
+#[allow(clippy::too_many_arguments)]
+unsafe fn probs<T: Real>(
+    p: &mut Vec<T>,
+    q: *const T,
+    lq: usize,
+    k: *const T,
+    lk: usize,
+    (r0, r1): (usize, usize),
+    dh: usize,
+    scale: T,
+    lse: Option<&dyn Fn(usize) -> T>,
+    lse_out: &mut dyn FnMut(usize, T),
+) {
+    let (rows, keys) = (r1 - r0, r1);
+    p.clear();
+    p.reserve(rows * keys);
+    // SAFETY (of set_len): the product writes all rows·keys elements (beta = 0) before any read.
+    mm(rows, dh, keys, scale, (q, lq, 1), (k, 1, lk), T::zero(), (p.as_mut_ptr(), keys));
+    p.set_len(rows * keys);
+    for i in 0..rows {
+        let valid = r0 + i + 1;
+        let row = &mut p[i * keys..(i + 1) * keys];
+        match lse {
+            Some(l) => {
+                let l = l(r0 + i);
+                row[..valid].iter_mut().for_each(|x| *x = (*x - l).exp());
+            }
+            None => {
+                let m = row[..valid].iter().copied().fold(T::neg_infinity(), T::max);
+                let mut sum = T::zero();
+                for x in &mut row[..valid] {
+                    *x = (*x - m).exp();
+                    sum = sum + *x;
+                }
+                let inv = sum.recip();
+                row[..valid].iter_mut().for_each(|x| *x = *x * inv);
+                lse_out(r0 + i, m + sum.ln());
+            }
+        }
+        row[valid..].iter_mut().for_each(|x| *x = T::zero());
+    }
 }
 
 pub fn attention_fwd<T: Real>(
     d: &AttnDims,
-    q: &[T],           // (B, T, Hq, D)
-    k: &[T],           // (B, T, Hkv, D)
-    v: &[T],           // (B, T, Hkv, D)
-    lengths: &[usize], // (B)
+    q: &[T],                  // (N, Hq, D)
+    k: &[T],                  // (N, Hkv, D)
+    v: &[T],                  // (N, Hkv, D)
+    spans: &[(usize, usize)], // (B) (start, len)
 ) -> AttnOut<T> {
-    let AttnDims { batch, seq, q_heads: hq, kv_heads: hkv, head_dim: dh, .. } = *d;
+    let AttnDims { q_heads: hq, kv_heads: hkv, head_dim: dh, .. } = *d;
     let group = hq / hkv;
     let scale = T::from_f64(d.scale);
-    // One task per (b, h): its (T, D) output rows and (T) lse.
-    let per_head: Vec<(Vec<T>, Vec<T>)> = (0..batch * hq)
-        .into_par_iter()
-        .map(|bh| {
-            let (b, h) = (bh / hq, bh % hq);
-            let g = h / group;
-            let mut out = vec![T::zero(); seq * dh];
-            let mut lse = vec![T::zero(); seq];
-            let mut s = vec![T::zero(); seq];
-            for t in 0..lengths[b] {
-                let qt = &q[at(d, b, t, hq, h)..][..dh];
-                for (j, sj) in s[..=t].iter_mut().enumerate() {
-                    *sj = scale * dot(qt, &k[at(d, b, j, hkv, g)..][..dh]);
-                }
-                let m = s[..=t].iter().copied().fold(T::neg_infinity(), T::max);
-                let l = m + s[..=t].iter().map(|&x| (x - m).exp()).sum::<T>().ln();
-                let ot = &mut out[t * dh..(t + 1) * dh];
-                for (j, &sj) in s[..=t].iter().enumerate() {
-                    let p = (sj - l).exp();
-                    for (o, &vv) in ot.iter_mut().zip(&v[at(d, b, j, hkv, g)..][..dh]) {
-                        *o = *o + p * vv;
-                    }
-                }
-                lse[t] = l;
-            }
-            (out, lse)
-        })
-        .collect();
+    let (lq, lk) = (hq * dh, hkv * dh);
     let mut out = vec![T::zero(); q.len()];
-    let mut lse = vec![T::zero(); batch * hq * seq];
-    for (bh, (o, l)) in per_head.into_iter().enumerate() {
-        let (b, h) = (bh / hq, bh % hq);
-        for t in 0..seq {
-            out[at(d, b, t, hq, h)..][..dh].copy_from_slice(&o[t * dh..(t + 1) * dh]);
+    let mut lse = vec![T::zero(); d.rows * hq];
+    let (out_p, lse_p) = (Shared(out.as_mut_ptr()), Shared(lse.as_mut_ptr()));
+    let tasks: Vec<(usize, usize)> = (0..spans.len()).flat_map(|b| (0..hq).map(move |h| (b, h))).collect();
+    tasks.into_par_iter().for_each(|(b, h)| {
+        let (start, len) = spans[b];
+        let g = h / group;
+        let (out_p, lse_p) = (out_p, lse_p);
+        let mut p = Vec::new();
+        // SAFETY: the block reads rows start..start+len of q, k, v, and writes the same rows of
+        // head h's columns of `out` and of `lse`, which no other (sequence, head) task writes.
+        unsafe {
+            let kb = k.as_ptr().add(start * lk + g * dh);
+            let vb = v.as_ptr().add(start * lk + g * dh);
+            for (r0, r1) in tiles(len) {
+                let qb = q.as_ptr().add((start + r0) * lq + h * dh);
+                let mut write_lse = |i: usize, l: T| *lse_p.0.add((start + i) * hq + h) = l;
+                probs(&mut p, qb, lq, kb, lk, (r0, r1), dh, scale, None, &mut write_lse);
+                let ob = out_p.0.add((start + r0) * lq + h * dh);
+                mm(r1 - r0, r1, dh, T::one(), (p.as_ptr(), r1, 1), (vb, lk, 1), T::zero(), (ob, lq));
+            }
         }
-        lse[bh * seq..(bh + 1) * seq].copy_from_slice(&l);
-    }
+    });
     AttnOut { out, lse }
 }
 
 #[allow(clippy::too_many_arguments)]
 pub fn attention_bwd<T: Real>(
     d: &AttnDims,
-    q: &[T],           // (B, T, Hq, D)
-    k: &[T],           // (B, T, Hkv, D)
-    v: &[T],           // (B, T, Hkv, D)
-    lengths: &[usize], // (B)
-    out: &[T],         // (B, T, Hq, D)
-    lse: &[T],         // (B, Hq, T)
-    dout: &[T],        // (B, T, Hq, D)
+    q: &[T],                  // (N, Hq, D)
+    k: &[T],                  // (N, Hkv, D)
+    v: &[T],                  // (N, Hkv, D)
+    spans: &[(usize, usize)], // (B) (start, len)
+    out: &[T],                // (N, Hq, D)
+    lse: &[T],                // (N, Hq)
+    dout: &[T],               // (N, Hq, D)
 ) -> AttnGrads<T> {
-    let AttnDims { batch, seq, q_heads: hq, kv_heads: hkv, head_dim: dh, .. } = *d;
+    let AttnDims { q_heads: hq, kv_heads: hkv, head_dim: dh, .. } = *d;
     let group = hq / hkv;
     let scale = T::from_f64(d.scale);
-    // One task per (b, KV head g): dq for its `group` query heads (G, T, D), dk and dv (T, D).
-    let per_group: Vec<(Vec<T>, Vec<T>, Vec<T>)> = (0..batch * hkv)
-        .into_par_iter()
-        .map(|bg| {
-            let (b, g) = (bg / hkv, bg % hkv);
-            let mut dq = vec![T::zero(); group * seq * dh];
-            let mut dk = vec![T::zero(); seq * dh];
-            let mut dv = vec![T::zero(); seq * dh];
-            for j_head in 0..group {
-                let h = g * group + j_head;
-                for t in 0..lengths[b] {
-                    let row = at(d, b, t, hq, h);
-                    let (qt, ot, do_t) = (&q[row..][..dh], &out[row..][..dh], &dout[row..][..dh]);
-                    let l = lse[(b * hq + h) * seq + t];
-                    let delta = dot(do_t, ot);
-                    let dqt = &mut dq[(j_head * seq + t) * dh..][..dh];
-                    for j in 0..=t {
-                        let kv = at(d, b, j, hkv, g);
-                        let (kj, vj) = (&k[kv..][..dh], &v[kv..][..dh]);
-                        let p = (scale * dot(qt, kj) - l).exp();
-                        let ds = p * (dot(do_t, vj) - delta);
-                        for i in 0..dh {
-                            dqt[i] = dqt[i] + scale * ds * kj[i];
-                            dk[j * dh + i] = dk[j * dh + i] + scale * ds * qt[i];
-                            dv[j * dh + i] = dv[j * dh + i] + p * do_t[i];
-                        }
-                    }
-                }
-            }
-            (dq, dk, dv)
-        })
-        .collect();
+    let (lq, lk) = (hq * dh, hkv * dh);
     let mut dq = vec![T::zero(); q.len()];
     let mut dk = vec![T::zero(); k.len()];
     let mut dv = vec![T::zero(); v.len()];
-    for (bg, (gq, gk, gv)) in per_group.into_iter().enumerate() {
-        let (b, g) = (bg / hkv, bg % hkv);
-        for t in 0..seq {
-            for j_head in 0..group {
-                let src = &gq[(j_head * seq + t) * dh..][..dh];
-                dq[at(d, b, t, hq, g * group + j_head)..][..dh].copy_from_slice(src);
+    let ptrs = (Shared(dq.as_mut_ptr()), Shared(dk.as_mut_ptr()), Shared(dv.as_mut_ptr()));
+    // One task per (sequence, key/value head): it owns dK and dV of its rows and head, and dQ of
+    // its rows for the query heads of its group.
+    let tasks: Vec<(usize, usize)> = (0..spans.len()).flat_map(|b| (0..hkv).map(move |g| (b, g))).collect();
+    tasks.into_par_iter().for_each(|(b, g)| {
+        let (start, len) = spans[b];
+        let (dq_p, dk_p, dv_p) = ptrs;
+        let (mut p, mut ds) = (Vec::new(), Vec::new());
+        // SAFETY: reads rows start..start+len of the inputs; writes those rows of key/value head
+        // g's columns of dk and dv and of its query heads' columns of dq: no other task does.
+        unsafe {
+            let kb = k.as_ptr().add(start * lk + g * dh);
+            let vb = v.as_ptr().add(start * lk + g * dh);
+            let dkb = dk_p.0.add(start * lk + g * dh);
+            let dvb = dv_p.0.add(start * lk + g * dh);
+            for h in g * group..(g + 1) * group {
+                let saved = |i: usize| lse[(start + i) * hq + h];
+                for (r0, r1) in tiles(len) {
+                    let (rows, keys) = (r1 - r0, r1);
+                    let at = (start + r0) * lq + h * dh;
+                    let (qb, dob, ob) = (q.as_ptr().add(at), dout.as_ptr().add(at), out.as_ptr().add(at));
+                    probs(&mut p, qb, lq, kb, lk, (r0, r1), dh, scale, Some(&saved), &mut |_, _| {});
+                    // dV[0..r1] += Pᵀ·dO
+                    mm(keys, rows, dh, T::one(), (p.as_ptr(), 1, keys), (dob, lq, 1), T::one(), (dvb, lk));
+                    // dS = P ∘ (dO·Vᵀ − Δ)
+                    ds.clear();
+                    ds.reserve(rows * keys);
+                    mm(
+                        rows,
+                        dh,
+                        keys,
+                        T::one(),
+                        (dob, lq, 1),
+                        (vb, 1, lk),
+                        T::zero(),
+                        (ds.as_mut_ptr(), keys),
+                    );
+                    ds.set_len(rows * keys);
+                    for i in 0..rows {
+                        let o = std::slice::from_raw_parts(ob.add(i * lq), dh);
+                        let g_o = std::slice::from_raw_parts(dob.add(i * lq), dh);
+                        let delta: T = o.iter().zip(g_o).map(|(&x, &y)| x * y).sum();
+                        let (prow, drow) = (&p[i * keys..(i + 1) * keys], &mut ds[i * keys..(i + 1) * keys]);
+                        for (x, &pj) in drow.iter_mut().zip(prow) {
+                            *x = pj * (*x - delta);
+                        }
+                    }
+                    // dQ[r0..r1] = scale·dS·K,  dK[0..r1] += scale·dSᵀ·Q
+                    let dqb = dq_p.0.add(at);
+                    mm(rows, keys, dh, scale, (ds.as_ptr(), keys, 1), (kb, lk, 1), T::zero(), (dqb, lq));
+                    mm(keys, rows, dh, scale, (ds.as_ptr(), 1, keys), (qb, lq, 1), T::one(), (dkb, lk));
+                }
             }
-            dk[at(d, b, t, hkv, g)..][..dh].copy_from_slice(&gk[t * dh..][..dh]);
-            dv[at(d, b, t, hkv, g)..][..dh].copy_from_slice(&gv[t * dh..][..dh]);
         }
-    }
+    });
     AttnGrads { dq, dk, dv }
+}
+
+fn dot<T: Real>(a: &[T], b: &[T]) -> T {
+    a.iter().zip(b).map(|(&x, &y)| x * y).sum()
 }
 
 /// An error unless q, the caches and the row indices fit `d`.
@@ -203,10 +309,19 @@ pub fn check_cached_dims(
     }
     let cache = batch * capacity * kv_heads * head_dim;
     if k_cache != cache || v_cache != cache {
-        return shape_err(op, format!("caches of {k_cache} and {v_cache} elements, expected {batch}×{capacity}×{kv_heads}×{head_dim}"));
+        return shape_err(
+            op,
+            format!("caches of {k_cache} and {v_cache} elements, expected {batch}×{capacity}×{kv_heads}×{head_dim}"),
+        );
     }
     if let Some(i) = (0..rows).find(|&i| seq[i] as usize >= batch || pos[i] as usize >= capacity) {
-        return shape_err(op, format!("row {i} is at position {} of sequence {}: the cache holds {batch} sequences of {capacity} positions", pos[i], seq[i]));
+        return shape_err(
+            op,
+            format!(
+                "row {i} is at position {} of sequence {}: the cache holds {batch} sequences of {capacity} positions",
+                pos[i], seq[i]
+            ),
+        );
     }
     Ok(())
 }

@@ -16,21 +16,48 @@ pub struct MatmulSpec {
     pub accumulate: bool,
 }
 
-/// Rows of C handed to one task: large enough to keep the packing cost of B amortized.
-const ROWS_PER_TASK: usize = 64;
+/// A product is split over the threads by rows when each gets at least this many.
+const MIN_ROWS_PER_THREAD: usize = 32;
 
 pub fn matmul<T: Real>(s: MatmulSpec, a: &[T], b: &[T], c: &mut [T]) {
-    let MatmulSpec { m, k, n, trans_a, trans_b, accumulate } = s;
+    let MatmulSpec { m, k, n, .. } = s;
     assert_eq!(a.len(), m * k, "matmul: A has {} elements, expected {m}×{k}", a.len());
     assert_eq!(b.len(), k * n, "matmul: B has {} elements, expected {k}×{n}", b.len());
     assert_eq!(c.len(), m * n, "matmul: C has {} elements, expected {m}×{n}", c.len());
+    // SAFETY: the lengths were checked above; C does not alias A or B.
+    unsafe { product(s, a, b, c.as_mut_ptr()) }
+}
+
+/// op(A)·op(B) into a new (m, n) matrix, never filled before the product writes it.
+pub fn matmul_new<T: Real>(s: MatmulSpec, a: &[T], b: &[T]) -> Vec<T> {
+    let MatmulSpec { m, k, n, .. } = s;
+    assert!(!s.accumulate, "matmul_new: nothing to accumulate into");
+    assert_eq!(a.len(), m * k, "matmul: A has {} elements, expected {m}×{k}", a.len());
+    assert_eq!(b.len(), k * n, "matmul: B has {} elements, expected {k}×{n}", b.len());
+    let mut c = Vec::with_capacity(m * n);
+    // SAFETY: the product writes all m·n elements (beta = 0: C is never read), then they are
+    // counted in; the lengths were checked above.
+    unsafe {
+        product(s, a, b, c.as_mut_ptr());
+        c.set_len(m * n);
+    }
+    c
+}
+
+/// C (m, n) at `c` (+)= op(A)·op(B).
+///
+/// # Safety
+/// A and B hold m·k and k·n elements; `c` addresses m·n elements, initialized when
+/// accumulating, aliasing neither.
+unsafe fn product<T: Real>(s: MatmulSpec, a: &[T], b: &[T], c: *mut T) {
+    let MatmulSpec { m, k, n, trans_a, trans_b, accumulate } = s;
     if m == 0 || n == 0 {
         return;
     }
     let beta = if accumulate { T::one() } else { T::zero() };
     if k == 0 {
         if !accumulate {
-            c.iter_mut().for_each(|x| *x = T::zero());
+            std::ptr::write_bytes(c, 0, m * n);
         }
         return;
     }
@@ -40,30 +67,24 @@ pub fn matmul<T: Real>(s: MatmulSpec, a: &[T], b: &[T], c: &mut [T]) {
     let work = m * n * k;
     let threads = rayon::current_num_threads();
     if work < 1 << 18 || threads == 1 {
-        // SAFETY: the lengths were checked above; C does not alias A or B.
-        unsafe { block(a, rsa, csa, b, rsb, csb, c, n, 0..m, 0..n, k, beta) };
-    } else if m >= ROWS_PER_TASK * threads {
-        c.par_chunks_mut(ROWS_PER_TASK * n).enumerate().for_each(|(i, c_blk)| {
-            let r0 = i * ROWS_PER_TASK;
-            let rows = r0..r0 + c_blk.len() / n;
-            // SAFETY: `c_blk` is a disjoint mutable chunk of C holding exactly these rows.
-            unsafe { block(a, rsa, csa, b, rsb, csb, c_blk, n, rows, 0..n, k, beta) };
-        });
-    } else {
-        // Few rows (a chunk of the output head, a decode step): split the columns instead.
-        let cols_per_task = n.div_ceil(threads * 4).max(64);
-        let base = SendPtr(c.as_mut_ptr());
-        (0..n.div_ceil(cols_per_task)).into_par_iter().for_each(|t| {
-            let cols = t * cols_per_task..((t + 1) * cols_per_task).min(n);
-            let c_ptr = base;
-            // SAFETY: each task writes a disjoint block of columns of C, through raw pointers
-            // with C's row stride; the slice itself is not touched while they run.
-            unsafe {
-                let c_all = std::slice::from_raw_parts_mut(c_ptr.0, m * n);
-                block(a, rsa, csa, b, rsb, csb, c_all, n, 0..m, cols, k, beta)
-            };
-        });
+        block(a, rsa, csa, b, rsb, csb, c, n, 0..m, 0..n, k, beta);
+        return;
     }
+    // One block per thread: each packs its operands once (64-row blocks repacked all of B for
+    // every 64 rows, a quarter of the time at these sizes). Split the rows when there are enough,
+    // else the columns.
+    let by_rows = m >= MIN_ROWS_PER_THREAD * threads;
+    let extent = if by_rows { m } else { n };
+    let per = extent.div_ceil(threads);
+    let base = SendPtr(c);
+    (0..extent.div_ceil(per)).into_par_iter().for_each(|t| {
+        let part = t * per..((t + 1) * per).min(extent);
+        let c_ptr = base;
+        let (rows, cols) = if by_rows { (part, 0..n) } else { (0..m, part) };
+        // SAFETY: each task writes a disjoint block of C (its rows or its columns), through raw
+        // pointers with C's row stride; the slice itself is not used while they run.
+        unsafe { block(a, rsa, csa, b, rsb, csb, c_ptr.0, n, rows, cols, k, beta) };
+    });
 }
 
 #[derive(Clone, Copy)]
@@ -72,12 +93,12 @@ struct SendPtr<T>(*mut T);
 unsafe impl<T> Send for SendPtr<T> {}
 unsafe impl<T> Sync for SendPtr<T> {}
 
-/// C[rows, cols] (+)= op(A)[rows, :]·op(B)[:, cols], where `c` starts at row `rows.start` of C
-/// (row stride `ldc`).
+/// C[rows, cols] (+)= op(A)[rows, :]·op(B)[:, cols], `c` pointing at C's first element (row
+/// stride `ldc`).
 ///
 /// # Safety
 /// `a`, `b` and `c` must hold the rows and columns addressed; no other thread may write the
-/// same elements of `c` meanwhile.
+/// same elements of C meanwhile.
 #[allow(clippy::too_many_arguments)]
 unsafe fn block<T: Real>(
     a: &[T],
@@ -86,7 +107,7 @@ unsafe fn block<T: Real>(
     b: &[T],
     rsb: isize,
     csb: isize,
-    c: &mut [T],
+    c: *mut T,
     ldc: usize,
     rows: std::ops::Range<usize>,
     cols: std::ops::Range<usize>,
@@ -95,7 +116,7 @@ unsafe fn block<T: Real>(
 ) {
     let a0 = a.as_ptr().offset(rows.start as isize * rsa);
     let b0 = b.as_ptr().offset(cols.start as isize * csb);
-    let c0 = c.as_mut_ptr().add(cols.start);
+    let c0 = c.add(rows.start * ldc + cols.start);
     T::gemm_raw(rows.len(), k, cols.len(), T::one(), a0, rsa, csa, b0, rsb, csb, beta, c0, ldc as isize, 1);
 }
 

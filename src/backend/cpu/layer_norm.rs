@@ -72,6 +72,9 @@ pub fn layer_norm_bwd<T: Real>(
     NormGrads { dx, dw, db: Some(db) }
 }
 
+/// Rows per partial sum of the weight gradients.
+const WGRAD_ROWS: usize = 128;
+
 /// The backward of both norms: `mean` is None for RMSNorm. Returns (dx, dw, db).
 pub(super) fn norm_bwd<T: Real>(
     x: &[T],            // (N, C)
@@ -98,15 +101,26 @@ pub(super) fn norm_bwd<T: Real>(
             *o = rstd[r] * (g(c) - mean_g - xhat(r, c) * mean_gx);
         }
     });
-    // Column sums over rows: serial, O(N·C) like the pass above but without the reductions.
-    let mut dw = vec![T::zero(); cols];
-    let mut db = vec![T::zero(); cols];
-    for r in 0..rows {
-        for c in 0..cols {
-            let g = dy[r * cols + c];
-            dw[c] = dw[c] + g * xhat(r, c);
-            db[c] = db[c] + g;
-        }
+    // Column sums over rows: partial sums over fixed blocks of rows in parallel, then added in
+    // block order (the same result whatever the threads do).
+    let partials: Vec<(Vec<T>, Vec<T>)> = (0..rows.div_ceil(WGRAD_ROWS))
+        .into_par_iter()
+        .map(|blk| {
+            let (mut dw, mut db) = (vec![T::zero(); cols], vec![T::zero(); cols]);
+            for r in blk * WGRAD_ROWS..((blk + 1) * WGRAD_ROWS).min(rows) {
+                let dyr = &dy[r * cols..(r + 1) * cols];
+                for (c, &g) in dyr.iter().enumerate() {
+                    dw[c] = dw[c] + g * xhat(r, c);
+                    db[c] = db[c] + g;
+                }
+            }
+            (dw, db)
+        })
+        .collect();
+    let (mut dw, mut db) = (vec![T::zero(); cols], vec![T::zero(); cols]);
+    for (pw, pb) in &partials {
+        dw.iter_mut().zip(pw).for_each(|(a, &b)| *a = *a + b);
+        db.iter_mut().zip(pb).for_each(|(a, &b)| *a = *a + b);
     }
     (dx, dw, db)
 }

@@ -4,6 +4,7 @@
 //!   or y = x·W + b    (W stored (Din, Dout), GPT-2 Conv1D; `w_in_out`)
 //! bwd: dx = dy·W (or dy·Wᵀ), dW = dyᵀ·x (or xᵀ·dy), db = Σ_n dy[n, :]
 
+use super::gemm::matmul_new;
 use super::{matmul, MatmulSpec, Real};
 use crate::backend::ops::LinearDims;
 
@@ -19,22 +20,23 @@ pub fn linear_fwd<T: Real>(
     w: &[T],         // (Dout, Din), or (Din, Dout) if w_in_out
     b: Option<&[T]>, // (Dout)
 ) -> Vec<T> /* (N, Dout) */ {
-    let mut y = vec![T::zero(); d.n * d.d_out];
-    if let Some(b) = b {
-        if d.d_out > 0 {
-            y.chunks_mut(d.d_out).for_each(|row| row.copy_from_slice(b));
-        }
-    }
-    let spec = MatmulSpec {
+    let spec = |accumulate| MatmulSpec {
         m: d.n,
         k: d.d_in,
         n: d.d_out,
         trans_a: false,
         trans_b: !d.w_in_out,
-        accumulate: b.is_some(),
+        accumulate,
     };
-    matmul(spec, x, w, &mut y);
-    y
+    match b {
+        Some(b) => {
+            // The bias in every row, then the product added to it.
+            let mut y: Vec<T> = (0..d.n).flat_map(|_| b.iter().copied()).collect();
+            matmul(spec(true), x, w, &mut y);
+            y
+        }
+        None => matmul_new(spec(false), x, w),
+    }
 }
 
 pub fn linear_bwd<T: Real>(
@@ -45,36 +47,23 @@ pub fn linear_bwd<T: Real>(
     has_bias: bool,
 ) -> LinearGrads<T> {
     let LinearDims { n, d_in, d_out, w_in_out } = d;
-    let mut dx = vec![T::zero(); n * d_in];
+    let spec = |m, k, n, trans_a, trans_b| MatmulSpec { m, k, n, trans_a, trans_b, accumulate: false };
     // dx (N, Din) = dy (N, Dout) · W (Dout, Din), or dy · Wᵀ when W is (Din, Dout).
-    matmul(
-        MatmulSpec { m: n, k: d_out, n: d_in, trans_a: false, trans_b: w_in_out, accumulate: false },
-        dy,
-        w,
-        &mut dx,
-    );
-    let mut dw = vec![T::zero(); d_in * d_out];
-    if w_in_out {
+    let dx = matmul_new(spec(n, d_out, d_in, false, w_in_out), dy, w);
+    let dw = if w_in_out {
         // dW (Din, Dout) = xᵀ · dy
-        matmul(
-            MatmulSpec { m: d_in, k: n, n: d_out, trans_a: true, trans_b: false, accumulate: false },
-            x,
-            dy,
-            &mut dw,
-        );
+        matmul_new(spec(d_in, n, d_out, true, false), x, dy)
     } else {
         // dW (Dout, Din) = dyᵀ · x
-        matmul(
-            MatmulSpec { m: d_out, k: n, n: d_in, trans_a: true, trans_b: false, accumulate: false },
-            dy,
-            x,
-            &mut dw,
-        );
-    }
+        matmul_new(spec(d_out, n, d_in, true, false), dy, x)
+    };
+    // db = Σ_n dy[n, :], rows added in order.
     let db = has_bias.then(|| {
         let mut db = vec![T::zero(); d_out];
-        for (i, &g) in dy.iter().enumerate() {
-            db[i % d_out] = db[i % d_out] + g;
+        if d_out > 0 {
+            for row in dy.chunks(d_out) {
+                db.iter_mut().zip(row).for_each(|(a, &g)| *a = *a + g);
+            }
         }
         db
     });

@@ -85,6 +85,17 @@ fn indices(op: &'static str, v: View<'_, CpuStorage>) -> Result<Vec<usize>> {
     Ok(v.typed::<u32>(op)?.iter().map(|&i| i as usize).collect())
 }
 
+/// (start, length) of each sequence.
+fn spans(
+    op: &'static str,
+    starts: View<'_, CpuStorage>,
+    lengths: View<'_, CpuStorage>,
+) -> Result<Vec<(usize, usize)>> {
+    let (s, l) = (indices(op, starts)?, indices(op, lengths)?);
+    need(op, "lengths", l.len(), s.len())?;
+    Ok(s.into_iter().zip(l).collect())
+}
+
 fn wrap<T: Element>(v: Vec<T>) -> CpuStorage {
     T::wrap(v)
 }
@@ -370,14 +381,15 @@ impl BackendStorage for CpuStorage {
         q: View<'_, Self>,
         k: View<'_, Self>,
         v: View<'_, Self>,
+        starts: View<'_, Self>,
         lengths: View<'_, Self>,
         d: &AttnDims,
     ) -> Result<(Self, Self)> {
         const OP: &str = "attention";
-        let lengths = indices(OP, lengths)?;
-        attention::check_dims(OP, d, q.len, k.len, v.len, &lengths)?;
+        let spans = spans(OP, starts, lengths)?;
+        attention::check_dims(OP, d, q.len, k.len, v.len, &spans)?;
         real!(OP, same_dtype(OP, &[q, k, v])?, |T| {
-            let o = attention::attention_fwd::<T>(d, q.typed(OP)?, k.typed(OP)?, v.typed(OP)?, &lengths);
+            let o = attention::attention_fwd::<T>(d, q.typed(OP)?, k.typed(OP)?, v.typed(OP)?, &spans);
             Ok((wrap(o.out), wrap(o.lse)))
         })
     }
@@ -386,6 +398,7 @@ impl BackendStorage for CpuStorage {
         q: View<'_, Self>,
         k: View<'_, Self>,
         v: View<'_, Self>,
+        starts: View<'_, Self>,
         lengths: View<'_, Self>,
         out: View<'_, Self>,
         lse: View<'_, Self>,
@@ -393,18 +406,18 @@ impl BackendStorage for CpuStorage {
         d: &AttnDims,
     ) -> Result<(Self, Self, Self)> {
         const OP: &str = "attention backward";
-        let lengths = indices(OP, lengths)?;
-        attention::check_dims(OP, d, q.len, k.len, v.len, &lengths)?;
+        let spans = spans(OP, starts, lengths)?;
+        attention::check_dims(OP, d, q.len, k.len, v.len, &spans)?;
         need(OP, "out", out.len, q.len)?;
         need(OP, "dout", dout.len, q.len)?;
-        need(OP, "lse", lse.len, d.batch * d.q_heads * d.seq)?;
+        need(OP, "lse", lse.len, d.rows * d.q_heads)?;
         real!(OP, same_dtype(OP, &[q, k, v, out, lse, dout])?, |T| {
             let g = attention::attention_bwd::<T>(
                 d,
                 q.typed(OP)?,
                 k.typed(OP)?,
                 v.typed(OP)?,
-                &lengths,
+                &spans,
                 out.typed(OP)?,
                 lse.typed(OP)?,
                 dout.typed(OP)?,

@@ -49,19 +49,24 @@ fn rotate<T: Real>(
     if row == 0 {
         return y;
     }
-    y.par_chunks_mut(row).zip(x.par_chunks(row)).zip(positions.par_iter()).for_each(|((yr, xr), &pos)| {
-        let (cos, sin): (Vec<T>, Vec<T>) = inv_freq
-            .iter()
-            .map(|&f| {
+    // cos and sin once per distinct position (rows share them: every sequence starts at 0).
+    let table_len = positions.iter().max().map_or(0, |&p| p as usize + 1);
+    let table: Vec<(T, T)> = (0..table_len)
+        .into_par_iter()
+        .flat_map_iter(|pos| {
+            inv_freq.iter().map(move |&f| {
                 let theta = pos as f64 * f;
                 (T::from_f64(theta.cos()), T::from_f64(sign * theta.sin()))
             })
-            .unzip();
+        })
+        .collect();
+    y.par_chunks_mut(row).zip(x.par_chunks(row)).zip(positions.par_iter()).for_each(|((yr, xr), &pos)| {
+        let cs = &table[pos as usize * half..(pos as usize + 1) * half];
         for (yh, xh) in yr.chunks_mut(2 * half).zip(xr.chunks(2 * half)) {
-            for i in 0..half {
+            for (i, &(cos, sin)) in cs.iter().enumerate() {
                 let (a, b) = (xh[i], xh[i + half]);
-                yh[i] = a * cos[i] - b * sin[i];
-                yh[i + half] = b * cos[i] + a * sin[i];
+                yh[i] = a * cos - b * sin;
+                yh[i + half] = b * cos + a * sin;
             }
         }
     });

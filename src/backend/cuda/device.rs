@@ -205,11 +205,18 @@ impl CudaDevice {
         let bytes = n.max(1) * std::mem::size_of::<T>();
         let mut s = self.stream.alloc::<T>(n.max(1)).map_err(self.alloc_err(bytes, context))?;
         if POISON.load(std::sync::atomic::Ordering::Relaxed) {
-            let (ptr, _guard) = cudarc::driver::DevicePtrMut::device_ptr_mut(&mut s, &self.stream);
-            cudarc::driver::result::memset_d8_async(ptr, 0xFF, bytes, self.stream.cu_stream())
-                .map_err(cuda_err(format!("{context}: poisoning a new buffer")))?;
+            self.fill_nan(&mut s)?;
         }
         Ok(s)
+    }
+
+    /// Every byte of `s` 0xFF: NaN in f32, bf16 and f16 (outputs a kernel must overwrite).
+    pub fn fill_nan<T>(&self, s: &mut impl cudarc::driver::DevicePtrMut<T>) -> Result<()> {
+        let bytes = cudarc::driver::DeviceSlice::num_bytes(s);
+        let (ptr, _guard) = s.device_ptr_mut(&self.stream);
+        // SAFETY: `ptr` addresses `bytes` bytes of a live allocation of this stream.
+        unsafe { cudarc::driver::result::memset_d8_async(ptr, 0xFF, bytes, self.stream.cu_stream()) }
+            .map_err(cuda_err("filling a buffer with NaN"))
     }
 
     /// A copy of host data on the device (at least one element).

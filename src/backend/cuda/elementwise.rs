@@ -1,5 +1,5 @@
-//! Launchers for `kernels/elementwise.cu`: add (out of place and in place) and the bf16 ↔ f32
-//! casts. Grid-stride loops: at most 1024 blocks of 256 threads.
+//! Launchers for `kernels/elementwise.cu`: add (out of place and in place), scale in place and
+//! the bf16 ↔ f32 casts. Grid-stride loops: at most 1024 blocks of 256 threads.
 
 use super::device::{cuda_err, CudaDevice};
 use super::storage::CudaElem;
@@ -69,6 +69,21 @@ pub fn add_in_place<T: CudaElem>(
     // SAFETY: add_<dtype>(a, b, out, n) with out = a, n elements of each; both views are alive
     // for the call and the stream orders later uses.
     unsafe { stream.launch_builder(&f).arg(&a).arg(&b).arg(&a).arg(&n64).launch(cfg(n)) }
+        .map_err(cuda_err(OP))?;
+    Ok(())
+}
+
+/// x *= c, in place.
+pub fn scale_in_place<T: CudaElem>(dev: &CudaDevice, x: &mut CudaViewMut<'_, T>, c: f32) -> Result<()> {
+    const OP: &str = "scale (cuda)";
+    if x.is_empty() {
+        return Ok(());
+    }
+    let f = dev.function(MODULE, name::<T>("scale_f32", "scale_bf16"))?;
+    let n = x.len();
+    let n64 = n as i64;
+    // SAFETY: argument types match scale_<dtype>(x, c, n), n elements of x.
+    unsafe { dev.stream().launch_builder(&f).arg(x).arg(&c).arg(&n64).launch(cfg(n)) }
         .map_err(cuda_err(OP))?;
     Ok(())
 }

@@ -348,8 +348,14 @@ impl BackendStorage for CudaStorage {
         })
     }
 
-    fn scale_in(&mut self, _start: usize, _len: usize, _c: f64) -> Result<()> {
-        unsupported("scale", self)
+    fn scale_in(&mut self, start: usize, len: usize, c: f64) -> Result<()> {
+        const OP: &str = "scale";
+        let dev = self.dev.clone();
+        float!(OP, self.dtype(), |T| elementwise::scale_in_place::<T>(
+            &dev,
+            &mut self.typed_mut::<T>(OP, start, len)?,
+            c as f32
+        ))
     }
 
     fn copy_rows_in(&mut self, _width: usize, _rows: View<'_, Self>, _src: View<'_, Self>) -> Result<()> {
@@ -545,6 +551,7 @@ impl BackendStorage for CudaStorage {
         q: View<'_, Self>,
         _k: View<'_, Self>,
         _v: View<'_, Self>,
+        _starts: View<'_, Self>,
         _lengths: View<'_, Self>,
         _d: &AttnDims,
     ) -> Result<(Self, Self)> {
@@ -555,6 +562,7 @@ impl BackendStorage for CudaStorage {
         q: View<'_, Self>,
         _k: View<'_, Self>,
         _v: View<'_, Self>,
+        _starts: View<'_, Self>,
         _lengths: View<'_, Self>,
         _out: View<'_, Self>,
         _lse: View<'_, Self>,
