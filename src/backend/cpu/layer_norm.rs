@@ -75,7 +75,9 @@ pub fn layer_norm_bwd<T: Real>(
 /// Rows per partial sum of the weight gradients.
 const WGRAD_ROWS: usize = 128;
 
-/// The backward of both norms: `mean` is None for RMSNorm. Returns (dx, dw, db).
+/// The backward of both norms: `mean` is None for RMSNorm. Returns (dx, dw, db). One pass over
+/// fixed blocks of rows in parallel: each block's dx rows and its partial column sums of dw and
+/// db, the partials then added in block order (the same result whatever the threads do).
 pub(super) fn norm_bwd<T: Real>(
     x: &[T],            // (N, C)
     w: &[T],            // (C)
@@ -87,31 +89,27 @@ pub(super) fn norm_bwd<T: Real>(
     let rows = x.len() / cols;
     assert_eq!(rstd.len(), rows, "norm backward: rstd has {} elements, expected {rows}", rstd.len());
     assert_eq!(dy.len(), x.len(), "norm backward: dy has {} elements, expected {}", dy.len(), x.len());
-    let xhat = |r: usize, c: usize| match mean {
-        Some(m) => (x[r * cols + c] - m[r]) * rstd[r],
-        None => x[r * cols + c] * rstd[r],
-    };
     let mut dx = vec![T::zero(); x.len()];
-    dx.par_chunks_mut(cols).enumerate().for_each(|(r, dxr)| {
-        let dyr = &dy[r * cols..(r + 1) * cols];
-        let g = |c: usize| dyr[c] * w[c];
-        let mean_g = if mean.is_some() { mean_of((0..cols).map(g), cols) } else { T::zero() };
-        let mean_gx = mean_of((0..cols).map(|c| g(c) * xhat(r, c)), cols);
-        for (c, o) in dxr.iter_mut().enumerate() {
-            *o = rstd[r] * (g(c) - mean_g - xhat(r, c) * mean_gx);
-        }
-    });
-    // Column sums over rows: partial sums over fixed blocks of rows in parallel, then added in
-    // block order (the same result whatever the threads do).
-    let partials: Vec<(Vec<T>, Vec<T>)> = (0..rows.div_ceil(WGRAD_ROWS))
-        .into_par_iter()
-        .map(|blk| {
+    let partials: Vec<(Vec<T>, Vec<T>)> = dx
+        .par_chunks_mut(WGRAD_ROWS * cols)
+        .enumerate()
+        .map(|(blk, dx_blk)| {
             let (mut dw, mut db) = (vec![T::zero(); cols], vec![T::zero(); cols]);
-            for r in blk * WGRAD_ROWS..((blk + 1) * WGRAD_ROWS).min(rows) {
-                let dyr = &dy[r * cols..(r + 1) * cols];
-                for (c, &g) in dyr.iter().enumerate() {
-                    dw[c] = dw[c] + g * xhat(r, c);
-                    db[c] = db[c] + g;
+            let (mut xhat, mut g) = (vec![T::zero(); cols], vec![T::zero(); cols]);
+            for (i, dxr) in dx_blk.chunks_mut(cols).enumerate() {
+                let r = blk * WGRAD_ROWS + i;
+                let (xr, dyr) = (&x[r * cols..(r + 1) * cols], &dy[r * cols..(r + 1) * cols]);
+                let (mu, rs) = (mean.map_or(T::zero(), |m| m[r]), rstd[r]);
+                for c in 0..cols {
+                    xhat[c] = (xr[c] - mu) * rs;
+                    g[c] = dyr[c] * w[c];
+                    dw[c] = dw[c] + dyr[c] * xhat[c];
+                    db[c] = db[c] + dyr[c];
+                }
+                let mean_g = if mean.is_some() { mean_of(g.iter().copied(), cols) } else { T::zero() };
+                let mean_gx = mean_of(g.iter().zip(&xhat).map(|(&a, &b)| a * b), cols);
+                for c in 0..cols {
+                    dxr[c] = rs * (g[c] - mean_g - xhat[c] * mean_gx);
                 }
             }
             (dw, db)
