@@ -440,18 +440,16 @@ impl<'a> Trainer<'a> {
         })
     }
 
-    /// Each parameter's run of the flat buffer, and whether it decays (the optimizer state file
-    /// keeps one tensor per parameter).
+    /// Each parameter's run of the flat buffer and whether it decays, in the model's order of
+    /// parameters: the optimizer state file keeps one tensor per parameter in that order (as
+    /// checkpoints written before the flat buffer did, so they resume too).
     fn param_groups(&self) -> Vec<ParamGroup> {
-        let mut groups: Vec<ParamGroup> = self
-            .student
+        self.student
             .params()
             .entries()
             .iter()
             .map(|e| ParamGroup { range: e.range(), decay: e.decays() })
-            .collect();
-        groups.sort_by_key(|g| g.range.start);
-        groups
+            .collect()
     }
 
     /// Forward and backward of one micro-batch; adds scale · d(loss)/d(params) into `grads` and

@@ -182,7 +182,8 @@ impl AdamW {
     }
 
     /// Writes the state (moments, step count, hyper-parameters) to a safetensors file, one
-    /// tensor per parameter: `params` lists each parameter's run of the flat buffer, in order.
+    /// tensor per parameter: `params` lists each parameter's run of the flat buffer, in the
+    /// model's order of parameters (which need not be the buffer's).
     pub fn save(&self, path: &Path, params: &[ParamGroup]) -> Result<()> {
         let (m, v) = match &self.moments {
             Some((m, v)) => (m.to_vec_f32()?, v.to_vec_f32()?),
@@ -229,8 +230,9 @@ impl AdamW {
     }
 
     /// Reads a state written by `save` for parameters laid out as `params` (each parameter's
-    /// run of the flat buffer), its moments on `device`: the optimizer continues exactly where it
-    /// stopped. A state for other parameter shapes is refused, naming the first that differs.
+    /// run of the flat buffer, in the model's order; together they must cover the buffer), its
+    /// moments on `device`: the optimizer continues exactly where it stopped. A state for other
+    /// parameter shapes is refused, naming the first that differs.
     pub fn load(path: &Path, params: &[ParamGroup], device: Device) -> Result<AdamW> {
         let shown = path.display();
         let bytes = std::fs::read(path)
@@ -262,8 +264,10 @@ impl AdamW {
                 params.len()
             )));
         }
-        let n = params.last().map_or(0, |p| p.range.end);
-        check_groups(params, n)?;
+        let n = params.iter().map(|p| p.range.end).max().unwrap_or(0);
+        let mut sorted = params.to_vec();
+        sorted.sort_by_key(|p| p.range.start);
+        check_groups(&sorted, n)?;
         let read = |which: &str| -> Result<Vec<f32>> {
             let mut flat = vec![0f32; n];
             for (i, p) in params.iter().enumerate() {
