@@ -1,6 +1,9 @@
 //! The GKD trainer on tiny random models: the loss against an independent computation, the
 //! reduction over micro-batches, exact resume, and the errors a user can hit.
 
+mod common;
+
+use common::reference::naive;
 use gkd::data::{arithmetic, Example, Tokenizer};
 use gkd::distill::trainer::{check_same_tokenizer, encode_examples, Objective, TrainConfig, Trainer};
 use gkd::distill::Divergence;
@@ -287,22 +290,10 @@ fn logits_f64(m: &Model, seq: &[u32]) -> Vec<Vec<f64>> {
     z.chunks(m.config.vocab_size).map(<[f64]>::to_vec).collect()
 }
 
-fn softmax(z: &[f64], tau: f64) -> Vec<f64> {
-    let m = z.iter().fold(f64::NEG_INFINITY, |m, &x| m.max(x / tau));
-    let e: Vec<f64> = z.iter().map(|&x| (x / tau - m).exp()).collect();
-    let s: f64 = e.iter().sum();
-    e.iter().map(|x| x / s).collect()
-}
-
-/// KL(a‖b) = Σ a ln(a/b).
-fn kl(a: &[f64], b: &[f64]) -> f64 {
-    a.iter().zip(b).filter(|(x, _)| **x > 0.0).map(|(x, y)| x * (x / y).ln()).sum()
-}
-
 /// The first step's loss through the trainer's whole path (teacher hidden states, the fused
 /// heads and divergence in chunks, the token mean over the step's micro-batches) against the
-/// divergence written out here in f64 over logits from the models' own forward, over the
-/// tokenizer's vocabulary only (the models carry 7 padding rows).
+/// divergence of DESIGN.md in f64 (tests/common/reference.rs) over logits from the models' own
+/// forward, over the tokenizer's vocabulary only (the models carry 7 padding rows).
 #[test]
 fn distillation_loss_matches_an_f64_formula() {
     let tok = tokenizer();
@@ -327,21 +318,7 @@ fn distillation_loss_matches_an_f64_formula() {
             let (zs, zt) = (logits_f64(&t.student, &seq), logits_f64(&teacher, &seq));
             for i in 0..c.len() {
                 let r = e.prompt.len() - 1 + i;
-                let (q, p) = (softmax(&zs[r][..v], tau), softmax(&zt[r][..v], tau));
-                sum += match div {
-                    Divergence::Jsd { beta } => {
-                        let m: Vec<f64> =
-                            p.iter().zip(&q).map(|(a, b)| beta * a + (1.0 - beta) * b).collect();
-                        beta * kl(&p, &m) + (1.0 - beta) * kl(&q, &m)
-                    }
-                    Divergence::ReverseKl => kl(&q, &p),
-                    Divergence::SkewForwardKl { alpha } => {
-                        let m: Vec<f64> =
-                            p.iter().zip(&q).map(|(a, b)| alpha * a + (1.0 - alpha) * b).collect();
-                        kl(&p, &m)
-                    }
-                    _ => unreachable!(),
-                };
+                sum += naive(div, tau, &zs[r][..v], &zt[r][..v]);
             }
             n += c.len();
         }

@@ -4,6 +4,7 @@
 
 pub mod harness;
 pub mod ops;
+pub mod reference;
 
 use gkd::backend::cuda::{self, CudaDevice};
 use std::io::Write;

@@ -15,6 +15,7 @@
 //!
 //! Attention over a key/value cache (generation) is `attention_cached_fwd`.
 
+use super::gemm::{mm, Shared};
 use super::Real;
 use crate::backend::ops::{AttnDims, CachedAttnDims};
 use crate::error::{shape_err, Result};
@@ -65,47 +66,6 @@ pub fn check_dims(
         end = s + l;
     }
     Ok(())
-}
-
-/// A raw pointer that tasks writing disjoint parts of one buffer may share.
-#[derive(Clone, Copy)]
-struct Shared<T>(*mut T);
-// SAFETY: every use writes a region no other task touches (see the callers).
-unsafe impl<T> Send for Shared<T> {}
-unsafe impl<T> Sync for Shared<T> {}
-
-/// C (m × n, row stride ldc) = alpha·A·B + beta·C on raw strided operands, one thread.
-///
-/// # Safety
-/// The strides must describe matrices inside their buffers; C must not alias A or B and no other
-/// thread may touch it meanwhile.
-#[allow(clippy::too_many_arguments)]
-unsafe fn mm<T: Real>(
-    m: usize,
-    k: usize,
-    n: usize,
-    alpha: T,
-    a: (*const T, usize, usize),
-    b: (*const T, usize, usize),
-    beta: T,
-    c: (*mut T, usize),
-) {
-    T::gemm_raw(
-        m,
-        k,
-        n,
-        alpha,
-        a.0,
-        a.1 as isize,
-        a.2 as isize,
-        b.0,
-        b.1 as isize,
-        b.2 as isize,
-        beta,
-        c.0,
-        c.1 as isize,
-        1,
-    );
 }
 
 /// Query rows per tile: a tile of rows r0..r1 needs only keys 0..r1 (causal), so tiling skips

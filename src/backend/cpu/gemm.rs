@@ -62,8 +62,8 @@ unsafe fn product<T: Real>(s: MatmulSpec, a: &[T], b: &[T], c: *mut T) {
         return;
     }
     // (row stride, column stride) of op(A) and op(B) in elements.
-    let (rsa, csa) = if trans_a { (1isize, m as isize) } else { (k as isize, 1) };
-    let (rsb, csb) = if trans_b { (1isize, k as isize) } else { (n as isize, 1) };
+    let (rsa, csa) = if trans_a { (1, m) } else { (k, 1) };
+    let (rsb, csb) = if trans_b { (1, k) } else { (n, 1) };
     let work = m * n * k;
     let threads = rayon::current_num_threads();
     if work < 1 << 18 || threads == 1 {
@@ -76,7 +76,7 @@ unsafe fn product<T: Real>(s: MatmulSpec, a: &[T], b: &[T], c: *mut T) {
     let by_rows = m >= MIN_ROWS_PER_THREAD * threads;
     let extent = if by_rows { m } else { n };
     let per = extent.div_ceil(threads);
-    let base = SendPtr(c);
+    let base = Shared(c);
     (0..extent.div_ceil(per)).into_par_iter().for_each(|t| {
         let part = t * per..((t + 1) * per).min(extent);
         let c_ptr = base;
@@ -87,11 +87,33 @@ unsafe fn product<T: Real>(s: MatmulSpec, a: &[T], b: &[T], c: *mut T) {
     });
 }
 
+/// A raw pointer that tasks writing disjoint parts of one buffer may share.
 #[derive(Clone, Copy)]
-struct SendPtr<T>(*mut T);
-// SAFETY: used only to hand disjoint column blocks of one buffer to rayon tasks.
-unsafe impl<T> Send for SendPtr<T> {}
-unsafe impl<T> Sync for SendPtr<T> {}
+pub(super) struct Shared<T>(pub(super) *mut T);
+// SAFETY: every use writes a region no other task touches (see the callers).
+unsafe impl<T> Send for Shared<T> {}
+unsafe impl<T> Sync for Shared<T> {}
+
+/// C (m × n, row stride ldc) = alpha·A·B + beta·C on raw strided operands — (pointer, row
+/// stride, column stride) — on the calling thread.
+///
+/// # Safety
+/// The strides must describe matrices inside their buffers; C must not alias A or B and no other
+/// thread may touch the elements of C addressed meanwhile.
+#[allow(clippy::too_many_arguments)]
+pub(super) unsafe fn mm<T: Real>(
+    m: usize,
+    k: usize,
+    n: usize,
+    alpha: T,
+    a: (*const T, usize, usize),
+    b: (*const T, usize, usize),
+    beta: T,
+    c: (*mut T, usize),
+) {
+    let (a, b) = ((a.0, a.1 as isize, a.2 as isize), (b.0, b.1 as isize, b.2 as isize));
+    T::gemm_raw(m, k, n, alpha, a.0, a.1, a.2, b.0, b.1, b.2, beta, c.0, c.1 as isize, 1);
+}
 
 /// C[rows, cols] (+)= op(A)[rows, :]·op(B)[:, cols], `c` pointing at C's first element (row
 /// stride `ldc`).
@@ -102,11 +124,11 @@ unsafe impl<T> Sync for SendPtr<T> {}
 #[allow(clippy::too_many_arguments)]
 unsafe fn block<T: Real>(
     a: &[T],
-    rsa: isize,
-    csa: isize,
+    rsa: usize,
+    csa: usize,
     b: &[T],
-    rsb: isize,
-    csb: isize,
+    rsb: usize,
+    csb: usize,
     c: *mut T,
     ldc: usize,
     rows: std::ops::Range<usize>,
@@ -114,10 +136,10 @@ unsafe fn block<T: Real>(
     k: usize,
     beta: T,
 ) {
-    let a0 = a.as_ptr().offset(rows.start as isize * rsa);
-    let b0 = b.as_ptr().offset(cols.start as isize * csb);
+    let a0 = a.as_ptr().add(rows.start * rsa);
+    let b0 = b.as_ptr().add(cols.start * csb);
     let c0 = c.add(rows.start * ldc + cols.start);
-    T::gemm_raw(rows.len(), k, cols.len(), T::one(), a0, rsa, csa, b0, rsb, csb, beta, c0, ldc as isize, 1);
+    mm(rows.len(), k, cols.len(), T::one(), (a0, rsa, csa), (b0, rsb, csb), beta, (c0, ldc));
 }
 
 #[cfg(test)]
