@@ -1,5 +1,6 @@
 //! cuBLAS products (src/backend/cuda/matmul.rs) against the CPU GEMM: every transpose, strided
-//! operands, f32 and bf16 inputs, bf16 and f32 outputs, accumulation with beta = 1.
+//! operands, f32 and bf16 inputs, bf16 and f32 outputs, accumulation with beta = 1, and an empty
+//! inner dimension.
 
 mod common;
 
@@ -103,4 +104,29 @@ fn gemm_on_strided_blocks() {
     // Too small a buffer is an error, not an out-of-bounds write.
     let bad = Gemm { ldc: 50, ..g };
     assert!(gemm(&dev, &bad, &da, &db, &mut dc).is_err());
+}
+
+/// k = 0 (an empty inner dimension: a bias gradient over no rows, a linear layer of no inputs):
+/// C = 0 with beta = 0, C untouched with beta = 1, on a strided block, in every transpose (the
+/// leading dimensions of A or B are then 0, which cuBLAS itself rejects).
+#[test]
+fn empty_inner_dimension() {
+    let Some(dev) = common::cuda_or_skip("cuda_matmul::empty_inner_dimension") else { return };
+    let s = dev.stream().clone();
+    let (m, n, ldc) = (3, 4, 6);
+    let c0: Vec<f32> = (0..m * ldc).map(|i| 1.0 + i as f32).collect();
+    let (da, db) = (s.alloc_zeros::<f32>(1).unwrap(), s.alloc_zeros::<f32>(1).unwrap());
+    for (ta, tb) in [(false, false), (false, true), (true, false), (true, true)] {
+        for beta in [0.0, 1.0] {
+            let g = Gemm { ldc, beta, ..Gemm::dense(m, n, 0, ta, tb) };
+            let mut dc = s.clone_htod(&c0).unwrap();
+            gemm(&dev, &g, &da.slice(..0), &db.slice(..0), &mut dc).unwrap();
+            let got = s.clone_dtoh(&dc).unwrap();
+            for (i, (&x, &x0)) in got.iter().zip(&c0).enumerate() {
+                let inside = i % ldc < n;
+                let want = if inside && beta == 0.0 { 0.0 } else { x0 };
+                assert_eq!(x, want, "ta={ta} tb={tb} beta={beta}: element {i}");
+            }
+        }
+    }
 }

@@ -250,4 +250,48 @@ fn bad_input_is_an_error() {
     let w = Var::constant(f64_tensor(vec![0.0; 8], &[2, 4]));
     let e = tape.linear(&z, &w, None, gkd::autograd::WeightLayout::OutIn).unwrap_err().to_string();
     assert!(e.contains("does not match weight"), "{e}");
+    let q0 = Var::constant(f64_tensor(vec![], &[2, 0]));
+    let e = tape
+        .attention(&q0, &q0, &q0, AttnDims::new(2, 1, 1, 1, 0), &u(&[0]), &u(&[2]))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("head dimension of 0"), "{e}");
+}
+
+/// The CPU attention kernels write through raw pointers: called directly (they are public), a
+/// sequence past the rows is an error, never a write outside the buffers.
+#[test]
+fn cpu_attention_checks_its_own_arguments() {
+    use gkd::backend::cpu::{attention_bwd, attention_fwd};
+    let q = vec![0.5f64; 8];
+    let d = AttnDims::new(2, 1, 1, 1, 4);
+    let e = attention_fwd(&d, &q, &q, &q, &[(0, 64)]).err().unwrap().to_string();
+    assert!(e.contains("run past"), "{e}");
+    let lse = vec![0.0; 2];
+    let e = attention_bwd(&d, &q, &q, &q, &[(1, 2)], &q, &lse, &q).err().unwrap().to_string();
+    assert!(e.contains("run past"), "{e}");
+    let e = attention_bwd(&d, &q, &q, &q, &[(0, 2)], &q, &lse[..1], &q).err().unwrap().to_string();
+    assert!(e.contains("lse has 1 elements"), "{e}");
+}
+
+/// A parameter of one tape used in an op on another: backward fails, rather than sending its
+/// gradient to whatever node has the same index on the second tape.
+#[test]
+fn a_var_from_another_tape_is_an_error() {
+    let mut first = Tape::new();
+    let w = first.leaf(f64_tensor(vec![0.5, -0.3, 0.2, 0.7, -0.1, 0.4], &[3, 2]), true);
+    let mut second = Tape::new();
+    let own = second.leaf(f64_tensor(vec![0.0; 6], &[3, 2]), true);
+    let x = Var::constant(f64_tensor(vec![1.0, 2.0, -1.0, 0.5], &[2, 2]));
+    let z = second.linear(&x, &w, None, gkd::autograd::WeightLayout::OutIn).unwrap();
+    let (loss, _) = second.cross_entropy(&z, &Tensor::from_u32(&[0, 2], Device::Cpu).unwrap(), 1.0).unwrap();
+    let e = second.backward(&loss).unwrap_err().to_string();
+    assert!(e.contains("another tape"), "{e}");
+    // The gradients of one tape answer only for its own Vars.
+    let mut third = Tape::new();
+    let v = third.leaf(f64_tensor(vec![0.1, 0.2, 0.3, 0.4, 0.5, 0.6], &[3, 2]), true);
+    let z = third.linear(&x, &v, None, gkd::autograd::WeightLayout::OutIn).unwrap();
+    let (loss, _) = third.cross_entropy(&z, &Tensor::from_u32(&[0, 2], Device::Cpu).unwrap(), 1.0).unwrap();
+    let g = third.backward(&loss).unwrap();
+    assert!(g.get(&v).is_some() && g.get(&own).is_none() && g.get(&w).is_none());
 }

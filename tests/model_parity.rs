@@ -12,7 +12,7 @@ use model_common::{fixture, max_abs_diff, reference, FAMILIES};
 
 const TOL: f64 = 1e-4;
 
-/// All reference sequences in one right-padded batch (lengths 2..24), against transformers.
+/// All reference sequences in one packed batch (lengths 2..24), against transformers.
 fn check_logprobs(name: &str) {
     let model = Model::load(&fixture(name)).unwrap();
     let r = reference(name);

@@ -271,7 +271,7 @@ fn errors_a_user_can_hit() {
     assert!(e.contains("lambda"), "{e}");
 }
 
-/// The model's logits in f64: an f64 copy of its weights, the padded forward, the output head.
+/// The model's logits in f64: an f64 copy of its weights, the forward, the output head.
 fn logits_f64(m: &Model, seq: &[u32]) -> Vec<Vec<f64>> {
     use gkd::autograd::Tape;
     use gkd::model::TokenBatch;

@@ -1,5 +1,6 @@
-//! Causal self-attention with grouped-query heads over right-padded sequences, and attention of
-//! new rows over a key/value cache (generation; no backward).
+//! Causal self-attention with grouped-query heads over sequences anywhere in the rows (packed back
+//! to back, or with rows of no sequence between them), and attention of new rows over a key/value
+//! cache (generation; no backward).
 
 use super::{dense, wrap, Tape, Var};
 use crate::backend::ops::{AttnDims, CachedAttnDims};

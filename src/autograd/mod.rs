@@ -32,8 +32,18 @@ use crate::tensor::{DType, Storage, Tensor};
 #[derive(Clone, Debug)]
 pub struct Var {
     value: Tensor,
-    node: Option<usize>,
+    node: Option<NodeRef>,
 }
+
+/// Node `index` of the tape numbered `tape`: a Var used on another tape is an error, not a
+/// gradient silently sent to some other node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct NodeRef {
+    tape: u64,
+    index: usize,
+}
+
+static NEXT_TAPE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 impl Var {
     /// A value that needs no gradient (data, a frozen weight), usable on any tape.
@@ -63,8 +73,11 @@ struct Node {
 }
 
 pub struct Tape {
+    id: u64,
     nodes: Vec<Node>,
     enabled: bool,
+    /// An op was recorded with an input from another tape (`backward` then fails).
+    foreign_input: bool,
 }
 
 impl Default for Tape {
@@ -75,15 +88,23 @@ impl Default for Tape {
 
 /// Gradients from one backward pass.
 #[derive(Debug)]
-pub struct Grads(Vec<Option<Tensor>>);
+pub struct Grads {
+    tape: u64,
+    grads: Vec<Option<Tensor>>,
+}
 
 impl Grads {
+    /// The gradient of `v`; None when it has none (or is a Var of another tape).
     pub fn get(&self, v: &Var) -> Option<&Tensor> {
-        v.node.and_then(|i| self.0.get(i)).and_then(|g| g.as_ref())
+        self.index(v).and_then(|i| self.grads[i].as_ref())
     }
 
     pub fn take(&mut self, v: &Var) -> Option<Tensor> {
-        v.node.and_then(|i| self.0.get_mut(i)).and_then(|g| g.take())
+        self.index(v).and_then(|i| self.grads[i].take())
+    }
+
+    fn index(&self, v: &Var) -> Option<usize> {
+        v.node.filter(|n| n.tape == self.tape && n.index < self.grads.len()).map(|n| n.index)
     }
 }
 
@@ -106,12 +127,21 @@ pub(crate) fn add_tensors(a: &Tensor, b: &Tensor) -> Result<Tensor> {
 impl Tape {
     /// A tape that records ops for a backward pass.
     pub fn new() -> Tape {
-        Tape { nodes: Vec::new(), enabled: true }
+        Tape::with(true)
     }
 
     /// A tape that records nothing: forward passes only.
     pub fn no_grad() -> Tape {
-        Tape { nodes: Vec::new(), enabled: false }
+        Tape::with(false)
+    }
+
+    fn with(enabled: bool) -> Tape {
+        let id = NEXT_TAPE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Tape { id, nodes: Vec::new(), enabled, foreign_input: false }
+    }
+
+    fn next_node(&self) -> NodeRef {
+        NodeRef { tape: self.id, index: self.nodes.len() }
     }
 
     pub fn grad_enabled(&self) -> bool {
@@ -132,8 +162,9 @@ impl Tape {
         if !(requires_grad && self.enabled) {
             return Var::constant(value);
         }
+        let node = self.next_node();
         self.nodes.push(Node { inputs: vec![], backward: None });
-        Var { value, node: Some(self.nodes.len() - 1) }
+        Var { value, node: Some(node) }
     }
 
     /// Whether an op over `inputs` needs its backward (some input needs a gradient).
@@ -151,9 +182,11 @@ impl Tape {
         if !self.needs_grad(inputs) {
             return Var::constant(value);
         }
-        let inputs = inputs.iter().map(|v| v.node).collect();
+        self.foreign_input |= inputs.iter().any(|v| v.node.is_some_and(|n| n.tape != self.id));
+        let inputs = inputs.iter().map(|v| v.node.map(|n| n.index)).collect();
+        let node = self.next_node();
         self.nodes.push(Node { inputs, backward: Some(Box::new(backward)) });
-        Var { value, node: Some(self.nodes.len() - 1) }
+        Var { value, node: Some(node) }
     }
 
     /// Backward from a scalar (one-element) output, seeded with 1.
@@ -179,6 +212,12 @@ impl Tape {
                 "backward: the output does not depend on anything that requires a gradient (a no-grad tape, or no parameter leaves)".into(),
             ));
         };
+        if top.tape != self.id || self.foreign_input {
+            return Err(Error::Msg(
+                "backward: a value recorded on another tape was used on this one; build the whole computation on one tape".into(),
+            ));
+        }
+        let top = top.index;
         let mut grads: Vec<Option<Tensor>> = vec![None; top + 1];
         grads[top] = Some(dout);
         for i in (0..=top).rev() {
@@ -203,7 +242,7 @@ impl Tape {
                 });
             }
         }
-        Ok(Grads(grads))
+        Ok(Grads { tape: self.id, grads })
     }
 }
 

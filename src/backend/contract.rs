@@ -10,7 +10,8 @@
 //! Element types: the CPU backend computes in f32 (the reference) and f64 (gradient checks); the
 //! CUDA backend in f32 and bf16 with f32 accumulation. Statistics saved for a backward (norm rstd,
 //! attention lse, row losses) are in the accumulation type: f32 on CUDA, the input's type on the
-//! CPU; so are the weight gradients of norms and of the fused output head on CUDA.
+//! CPU; so are the weight gradients on CUDA (linear dw and db, norm weights, the fused output
+//! head), which the optimizer's f32 gradient buffer adds up.
 
 use super::ops::{AdamWStep, AttnDims, CachedAttnDims, LinearDims, LinearLossSpec, LossSpec, RopeSpec};
 use super::{CpuStorage, DType, Device, Layout};
@@ -113,7 +114,8 @@ pub trait BackendStorage: Sized {
         b: Option<View<'_, Self>>,
         d: LinearDims,
     ) -> Result<Self>;
-    /// → (dx (N, Din), dw like w, db (Dout) when `has_bias`)
+    /// → (dx (N, Din), dw shaped like w, db (Dout) when `has_bias`); dw and db in f32 on CUDA
+    /// (see the module documentation)
     fn linear_bwd(
         x: View<'_, Self>,
         w: View<'_, Self>,

@@ -3,7 +3,7 @@
 //! A `Model` is its `config.json` and its parameters under their Hugging Face names, in one flat
 //! buffer on one device (`params.rs`). Each architecture has one forward (`forward`), recorded
 //! on a `Tape`: with gradients for training, on `Tape::no_grad()` for the teacher, scoring and
-//! generation; `Inputs` says whether attention runs over right-padded sequences or over a
+//! generation; `Inputs` says whether attention runs over packed sequences (`TokenBatch`) or over a
 //! key/value cache (`kv_cache.rs`) that the forward appends to.
 
 pub mod checkpoint;

@@ -47,6 +47,11 @@ fn split<'a>(op: &'static str, views: &[View<'a, Storage>]) -> Result<Views<'a>>
     }
 }
 
+/// Whether `others` live on `d`'s GPU (an in-place op's sources and state).
+fn same_gpu(d: &CudaStorage, others: &[&CudaStorage]) -> bool {
+    others.iter().all(|s| s.dev.ordinal() == d.dev.ordinal())
+}
+
 /// A backend's output, wrapped back into `Storage`.
 pub(crate) trait Lift {
     type Out;
@@ -180,7 +185,9 @@ impl Storage {
     pub fn copy_in(&mut self, start: usize, src: View<'_, Storage>) -> Result<()> {
         match (&mut *self, src.storage) {
             (Storage::Cpu(d), Storage::Cpu(s)) => d.copy_in(start, View::new(s, src.start, src.len)),
-            (Storage::Cuda(d), Storage::Cuda(s)) => d.copy_in(start, View::new(s, src.start, src.len)),
+            (Storage::Cuda(d), Storage::Cuda(s)) if same_gpu(d, &[s]) => {
+                d.copy_in(start, View::new(s, src.start, src.len))
+            }
             (_, s) => Err(mismatch("copy", self, s)),
         }
     }
@@ -188,7 +195,9 @@ impl Storage {
     pub fn add_in(&mut self, start: usize, src: View<'_, Storage>) -> Result<()> {
         match (&mut *self, src.storage) {
             (Storage::Cpu(d), Storage::Cpu(s)) => d.add_in(start, View::new(s, src.start, src.len)),
-            (Storage::Cuda(d), Storage::Cuda(s)) => d.add_in(start, View::new(s, src.start, src.len)),
+            (Storage::Cuda(d), Storage::Cuda(s)) if same_gpu(d, &[s]) => {
+                d.add_in(start, View::new(s, src.start, src.len))
+            }
             (_, s) => Err(mismatch("add (in place)", self, s)),
         }
     }
@@ -218,7 +227,7 @@ impl Storage {
             (Storage::Cpu(d), Storage::Cpu(r), Storage::Cpu(s)) => {
                 d.copy_rows_in(width, View::new(r, rows.start, rows.len), View::new(s, src.start, src.len))
             }
-            (Storage::Cuda(d), Storage::Cuda(r), Storage::Cuda(s)) => {
+            (Storage::Cuda(d), Storage::Cuda(r), Storage::Cuda(s)) if same_gpu(d, &[r, s]) => {
                 d.copy_rows_in(width, View::new(r, rows.start, rows.len), View::new(s, src.start, src.len))
             }
             (_, r, s) => Err(mismatch(OP, if r.device() == self.device() { s } else { r }, self)),
@@ -237,10 +246,15 @@ impl Storage {
             (Storage::Cpu(p), Storage::Cpu(g), Storage::Cpu(m), Storage::Cpu(v)) => {
                 p.adamw_step(start, View::new(g, grad.start, grad.len), m, v, h)
             }
-            (Storage::Cuda(p), Storage::Cuda(g), Storage::Cuda(m), Storage::Cuda(v)) => {
+            (Storage::Cuda(p), Storage::Cuda(g), Storage::Cuda(m), Storage::Cuda(v))
+                if same_gpu(p, &[g, m, v]) =>
+            {
                 p.adamw_step(start, View::new(g, grad.start, grad.len), m, v, h)
             }
-            (_, g, _, _) => Err(mismatch("adamw", self, g)),
+            (_, g, m, v) => {
+                let other = [g, &*m, &*v].into_iter().find(|s| s.device() != self.device()).unwrap_or(g);
+                Err(mismatch("adamw", self, other))
+            }
         }
     }
 

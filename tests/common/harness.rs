@@ -8,7 +8,10 @@
 //! - on the CPU in f32 (the reference) and in f64: f32 must agree with f64 within `tol.f32`;
 //! - on each GPU backend, f32 and bf16, against the CPU f32 run on the same inputs rounded to that
 //!   dtype, within `tol.f32` / `tol.bf16`. Without a GPU the CUDA half prints SKIPPED; an op the
-//!   CUDA backend has no kernel for yet prints UNSUPPORTED (both visible in every run).
+//!   CUDA backend has no kernel for yet prints UNSUPPORTED (both visible in every run), except in
+//!   a case marked `on_cuda` (its op has CUDA kernels), where Unsupported is a failure;
+//! - on every backend and dtype, also on a no-grad tape (the forward-only paths: loss-only
+//!   kernels, no saved tensors), whose output must match the recording run's.
 //!
 //! The backward is seeded with d(out) = fixed random values, so every gradient element matters.
 //! A reference tensor that is all zeros is refused as a degenerate case: a relative check cannot
@@ -57,6 +60,8 @@ pub struct Case {
     pub inputs: Vec<Input>,
     pub op: OpFn,
     pub tol: Tol,
+    /// The CUDA backend implements the op: an Unsupported error there fails the case.
+    pub cuda: bool,
 }
 
 /// Largest |got − want| / max|want| per tensor, for values and for gradients, per dtype.
@@ -72,7 +77,13 @@ pub const TOL: Tol = Tol { f32: 2e-5, bf16: 2e-2 };
 
 impl Case {
     pub fn new(name: impl Into<String>, inputs: Vec<Input>, op: OpFn) -> Case {
-        Case { name: name.into(), inputs, op, tol: TOL }
+        Case { name: name.into(), inputs, op, tol: TOL, cuda: false }
+    }
+
+    /// Marks the op as one the CUDA backend implements.
+    pub fn on_cuda(mut self) -> Case {
+        self.cuda = true;
+        self
     }
 
     pub fn tol(mut self, tol: Tol) -> Case {
@@ -97,12 +108,7 @@ fn rounded(values: &[f64], dtype: DType) -> gkd::Result<Vec<f64>> {
 /// sees exactly the bf16 inputs), the backward seeded with fixed random values.
 pub fn run(case: &Case, device: Device, dtype: DType, round: DType) -> gkd::Result<Outcome> {
     let mut tape = Tape::new();
-    let mut vars = Vec::new();
-    for i in &case.inputs {
-        let v = rounded(&i.values, round)?;
-        let t = Tensor::from_vec(v, i.shape.clone())?.to_dtype(dtype)?.to_device(device)?;
-        vars.push(tape.leaf(t, i.grad));
-    }
+    let vars = leaves(case, &mut tape, device, dtype, round)?;
     let out = (case.op)(&mut tape, &vars, device)?;
     let shape = out.value().dims().to_vec();
     let dout = rounded(&normals(out.value().numel(), 0.0, 1.0, 0xD0D0), round)?;
@@ -119,6 +125,41 @@ pub fn run(case: &Case, device: Device, dtype: DType, round: DType) -> gkd::Resu
         }
     }
     Ok(Outcome { out: (shape, out_host), grads: g })
+}
+
+/// The case's inputs as leaves of `tape`, on `device` in `dtype`, rounded to `round` first.
+fn leaves(case: &Case, tape: &mut Tape, device: Device, dtype: DType, round: DType) -> gkd::Result<Vec<Var>> {
+    let mut vars = Vec::new();
+    for i in &case.inputs {
+        let v = rounded(&i.values, round)?;
+        let t = Tensor::from_vec(v, i.shape.clone())?.to_dtype(dtype)?.to_device(device)?;
+        vars.push(tape.leaf(t, i.grad));
+    }
+    Ok(vars)
+}
+
+/// The op's output from a no-grad tape, as `run` would see it (same device, dtype, rounding).
+pub fn run_no_grad(case: &Case, device: Device, dtype: DType, round: DType) -> gkd::Result<Vec<f64>> {
+    let mut tape = Tape::no_grad();
+    let vars = leaves(case, &mut tape, device, dtype, round)?;
+    (case.op)(&mut tape, &vars, device)?.value().to_vec_f64()
+}
+
+/// The no-grad run's output against the recording run's `with_grad`, within `tol`.
+fn same_without_grad(
+    case: &Case,
+    with_grad: &Outcome,
+    device: Device,
+    dtype: DType,
+    tol: f64,
+) -> Result<(), String> {
+    let out =
+        run_no_grad(case, device, dtype, dtype).map_err(|e| format!("{device} {dtype} no-grad: {e}"))?;
+    match rel_err("output", &out, &with_grad.out.1) {
+        Ok(e) if e <= tol => Ok(()),
+        Ok(e) => Err(format!("{device} {dtype}: no-grad output differs from the recording run's by {e:.2e}")),
+        Err(e) => Err(format!("{device} {dtype} no-grad: {e}")),
+    }
 }
 
 /// max |got − want| / max |want|; an error when shapes differ, anything is NaN, or `want` is all
@@ -225,6 +266,7 @@ pub fn check(case: &Case) {
     if let Err(e) = compare(&reference, &exact, case.tol.f32) {
         fail(format!("CPU f32 against CPU f64: {e}"));
     }
+    same_without_grad(case, &reference, Device::Cpu, DType::F32, case.tol.f32).unwrap_or_else(|e| fail(e));
     let test = format!("device_ops::{}", case.name);
     let Some(dev) = cuda_or_skip(&test) else { return };
     let device = Device::Cuda(dev.ordinal());
@@ -236,8 +278,9 @@ pub fn check(case: &Case) {
                 if let Err(e) = compare(&got, &want, tol) {
                     fail(format!("{device} {dtype} against CPU f32: {e}"));
                 }
+                same_without_grad(case, &got, device, dtype, tol).unwrap_or_else(|e| fail(e));
             }
-            Err(Error::Unsupported { op, .. }) => {
+            Err(Error::Unsupported { op, .. }) if !case.cuda => {
                 visible(&format!("UNSUPPORTED {test} on {device} {dtype}: {op} has no CUDA kernel yet"))
             }
             Err(e) => fail(format!("{device} {dtype}: {e}")),

@@ -41,6 +41,7 @@ pub fn linear(x: &[usize], d_out: usize, layout: WeightLayout, bias: bool) -> Ca
         inputs,
         Box::new(move |t, v, _| t.linear(&v[0], &v[1], v.get(2), layout)),
     )
+    .on_cuda()
 }
 
 pub fn rms_norm(rows: usize, cols: usize) -> Case {
@@ -52,6 +53,7 @@ pub fn rms_norm(rows: usize, cols: usize) -> Case {
         ],
         Box::new(|t, v, _| t.rms_norm(&v[0], &v[1], 1e-5)),
     )
+    .on_cuda()
 }
 
 pub fn layer_norm(rows: usize, cols: usize) -> Case {
@@ -64,6 +66,7 @@ pub fn layer_norm(rows: usize, cols: usize) -> Case {
         ],
         Box::new(|t, v, _| t.layer_norm(&v[0], &v[1], &v[2], 1e-5)),
     )
+    .on_cuda()
 }
 
 pub fn rope(heads: usize, head_dim: usize, positions: Vec<u32>) -> Case {
@@ -128,6 +131,7 @@ pub fn add(n: usize) -> Case {
         ],
         Box::new(|t, v, _| t.add(&v[0], &v[1])),
     )
+    .on_cuda()
 }
 
 pub fn narrow_cols(rows: usize, width: usize, start: usize, len: usize) -> Case {
@@ -173,6 +177,7 @@ pub fn divergence(div: Divergence, rows: usize, vocab: usize) -> Case {
             Ok(t.divergence(&v[0], v[1].value(), Some(&m), div, 0.7, 0.5)?.0)
         }),
     )
+    .on_cuda()
 }
 
 /// The output head fused with the loss: hidden (rows, h) and a head of `vocab` + 3 rows (padding
@@ -194,7 +199,7 @@ pub fn linear_loss(rows: usize, h: usize, vocab: usize, chunk: usize, teacher: O
     };
     let targets: Vec<u32> =
         (0..rows).map(|r| if r % 4 == 2 { IGNORE } else { (r * 31 % vocab) as u32 }).collect();
-    Case::new(
+    let case = Case::new(
         name,
         inputs,
         Box::new(move |t, v, d| {
@@ -213,7 +218,13 @@ pub fn linear_loss(rows: usize, h: usize, vocab: usize, chunk: usize, teacher: O
             let spec = LinearLoss { kind, vocab, scale: 0.125, chunk_rows: chunk };
             Ok(t.linear_loss(&v[0], &v[1], target, &spec)?.0)
         }),
-    )
+    );
+    // The CUDA backend fuses the head with a divergence only (no cross-entropy kernel yet).
+    if teacher.is_some() {
+        case.on_cuda()
+    } else {
+        case
+    }
 }
 
 /// The small cases: every op, at shapes a finite-difference check in f64 can afford.

@@ -32,8 +32,25 @@ pub struct AttnGrads<T> {
     pub dv: Vec<T>, // (N, Hkv, D)
 }
 
+fn check_heads(op: &'static str, q_heads: usize, kv_heads: usize, head_dim: usize) -> Result<()> {
+    if kv_heads == 0 || q_heads % kv_heads != 0 {
+        return shape_err(op, format!("{q_heads} query heads are not a multiple of {kv_heads} KV heads"));
+    }
+    if head_dim == 0 {
+        return shape_err(op, "a head dimension of 0".to_string());
+    }
+    Ok(())
+}
+
+fn need(op: &'static str, what: &str, len: usize, want: usize) -> Result<()> {
+    if len != want {
+        return shape_err(op, format!("{what} has {len} elements, expected {want}"));
+    }
+    Ok(())
+}
+
 /// An error unless q, k, v fit `d` and the sequences (start, len) are disjoint runs of rows.
-pub fn check_dims(
+fn check_dims(
     op: &'static str,
     d: &AttnDims,
     q: usize,
@@ -42,9 +59,7 @@ pub fn check_dims(
     spans: &[(usize, usize)],
 ) -> Result<()> {
     let AttnDims { rows, batch, q_heads, kv_heads, head_dim, .. } = *d;
-    if kv_heads == 0 || q_heads % kv_heads != 0 {
-        return shape_err(op, format!("{q_heads} query heads are not a multiple of {kv_heads} KV heads"));
-    }
+    check_heads(op, q_heads, kv_heads, head_dim)?;
     for (name, len, heads) in [("q", q, q_heads), ("k", k, kv_heads), ("v", v, kv_heads)] {
         if len != rows * heads * head_dim {
             return shape_err(op, format!("{name} has {len} elements, expected {rows}×{heads}×{head_dim}"));
@@ -132,7 +147,9 @@ pub fn attention_fwd<T: Real>(
     k: &[T],                  // (N, Hkv, D)
     v: &[T],                  // (N, Hkv, D)
     spans: &[(usize, usize)], // (B) (start, len)
-) -> AttnOut<T> {
+) -> Result<AttnOut<T>> {
+    // The blocks below write through raw pointers at offsets from `d` and `spans`: check first.
+    check_dims("attention", d, q.len(), k.len(), v.len(), spans)?;
     let AttnDims { q_heads: hq, kv_heads: hkv, head_dim: dh, .. } = *d;
     let group = hq / hkv;
     let scale = T::from_f64(d.scale);
@@ -160,7 +177,7 @@ pub fn attention_fwd<T: Real>(
             }
         }
     });
-    AttnOut { out, lse }
+    Ok(AttnOut { out, lse })
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -173,7 +190,12 @@ pub fn attention_bwd<T: Real>(
     out: &[T],                // (N, Hq, D)
     lse: &[T],                // (N, Hq)
     dout: &[T],               // (N, Hq, D)
-) -> AttnGrads<T> {
+) -> Result<AttnGrads<T>> {
+    const OP: &str = "attention backward";
+    check_dims(OP, d, q.len(), k.len(), v.len(), spans)?;
+    need(OP, "out", out.len(), q.len())?;
+    need(OP, "dout", dout.len(), q.len())?;
+    need(OP, "lse", lse.len(), d.rows * d.q_heads)?;
     let AttnDims { q_heads: hq, kv_heads: hkv, head_dim: dh, .. } = *d;
     let group = hq / hkv;
     let scale = T::from_f64(d.scale);
@@ -236,7 +258,7 @@ pub fn attention_bwd<T: Real>(
             }
         }
     });
-    AttnGrads { dq, dk, dv }
+    Ok(AttnGrads { dq, dk, dv })
 }
 
 fn dot<T: Real>(a: &[T], b: &[T]) -> T {
@@ -244,7 +266,7 @@ fn dot<T: Real>(a: &[T], b: &[T]) -> T {
 }
 
 /// An error unless q, the caches and the row indices fit `d`.
-pub fn check_cached_dims(
+fn check_cached_dims(
     op: &'static str,
     d: &CachedAttnDims,
     q: usize,
@@ -254,9 +276,7 @@ pub fn check_cached_dims(
     pos: &[u32],
 ) -> Result<()> {
     let CachedAttnDims { rows, batch, capacity, q_heads, kv_heads, head_dim, .. } = *d;
-    if kv_heads == 0 || q_heads % kv_heads != 0 {
-        return shape_err(op, format!("{q_heads} query heads are not a multiple of {kv_heads} KV heads"));
-    }
+    check_heads(op, q_heads, kv_heads, head_dim)?;
     if q != rows * q_heads * head_dim || seq.len() != rows || pos.len() != rows {
         return shape_err(
             op,
@@ -295,7 +315,8 @@ pub fn attention_cached_fwd<T: Real>(
     v_cache: &[T], // (B, L, Hkv, D)
     seq: &[u32],   // (N)
     pos: &[u32],   // (N)
-) -> Vec<T> /* (N, Hq, D) */ {
+) -> Result<Vec<T>> /* (N, Hq, D) */ {
+    check_cached_dims("cached attention", d, q.len(), k_cache.len(), v_cache.len(), seq, pos)?;
     let CachedAttnDims { capacity, q_heads: hq, kv_heads: hkv, head_dim: dh, .. } = *d;
     let group = hq / hkv;
     let scale = T::from_f64(d.scale);
@@ -318,5 +339,5 @@ pub fn attention_cached_fwd<T: Real>(
         }
         o.iter_mut().for_each(|x| *x = *x / denom);
     });
-    out
+    Ok(out)
 }

@@ -160,9 +160,26 @@ mod tests {
         c
     }
 
+    /// Small products run on the calling thread; the last three are split across a pool of four
+    /// threads (≥ 2^18 multiply-adds): by rows (m ≥ 32 per thread) or by columns (m = 20), with
+    /// remainders in the last part.
     #[test]
     fn matches_naive_in_every_layout() {
-        for &(m, k, n) in &[(1, 1, 1), (3, 5, 7), (130, 17, 65), (257, 33, 9)] {
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(4).build().unwrap();
+        pool.install(every_layout);
+    }
+
+    fn every_layout() {
+        let sizes = [
+            (1, 1, 1),
+            (3, 5, 7),
+            (130, 17, 65),
+            (257, 33, 9),
+            (300, 40, 70),
+            (20, 300, 900),
+            (1001, 17, 33),
+        ];
+        for &(m, k, n) in &sizes {
             for ta in [false, true] {
                 for tb in [false, true] {
                     let s = MatmulSpec { m, k, n, trans_a: ta, trans_b: tb, accumulate: false };

@@ -15,7 +15,7 @@ mod bindings {
 
 /// `gkd_divergence_params`: one launch of kernels/divergence.cu or kernels/divergence_unfused.cu.
 pub use bindings::gkd_divergence_params as DivergenceParams;
-/// `gkd_norm_params`: LayerNorm / RMSNorm over the last dimension (kernels/norm.cu).
+/// `gkd_norm_params`: LayerNorm / RMSNorm over the last dimension (kernels/rms_norm.cu, kernels/layer_norm.cu).
 pub use bindings::gkd_norm_params as NormParams;
 /// `gkd_norm_wgrad_params`: the column reduction of the norm weight gradients.
 pub use bindings::gkd_norm_wgrad_params as NormWgradParams;

@@ -90,7 +90,8 @@ impl LinearDivergence {
         c.clamp(64, self.rows.max(64)).min(self.rows.max(1))
     }
 
-    fn check<T>(&self, x: &LinearDivergenceInputs<'_, T>, d_hidden: usize, d_head: usize) -> Result<()> {
+    /// `grads`: the lengths of d(student hidden) and d(student head), when they are computed.
+    fn check<T>(&self, x: &LinearDivergenceInputs<'_, T>, grads: Option<(usize, usize)>) -> Result<()> {
         const OP: &str = "linear + divergence (cuda)";
         let (n, hs, ht, v) = (self.rows, self.student_dim, self.teacher_dim, self.vocab);
         let bad = |what: &str, len: usize, need: usize| {
@@ -108,11 +109,13 @@ impl LinearDivergence {
         if x.teacher_head.len() < v * ht {
             return bad("teacher head", x.teacher_head.len(), v * ht);
         }
-        if d_hidden < n * hs {
-            return bad("d(student hidden)", d_hidden, n * hs);
-        }
-        if d_head < v * hs {
-            return bad("d(student head)", d_head, v * hs);
+        if let Some((d_hidden, d_head)) = grads {
+            if d_hidden < n * hs {
+                return bad("d(student hidden)", d_hidden, n * hs);
+            }
+            if d_head < v * hs {
+                return bad("d(student head)", d_head, v * hs);
+            }
         }
         if let Some(m) = x.row_mask {
             if m.len() < n {
@@ -130,20 +133,20 @@ impl LinearDivergence {
         d_hidden: &mut CudaViewMut<T>,
         d_head: &mut CudaViewMut<f32>,
     ) -> Result<LinearDivergenceOut> {
-        Ok(self.execute(dev, x, d_hidden, d_head, Work::Fused)?.1)
+        self.summed(dev, x, (d_hidden, d_head), Work::Fused)
     }
 
-    /// As `run`, also returning the row losses, (N) scale·D_r; without `want_grad` only the
-    /// losses are computed and the gradient buffers are left alone.
+    /// The row losses, (N) scale·D_r, left on the device (no synchronization); with `grads`,
+    /// d(student hidden) written and d(student head) accumulated into as in `run`, without them
+    /// only the losses (no backward products, no gradient buffers).
     pub fn run_rows<T: HeadElem>(
         &self,
         dev: &CudaDevice,
         x: &LinearDivergenceInputs<'_, T>,
-        d_hidden: &mut CudaViewMut<T>,
-        d_head: &mut CudaViewMut<f32>,
-        want_grad: bool,
-    ) -> Result<(CudaSlice<f32>, LinearDivergenceOut)> {
-        self.execute(dev, x, d_hidden, d_head, if want_grad { Work::Fused } else { Work::LossOnly })
+        grads: Option<(&mut CudaViewMut<T>, &mut CudaViewMut<f32>)>,
+    ) -> Result<CudaSlice<f32>> {
+        let work = if grads.is_some() { Work::Fused } else { Work::LossOnly };
+        Ok(self.execute(dev, x, grads, work)?.0)
     }
 
     /// The same matrix products, chunking and buffers as `run`, without the divergence kernel.
@@ -154,23 +157,37 @@ impl LinearDivergence {
         d_hidden: &mut CudaViewMut<T>,
         d_head: &mut CudaViewMut<f32>,
     ) -> Result<LinearDivergenceOut> {
-        Ok(self.execute(dev, x, d_hidden, d_head, Work::Matmuls)?.1)
+        self.summed(dev, x, (d_hidden, d_head), Work::Matmuls)
     }
 
+    /// `execute` with the row losses summed on the host.
+    fn summed<T: HeadElem>(
+        &self,
+        dev: &CudaDevice,
+        x: &LinearDivergenceInputs<'_, T>,
+        grads: (&mut CudaViewMut<T>, &mut CudaViewMut<f32>),
+        work: Work,
+    ) -> Result<LinearDivergenceOut> {
+        let (row_loss, chunk_rows, scratch_bytes) = self.execute(dev, x, Some(grads), work)?;
+        let losses = dev.stream().clone_dtoh(&row_loss).map_err(cuda_err("linear + divergence (cuda)"))?;
+        let loss = losses[..self.rows].iter().map(|&l| l as f64).sum();
+        Ok(LinearDivergenceOut { loss, chunk_rows, scratch_bytes })
+    }
+
+    /// (row losses, rows per chunk, scratch bytes). `grads` must be given unless `work` is
+    /// `LossOnly`.
     fn execute<T: HeadElem>(
         &self,
         dev: &CudaDevice,
         x: &LinearDivergenceInputs<'_, T>,
-        d_hidden: &mut CudaViewMut<T>,
-        d_head: &mut CudaViewMut<f32>,
+        mut grads: Option<(&mut CudaViewMut<T>, &mut CudaViewMut<f32>)>,
         work: Work,
-    ) -> Result<(CudaSlice<f32>, LinearDivergenceOut)> {
+    ) -> Result<(CudaSlice<f32>, usize, usize)> {
         const OP: &str = "linear + divergence (cuda)";
-        self.check(x, d_hidden.len(), d_head.len())?;
+        self.check(x, grads.as_ref().map(|(h, w)| (h.len(), w.len())))?;
         let (n, hs, ht, v) = (self.rows, self.student_dim, self.teacher_dim, self.vocab);
         let elem = std::mem::size_of::<T>();
         let chunk = self.resolved_chunk(elem);
-        let stream = dev.stream();
         // SAFETY: every chunk's products overwrite S and T (beta = 0) before anything reads them.
         let (mut s, mut t): (CudaSlice<T>, CudaSlice<T>) =
             unsafe { (dev.alloc_of(chunk * v, OP)?, dev.alloc_of(chunk * v, OP)?) };
@@ -220,10 +237,10 @@ impl LinearDivergence {
                     &mut row_loss.slice_mut(r0..r0 + c),
                 )?;
             }
-            if work == Work::LossOnly {
+            let Some((d_hidden, d_head)) = grads.as_mut().filter(|_| work != Work::LossOnly) else {
                 r0 += c;
                 continue;
-            }
+            };
             // d_hs[chunk] (c, Hs) = G (c, V) · Ws (V, Hs).
             gemm(
                 dev,
@@ -237,9 +254,7 @@ impl LinearDivergence {
             gemm(dev, &g, &s.slice(..c * v), &hs_c, &mut d_head.slice_mut(..v * hs))?;
             r0 += c;
         }
-        let losses = stream.clone_dtoh(&row_loss).map_err(cuda_err(OP))?;
-        let loss = losses[..n].iter().map(|&l| l as f64).sum();
-        Ok((row_loss, LinearDivergenceOut { loss, chunk_rows: chunk, scratch_bytes }))
+        Ok((row_loss, chunk, scratch_bytes))
     }
 }
 
@@ -253,7 +268,7 @@ pub fn linear_divergence_unfused<T: HeadElem>(
     d_head: &mut CudaViewMut<f32>,
 ) -> Result<LinearDivergenceOut> {
     const OP: &str = "linear + divergence (unfused)";
-    p.check(x, d_hidden.len(), d_head.len())?;
+    p.check(x, Some((d_hidden.len(), d_head.len())))?;
     let (n, hs, ht, v) = (p.rows, p.student_dim, p.teacher_dim, p.vocab);
     let stream = dev.stream();
     let elem = std::mem::size_of::<T>();

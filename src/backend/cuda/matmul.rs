@@ -89,8 +89,11 @@ pub fn gemm<T: GemmElem, C: GemmElem>(
     if g.m == 0 || g.n == 0 {
         return Ok(());
     }
-    let blas = dev.blas()?;
     let stream = dev.stream();
+    if g.k == 0 {
+        return empty_product(dev, g, c);
+    }
+    let blas = dev.blas()?;
     let op = |t: bool| if t { cublasOperation_t::CUBLAS_OP_T } else { cublasOperation_t::CUBLAS_OP_N };
     let (ap, _ra) = a.device_ptr(stream);
     let (bp, _rb) = b.device_ptr(stream);
@@ -121,4 +124,40 @@ pub fn gemm<T: GemmElem, C: GemmElem>(
         )
     }
     .map_err(|e| Error::Cuda { context: format!("cublasGemmEx {g:?}"), detail: e.to_string() })
+}
+
+/// C = beta·C for an empty inner dimension (k = 0), which cuBLAS rejects (its leading
+/// dimensions would be 0): C is left alone (beta = 1) or zeroed row by row (beta = 0).
+fn empty_product<C: GemmElem>(dev: &CudaDevice, g: &Gemm, c: &mut impl DevicePtrMut<C>) -> Result<()> {
+    if g.beta == 1.0 {
+        return Ok(());
+    }
+    if g.beta != 0.0 {
+        return Err(Error::Shape {
+            op: "matmul (cuda)",
+            detail: format!("an empty product (k = 0) with beta = {}", g.beta),
+        });
+    }
+    let stream = dev.stream();
+    let elem = std::mem::size_of::<C>();
+    let (cp, _rc) = c.device_ptr_mut(stream);
+    // One memset when the rows are contiguous, else one per row.
+    let (runs, run) = if g.ldc == g.n { (1, g.m * g.n) } else { (g.m, g.n) };
+    for r in 0..runs {
+        // SAFETY: check() bounded the m rows of n elements at stride ldc by C's length; the
+        // memset is ordered on the stream C is used on.
+        unsafe {
+            cudarc::driver::result::memset_d8_async(
+                cp + (r * g.ldc * elem) as u64,
+                0,
+                run * elem,
+                stream.cu_stream(),
+            )
+        }
+        .map_err(|e| Error::Cuda {
+            context: "matmul (cuda): zeroing an empty product".into(),
+            detail: e.to_string(),
+        })?;
+    }
+    Ok(())
 }

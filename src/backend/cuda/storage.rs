@@ -699,19 +699,24 @@ impl BackendStorage for CudaStorage {
                 teacher_head: &wts,
                 row_mask: None,
             };
-            let mut d_hidden: CudaSlice<T> = dev.zeros_of(n * h, OP)?;
+            if !spec.loss.want_grad {
+                let row_loss = p.run_rows(dev, &x, None)?;
+                return Ok(LinearLossOut {
+                    row_loss: CudaStorage::new(dev, row_loss),
+                    d_hidden: None,
+                    d_head: None,
+                });
+            }
+            // d(hidden) is written whole; d(head) is accumulated into, so starts at zero.
+            // SAFETY: the backward products write every element of d_hidden (beta = 0).
+            let mut d_hidden: CudaSlice<T> = unsafe { dev.alloc_of(n * h, OP)? };
             let mut d_head: CudaSlice<f32> = dev.zeros_of(spec.head_rows * h, OP)?;
-            let (row_loss, _) = p.run_rows(
-                dev,
-                &x,
-                &mut d_hidden.slice_mut(..),
-                &mut d_head.slice_mut(..),
-                spec.loss.want_grad,
-            )?;
+            let row_loss =
+                p.run_rows(dev, &x, Some((&mut d_hidden.slice_mut(..), &mut d_head.slice_mut(..))))?;
             Ok(LinearLossOut {
                 row_loss: CudaStorage::new(dev, row_loss),
-                d_hidden: spec.loss.want_grad.then(|| CudaStorage::new(dev, d_hidden)),
-                d_head: spec.loss.want_grad.then(|| CudaStorage::new(dev, d_head)),
+                d_hidden: Some(CudaStorage::new(dev, d_hidden)),
+                d_head: Some(CudaStorage::new(dev, d_head)),
             })
         })
     }
