@@ -4,8 +4,8 @@
 //!
 //! Inputs are `View`s: a contiguous run of a storage's elements (the tensor layer makes a strided
 //! view contiguous before calling). Outputs are new, dense storages. Shapes are written beside
-//! each argument; every backend checks the lengths it is given and returns an error (never
-//! panics) on a mismatch. An op a backend does not have returns `Error::Unsupported`.
+//! each argument; every backend checks the lengths it is given (the shared checks are in
+//! `check.rs`) and returns an error (never panics) on a mismatch. An op a backend does not have returns `Error::Unsupported`.
 //!
 //! Element types: the CPU backend computes in f32 (the reference) and f64 (gradient checks); the
 //! CUDA backend in f32 and bf16 with f32 accumulation. Statistics saved for a backward (norm rstd,

@@ -4,6 +4,7 @@
 //!
 //! This layer imports nothing from the layers above it (tensor, autograd, model, …).
 
+mod check;
 mod contract;
 pub mod cpu;
 pub mod cuda;

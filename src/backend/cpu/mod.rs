@@ -31,10 +31,9 @@ pub use real::Real;
 pub use softmax::{log_softmax, log_sum_exp};
 pub use storage::{CpuStorage, Element};
 
+use super::check::{self, need, rows_of};
 use super::contract::{BackendStorage, LinearLossOut, LossTarget, View};
-use super::ops::{
-    AdamWStep, AttnDims, CachedAttnDims, LinearDims, LinearLossSpec, LossKind, LossSpec, RopeSpec,
-};
+use super::ops::{AdamWStep, AttnDims, CachedAttnDims, LinearDims, LinearLossSpec, LossSpec, RopeSpec};
 use super::{DType, Device, Layout};
 use crate::error::{shape_err, Error, Result};
 use storage::{check_range, typed_mut, with_elem};
@@ -56,21 +55,6 @@ macro_rules! real {
             d => Err(Error::DType { op: $op, dtype: d.name(), device: "cpu".into(), supported: "f32, f64" }),
         }
     };
-}
-
-fn need(op: &'static str, what: &str, len: usize, want: usize) -> Result<()> {
-    if len != want {
-        return shape_err(op, format!("{what} has {len} elements, expected {want}"));
-    }
-    Ok(())
-}
-
-/// Rows of a (rows, cols) input of `len` elements.
-fn rows_of(op: &'static str, len: usize, cols: usize) -> Result<usize> {
-    if cols == 0 || len % cols != 0 {
-        return shape_err(op, format!("{len} elements are not rows of {cols}"));
-    }
-    Ok(len / cols)
 }
 
 fn same_dtype(op: &'static str, views: &[View<'_, CpuStorage>]) -> Result<DType> {
@@ -231,7 +215,7 @@ impl BackendStorage for CpuStorage {
 
     fn add(a: View<'_, Self>, b: View<'_, Self>) -> Result<Self> {
         const OP: &str = "add";
-        need(OP, "b", b.len, a.len)?;
+        check::add(a.len, b.len)?;
         real!(OP, same_dtype(OP, &[a, b])?, |T| {
             let (x, y) = (a.typed::<T>(OP)?, b.typed::<T>(OP)?);
             Ok(wrap(x.iter().zip(y).map(|(&p, &q)| p + q).collect()))
@@ -265,11 +249,7 @@ impl BackendStorage for CpuStorage {
         d: LinearDims,
     ) -> Result<Self> {
         const OP: &str = "linear";
-        need(OP, "x", x.len, d.n * d.d_in)?;
-        need(OP, "weight", w.len, d.d_in * d.d_out)?;
-        if let Some(b) = b {
-            need(OP, "bias", b.len, d.d_out)?;
-        }
+        check::linear_fwd(&d, x.len, w.len, b.map(|b| b.len))?;
         let mut all = vec![x, w];
         all.extend(b);
         real!(OP, same_dtype(OP, &all)?, |T| {
@@ -286,9 +266,7 @@ impl BackendStorage for CpuStorage {
         has_bias: bool,
     ) -> Result<(Self, Self, Option<Self>)> {
         const OP: &str = "linear backward";
-        need(OP, "x", x.len, d.n * d.d_in)?;
-        need(OP, "weight", w.len, d.d_in * d.d_out)?;
-        need(OP, "dy", dy.len, d.n * d.d_out)?;
+        check::linear_bwd(&d, x.len, w.len, dy.len)?;
         real!(OP, same_dtype(OP, &[x, w, dy])?, |T| {
             let g = linear::linear_bwd::<T>(d, x.typed(OP)?, w.typed(OP)?, dy.typed(OP)?, has_bias);
             Ok((wrap(g.dx), wrap(g.dw), g.db.map(wrap)))
@@ -297,8 +275,7 @@ impl BackendStorage for CpuStorage {
 
     fn rms_norm_fwd(x: View<'_, Self>, w: View<'_, Self>, cols: usize, eps: f64) -> Result<(Self, Self)> {
         const OP: &str = "rms_norm";
-        rows_of(OP, x.len, cols)?;
-        need(OP, "weight", w.len, cols)?;
+        check::rms_norm_fwd(x.len, w.len, cols)?;
         real!(OP, same_dtype(OP, &[x, w])?, |T| {
             let o = rms_norm::rms_norm_fwd::<T>(x.typed(OP)?, w.typed(OP)?, cols, eps);
             Ok((wrap(o.y), wrap(o.rstd)))
@@ -313,10 +290,7 @@ impl BackendStorage for CpuStorage {
         cols: usize,
     ) -> Result<(Self, Self)> {
         const OP: &str = "rms_norm backward";
-        let rows = rows_of(OP, x.len, cols)?;
-        need(OP, "weight", w.len, cols)?;
-        need(OP, "rstd", rstd.len, rows)?;
-        need(OP, "dy", dy.len, x.len)?;
+        check::rms_norm_bwd(x.len, w.len, rstd.len, dy.len, cols)?;
         real!(OP, same_dtype(OP, &[x, w, rstd, dy])?, |T| {
             let g =
                 rms_norm::rms_norm_bwd::<T>(x.typed(OP)?, w.typed(OP)?, rstd.typed(OP)?, dy.typed(OP)?, cols);
@@ -332,9 +306,7 @@ impl BackendStorage for CpuStorage {
         eps: f64,
     ) -> Result<(Self, Self, Self)> {
         const OP: &str = "layer_norm";
-        rows_of(OP, x.len, cols)?;
-        need(OP, "weight", w.len, cols)?;
-        need(OP, "bias", b.len, cols)?;
+        check::layer_norm_fwd(x.len, w.len, b.len, cols)?;
         real!(OP, same_dtype(OP, &[x, w, b])?, |T| {
             let o = layer_norm::layer_norm_fwd::<T>(x.typed(OP)?, w.typed(OP)?, b.typed(OP)?, cols, eps);
             Ok((wrap(o.y), wrap(o.mean), wrap(o.rstd)))
@@ -350,11 +322,7 @@ impl BackendStorage for CpuStorage {
         cols: usize,
     ) -> Result<(Self, Self, Self)> {
         const OP: &str = "layer_norm backward";
-        let rows = rows_of(OP, x.len, cols)?;
-        need(OP, "weight", w.len, cols)?;
-        need(OP, "mean", mean.len, rows)?;
-        need(OP, "rstd", rstd.len, rows)?;
-        need(OP, "dy", dy.len, x.len)?;
+        check::layer_norm_bwd(x.len, w.len, mean.len, rstd.len, dy.len, cols)?;
         real!(OP, same_dtype(OP, &[x, w, mean, rstd, dy])?, |T| {
             let g = layer_norm::layer_norm_bwd::<T>(
                 x.typed(OP)?,
@@ -497,7 +465,7 @@ impl BackendStorage for CpuStorage {
     ) -> Result<(Self, Option<Self>)> {
         const OP: &str = "cross_entropy";
         let targets = targets.typed::<u32>(OP)?;
-        check_loss(OP, spec, logits.len, targets.len())?;
+        check::loss(OP, spec, logits.len, targets.len())?;
         check_targets(OP, targets, spec.vocab)?;
         real!(OP, logits.dtype(), |T| {
             let (loss, grad) = cross_entropy::cross_entropy_fwd_bwd::<T>(
@@ -518,11 +486,7 @@ impl BackendStorage for CpuStorage {
         spec: &LossSpec,
     ) -> Result<(Self, Option<Self>)> {
         const OP: &str = "divergence";
-        let LossKind::Divergence { divergence, temperature } = spec.kind else {
-            return Err(Error::Msg(format!("{OP}: the loss must be a divergence")));
-        };
-        check_loss(OP, spec, student.len, spec.rows)?;
-        need(OP, "teacher", teacher.len, student.len)?;
+        let (divergence, temperature) = check::divergence(spec, student.len, teacher.len)?;
         let mask: Option<Vec<bool>> = match mask {
             Some(m) => {
                 let m = m.typed::<u8>(OP)?;
@@ -554,13 +518,8 @@ impl BackendStorage for CpuStorage {
         spec: &LinearLossSpec,
     ) -> Result<LinearLossOut<Self>> {
         const OP: &str = "linear_loss";
-        let (n, h, v) = (spec.loss.rows, spec.hidden, spec.loss.vocab);
-        check_loss(OP, &spec.loss, n * v, n)?;
-        need(OP, "hidden", hidden.len, n * h)?;
-        need(OP, "head", head.len, spec.head_rows * h)?;
-        if spec.head_rows < v {
-            return shape_err(OP, format!("a head of {} rows for a vocabulary of {v}", spec.head_rows));
-        }
+        let (n, v) = (spec.loss.rows, spec.loss.vocab);
+        check::linear_loss(spec, hidden.len, head.len)?;
         real!(OP, same_dtype(OP, &[hidden, head])?, |T| {
             let target = match target {
                 LossTarget::Tokens(t) => {
@@ -570,18 +529,7 @@ impl BackendStorage for CpuStorage {
                     linear_loss::Target::Tokens(t)
                 }
                 LossTarget::Teacher { hidden: th, head: tw } => {
-                    let ht = spec.teacher_hidden;
-                    need(OP, "teacher hidden", th.len, n * ht)?;
-                    need(OP, "teacher head", tw.len, spec.teacher_head_rows * ht)?;
-                    if spec.teacher_head_rows < v {
-                        return shape_err(
-                            OP,
-                            format!(
-                                "a teacher head of {} rows for a vocabulary of {v}",
-                                spec.teacher_head_rows
-                            ),
-                        );
-                    }
+                    check::linear_loss_teacher(spec, th.len, tw.len)?;
                     same_dtype(OP, &[hidden, th, tw])?;
                     linear_loss::Target::Teacher { hidden: th.typed::<T>(OP)?, head: tw.typed::<T>(OP)? }
                 }
@@ -613,25 +561,6 @@ fn rope(
         let f = if inverse { rope::rope_bwd::<T> } else { rope::rope_fwd::<T> };
         Ok(wrap(f(x.typed(OP)?, pos, spec.inv_freq, spec.heads)))
     })
-}
-
-/// A loss over `rows` × `vocab` logits of `logits` elements, with `targets` rows.
-fn check_loss(op: &'static str, spec: &LossSpec, logits: usize, targets: usize) -> Result<()> {
-    if spec.vocab == 0 {
-        return shape_err(op, "the vocabulary is empty");
-    }
-    need(op, "logits", logits, spec.rows * spec.vocab)?;
-    need(op, "targets", targets, spec.rows)?;
-    if !spec.scale.is_finite() {
-        return Err(Error::Msg(format!("{op}: the scale must be finite, got {}", spec.scale)));
-    }
-    if let LossKind::Divergence { divergence, temperature } = spec.kind {
-        divergence.validate()?;
-        if !(temperature > 0.0 && temperature.is_finite()) {
-            return Err(Error::Msg(format!("{op}: the temperature must be positive, got {temperature}")));
-        }
-    }
-    Ok(())
 }
 
 fn check_targets(op: &'static str, targets: &[u32], vocab: usize) -> Result<()> {

@@ -6,6 +6,7 @@ use super::divergence::{divergence_fwd_bwd, DivElem, DivergenceLaunch, KernelPat
 use super::linear_divergence::{LinearDivergence, LinearDivergenceInputs};
 use super::matmul::GemmElem;
 use super::{elementwise, layer_norm, rms_norm};
+use crate::backend::check;
 use crate::backend::contract::{BackendStorage, LinearLossOut, LossTarget, View};
 use crate::backend::ops::{
     AdamWStep, AttnDims, CachedAttnDims, LinearDims, LinearLossSpec, LossKind, LossSpec, RopeSpec,
@@ -211,13 +212,6 @@ fn check_range(op: &'static str, total: usize, start: usize, len: usize) -> Resu
     Ok(())
 }
 
-fn need(op: &'static str, what: &str, len: usize, want: usize) -> Result<()> {
-    if len != want {
-        return shape_err(op, format!("{what} has {len} elements, expected {want}"));
-    }
-    Ok(())
-}
-
 fn unsupported<T>(op: &'static str, s: &CudaStorage) -> Result<T> {
     Err(Error::Unsupported { op, device: s.device().to_string() })
 }
@@ -379,7 +373,7 @@ impl BackendStorage for CudaStorage {
 
     fn add(a: View<'_, Self>, b: View<'_, Self>) -> Result<Self> {
         const OP: &str = "add";
-        need(OP, "b", b.len, a.len)?;
+        check::add(a.len, b.len)?;
         let dev = a.dev();
         float!(OP, same_float(OP, &[a, b])?, |T| {
             Ok(CudaStorage::new(dev, elementwise::add::<T>(dev, &a.typed(OP)?, &b.typed(OP)?)?))
@@ -401,13 +395,9 @@ impl BackendStorage for CudaStorage {
         d: LinearDims,
     ) -> Result<Self> {
         const OP: &str = "linear";
-        need(OP, "x", x.len, d.n * d.d_in)?;
-        need(OP, "weight", w.len, d.d_in * d.d_out)?;
+        check::linear_fwd(&d, x.len, w.len, b.map(|b| b.len))?;
         let mut all = vec![x, w];
-        if let Some(b) = b {
-            need(OP, "bias", b.len, d.d_out)?;
-            all.push(b);
-        }
+        all.extend(b);
         let dev = x.dev();
         float!(OP, same_float(OP, &all)?, |T| {
             let bias = b.map(|b| b.typed::<T>(OP)).transpose()?;
@@ -424,9 +414,7 @@ impl BackendStorage for CudaStorage {
         has_bias: bool,
     ) -> Result<(Self, Self, Option<Self>)> {
         const OP: &str = "linear backward";
-        need(OP, "x", x.len, d.n * d.d_in)?;
-        need(OP, "weight", w.len, d.d_in * d.d_out)?;
-        need(OP, "dy", dy.len, d.n * d.d_out)?;
+        check::linear_bwd(&d, x.len, w.len, dy.len)?;
         let dev = x.dev();
         float!(OP, same_float(OP, &[x, w, dy])?, |T| {
             let g = super::linear::linear_bwd::<T>(
@@ -447,8 +435,7 @@ impl BackendStorage for CudaStorage {
 
     fn rms_norm_fwd(x: View<'_, Self>, w: View<'_, Self>, cols: usize, eps: f64) -> Result<(Self, Self)> {
         const OP: &str = "rms_norm";
-        let rows = rows_of(OP, x.len, cols)?;
-        need(OP, "weight", w.len, cols)?;
+        let rows = indexable(OP, check::rms_norm_fwd(x.len, w.len, cols)?, cols)?;
         let dev = x.dev();
         float!(OP, same_float(OP, &[x, w])?, |T| {
             let (y, rstd) = rms_norm::fwd::<T>(dev, &x.typed(OP)?, &w.typed(OP)?, rows, cols, eps as f32)?;
@@ -464,10 +451,7 @@ impl BackendStorage for CudaStorage {
         cols: usize,
     ) -> Result<(Self, Self)> {
         const OP: &str = "rms_norm backward";
-        let rows = rows_of(OP, x.len, cols)?;
-        need(OP, "weight", w.len, cols)?;
-        need(OP, "rstd", rstd.len, rows)?;
-        need(OP, "dy", dy.len, x.len)?;
+        let rows = indexable(OP, check::rms_norm_bwd(x.len, w.len, rstd.len, dy.len, cols)?, cols)?;
         let dev = x.dev();
         float!(OP, same_float(OP, &[x, w, dy])?, |T| {
             let (dx, dw) = rms_norm::bwd::<T>(
@@ -491,9 +475,7 @@ impl BackendStorage for CudaStorage {
         eps: f64,
     ) -> Result<(Self, Self, Self)> {
         const OP: &str = "layer_norm";
-        let rows = rows_of(OP, x.len, cols)?;
-        need(OP, "weight", w.len, cols)?;
-        need(OP, "bias", b.len, cols)?;
+        let rows = indexable(OP, check::layer_norm_fwd(x.len, w.len, b.len, cols)?, cols)?;
         let dev = x.dev();
         float!(OP, same_float(OP, &[x, w, b])?, |T| {
             let (y, mean, rstd) = layer_norm::fwd::<T>(
@@ -518,11 +500,8 @@ impl BackendStorage for CudaStorage {
         cols: usize,
     ) -> Result<(Self, Self, Self)> {
         const OP: &str = "layer_norm backward";
-        let rows = rows_of(OP, x.len, cols)?;
-        need(OP, "weight", w.len, cols)?;
-        need(OP, "mean", mean.len, rows)?;
-        need(OP, "rstd", rstd.len, rows)?;
-        need(OP, "dy", dy.len, x.len)?;
+        let rows =
+            indexable(OP, check::layer_norm_bwd(x.len, w.len, mean.len, rstd.len, dy.len, cols)?, cols)?;
         let dev = x.dev();
         float!(OP, same_float(OP, &[x, w, dy])?, |T| {
             let (dx, dw, db) = layer_norm::bwd::<T>(
@@ -622,11 +601,7 @@ impl BackendStorage for CudaStorage {
         spec: &LossSpec,
     ) -> Result<(Self, Option<Self>)> {
         const OP: &str = "divergence";
-        let LossKind::Divergence { divergence, temperature } = spec.kind else {
-            return Err(Error::Msg(format!("{OP}: the loss must be a divergence")));
-        };
-        need(OP, "student", student.len, spec.rows * spec.vocab)?;
-        need(OP, "teacher", teacher.len, student.len)?;
+        let (divergence, temperature) = check::divergence(spec, student.len, teacher.len)?;
         let dev = student.dev();
         let launch = DivergenceLaunch {
             rows: spec.rows,
@@ -664,19 +639,8 @@ impl BackendStorage for CudaStorage {
             return unsupported("cross-entropy through the output head", hidden.storage);
         };
         let ht = spec.teacher_hidden;
-        need(OP, "hidden", hidden.len, n * h)?;
-        need(OP, "head", head.len, spec.head_rows * h)?;
-        need(OP, "teacher hidden", th.len, n * ht)?;
-        need(OP, "teacher head", tw.len, spec.teacher_head_rows * ht)?;
-        if spec.head_rows < v || spec.teacher_head_rows < v {
-            return shape_err(
-                OP,
-                format!(
-                    "heads of {} and {} rows for a vocabulary of {v}",
-                    spec.head_rows, spec.teacher_head_rows
-                ),
-            );
-        }
+        check::linear_loss(spec, hidden.len, head.len)?;
+        check::linear_loss_teacher(spec, th.len, tw.len)?;
         let dev = hidden.dev();
         let p = LinearDivergence {
             rows: n,
@@ -722,11 +686,12 @@ impl BackendStorage for CudaStorage {
     }
 }
 
-fn rows_of(op: &'static str, len: usize, cols: usize) -> Result<usize> {
-    if cols == 0 || len % cols != 0 || len / cols > i32::MAX as usize || cols > i32::MAX as usize {
-        return shape_err(op, format!("{len} elements are not rows of {cols} (32-bit indexing)"));
+/// `rows` of `cols` within the norm kernels' 32-bit indexing.
+fn indexable(op: &'static str, rows: usize, cols: usize) -> Result<usize> {
+    if rows > i32::MAX as usize || cols > i32::MAX as usize {
+        return shape_err(op, format!("{rows} rows of {cols} exceed the kernels' 32-bit indexing"));
     }
-    Ok(len / cols)
+    Ok(rows)
 }
 
 /// The fused divergence into fresh buffers: (row losses f32, the gradient when asked for).
