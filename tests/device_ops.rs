@@ -185,7 +185,7 @@ fn in_place_operations_match_the_cpu() {
             eps: 1e-8,
         };
         let r = p
-            .adamw_step_at(200, &t(&b[..600]), &mut m, &mut v, &h)
+            .adamw_step_at(200, &t(&b[..600]), &mut m, &mut v, &h, None)
             .and_then(|()| Ok([p.to_vec_f64()?, m.to_vec_f64()?, v.to_vec_f64()?].concat()));
         out.push(("adamw", r));
         out.push((

@@ -43,12 +43,12 @@ fn adamw_two_steps_by_hand() {
     let cfg = AdamWConfig { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.1 };
     let mut opt = AdamW::new(cfg).unwrap();
     let mut p = t(&[1.0]);
-    opt.step(&mut p, &t(&[0.5]), &all(1), 0.1).unwrap();
+    opt.step(&mut p, &t(&[0.5]), &all(1), 0.1, None).unwrap();
     close(&v(&p), &[0.890000002], 1e-6);
     let (m, s) = opt.moments().unwrap();
     close(&v(m), &[0.05], 1e-6);
     close(&v(s), &[0.00025], 1e-6);
-    opt.step(&mut p, &t(&[-0.25]), &all(1), 0.1).unwrap();
+    opt.step(&mut p, &t(&[-0.25]), &all(1), 0.1, None).unwrap();
     close(&v(&p), &[0.854466298688], 1e-6);
     let (m, s) = opt.moments().unwrap();
     close(&v(m), &[0.02], 1e-6);
@@ -68,7 +68,7 @@ fn run_three_steps(cfg: AdamWConfig, lrs: [f32; 3]) -> (Vec<f32>, Vec<f32>, Vec<
     let groups = [ParamGroup { range: 0..3, decay: true }, ParamGroup { range: 3..7, decay: true }];
     let mut opt = AdamW::new(cfg).unwrap();
     for ((g0, g1), lr) in GRADS.iter().zip(lrs) {
-        opt.step(&mut p, &t(&[&g0[..], &g1[..]].concat()), &groups, lr).unwrap();
+        opt.step(&mut p, &t(&[&g0[..], &g1[..]].concat()), &groups, lr, None).unwrap();
     }
     let (p, (m, s)) = (v(&p), opt.moments().unwrap());
     (p[..3].to_vec(), p[3..].to_vec(), v(m)[3..].to_vec(), v(s)[3..].to_vec())
@@ -88,7 +88,7 @@ fn run_three_steps(cfg: AdamWConfig, lrs: [f32; 3]) -> (Vec<f32>, Vec<f32>, Vec<
 ///     for (g0, g1), lr in zip(grads, lrs):
 ///         for group in opt.param_groups: group["lr"] = lr
 ///         p0.grad = torch.tensor(g0); p1.grad = torch.tensor(g1)
-///         opt.step()
+///         opt.step(, None)
 ///     fmt = lambda t: ", ".join("%.9g" % x for x in t.detach().flatten().tolist())
 ///     print(fmt(p0), fmt(p1), fmt(opt.state[p1]["exp_avg"]), fmt(opt.state[p1]["exp_avg_sq"]))
 /// run(dict(betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01), [1e-3, 1e-3, 1e-3])
@@ -123,9 +123,9 @@ fn groups_without_decay_are_exempt() {
     let mut opt_with = AdamW::new(cfg).unwrap();
     let mut opt_without = AdamW::new(AdamWConfig { weight_decay: 0.0, ..cfg }).unwrap();
     for g in &steps {
-        masked.step(&mut both, &t(&[&g[..], &g[..]].concat()), &groups, 0.01).unwrap();
-        opt_with.step(&mut with_decay, &t(g), &all(2), 0.01).unwrap();
-        opt_without.step(&mut without, &t(g), &all(2), 0.01).unwrap();
+        masked.step(&mut both, &t(&[&g[..], &g[..]].concat()), &groups, 0.01, None).unwrap();
+        opt_with.step(&mut with_decay, &t(g), &all(2), 0.01, None).unwrap();
+        opt_without.step(&mut without, &t(g), &all(2), 0.01, None).unwrap();
     }
     let both = v(&both);
     assert_eq!(both[..2], v(&with_decay)[..]);
@@ -134,8 +134,8 @@ fn groups_without_decay_are_exempt() {
     // Groups must tile the buffer in order.
     let mut bad = AdamW::new(cfg).unwrap();
     let gaps = [ParamGroup { range: 0..1, decay: true }, ParamGroup { range: 2..4, decay: false }];
-    assert!(bad.step(&mut t(&[0.0; 4]), &t(&[0.0; 4]), &gaps, 0.1).is_err());
-    assert!(bad.step(&mut t(&[0.0; 4]), &t(&[0.0; 4]), &all(3), 0.1).is_err());
+    assert!(bad.step(&mut t(&[0.0; 4]), &t(&[0.0; 4]), &gaps, 0.1, None).is_err());
+    assert!(bad.step(&mut t(&[0.0; 4]), &t(&[0.0; 4]), &all(3), 0.1, None).is_err());
 }
 
 fn scratch(test: &str) -> PathBuf {
@@ -159,7 +159,7 @@ fn state_file_resumes_exactly() {
     let mut a = init();
     let mut straight = AdamW::new(cfg).unwrap();
     for k in 0..5 {
-        straight.step(&mut a, &grads(k), &params, lr(k)).unwrap();
+        straight.step(&mut a, &grads(k), &params, lr(k), None).unwrap();
     }
 
     let dir = scratch("resume");
@@ -167,7 +167,7 @@ fn state_file_resumes_exactly() {
     let mut b = init();
     let mut first = AdamW::new(cfg).unwrap();
     for k in 0..3 {
-        first.step(&mut b, &grads(k), &params, lr(k)).unwrap();
+        first.step(&mut b, &grads(k), &params, lr(k), None).unwrap();
     }
     first.save(&path, &params).unwrap();
     drop(first);
@@ -175,7 +175,7 @@ fn state_file_resumes_exactly() {
     assert_eq!(resumed.steps_taken(), 3);
     assert_eq!(*resumed.config(), cfg);
     for k in 3..5 {
-        resumed.step(&mut b, &grads(k), &params, lr(k)).unwrap();
+        resumed.step(&mut b, &grads(k), &params, lr(k), None).unwrap();
     }
     assert_eq!(v(&a), v(&b), "bit-identical to the uninterrupted run");
     let (m1, s1) = straight.moments().unwrap();
@@ -205,11 +205,11 @@ fn adamw_rejects_bad_input() {
     assert!(AdamW::new(AdamWConfig { weight_decay: -0.1, ..AdamWConfig::default() }).is_err());
     let mut opt = AdamW::new(AdamWConfig::default()).unwrap();
     let mut p = t(&[0.0; 3]);
-    assert!(opt.step(&mut p, &t(&[0.0; 2]), &all(3), 0.1).is_err());
-    assert!(opt.step(&mut p, &t(&[0.0; 3]), &[], 0.1).is_err());
-    assert!(opt.step(&mut p, &t(&[0.0; 3]), &all(3), f32::NAN).is_err());
+    assert!(opt.step(&mut p, &t(&[0.0; 2]), &all(3), 0.1, None).is_err());
+    assert!(opt.step(&mut p, &t(&[0.0; 3]), &[], 0.1, None).is_err());
+    assert!(opt.step(&mut p, &t(&[0.0; 3]), &all(3), f32::NAN, None).is_err());
     let f64_grads = Tensor::from_vec(vec![0.0f64; 3], [3]).unwrap();
-    assert!(opt.step(&mut p, &f64_grads, &all(3), 0.1).is_err());
+    assert!(opt.step(&mut p, &f64_grads, &all(3), 0.1, None).is_err());
     assert_eq!(opt.steps_taken(), 0, "a refused step changes nothing");
     assert!(opt.moments().is_none());
 }

@@ -21,6 +21,29 @@ pub(super) fn rows_of(op: &'static str, len: usize, cols: usize) -> Result<usize
     Ok(len / cols)
 }
 
+/// AdamW over `grad` elements from `start`: the weights, both moments and the optional
+/// compute-weights copy must hold them.
+pub(super) fn adamw(
+    start: usize,
+    grad: usize,
+    weights: usize,
+    m: usize,
+    v: usize,
+    out: Option<usize>,
+) -> Result<()> {
+    const OP: &str = "adamw";
+    let Some(end) = start.checked_add(grad) else {
+        return shape_err(OP, format!("{grad} elements from {start} overflow"));
+    };
+    let lens = [("weights", Some(weights)), ("first moment", Some(m)), ("second moment", Some(v))];
+    for (what, len) in lens.into_iter().chain([("compute-weights copy", out)]) {
+        if let Some(len) = len.filter(|&len| len < end) {
+            return shape_err(OP, format!("the {what} has {len} elements; the update covers {start}..{end}"));
+        }
+    }
+    Ok(())
+}
+
 pub(super) fn add(a: usize, b: usize) -> Result<()> {
     need("add", "b", b, a)
 }

@@ -85,8 +85,10 @@ pub trait BackendStorage: Sized {
     /// Row `rows[i]` of self (rows of `width` elements) = row i of `src` (N, width): the
     /// key/value cache's append.
     fn copy_rows_in(&mut self, width: usize, rows: View<'_, Self>, src: View<'_, Self>) -> Result<()>;
-    /// The optimizer: `self[start..]` are f32 master weights (`grad.len` of them), `m` and `v`
-    /// their moments at the same offsets; one AdamW update of each.
+    /// The optimizer: `self[start..]` are f32 master weights (`grad.len` of them, f32 gradients),
+    /// `m` and `v` their f32 moments at the same offsets; one AdamW update of each. With `out`
+    /// (the model's compute-dtype weights, f32 or bf16), `out[start..start + grad.len]` also
+    /// receives the updated weights in out's dtype (bf16 rounded to nearest even).
     fn adamw_step(
         &mut self,
         start: usize,
@@ -94,10 +96,12 @@ pub trait BackendStorage: Sized {
         m: &mut Self,
         v: &mut Self,
         h: &AdamWStep,
+        out: Option<&mut Self>,
     ) -> Result<()>;
 
     // ---- reductions -----------------------------------------------------------------------
-    /// Σ x² (accumulated in f64 on the CPU); the global gradient norm's building block.
+    /// Σ x² (accumulated in f64 on the CPU; on CUDA in f32 per thread over a fixed split, then
+    /// f64, deterministic); the global gradient norm's building block.
     fn sum_squares(x: View<'_, Self>) -> Result<f64>;
 
     // ---- ops --------------------------------------------------------------------------------

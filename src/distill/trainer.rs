@@ -424,7 +424,7 @@ impl<'a> Trainer<'a> {
             .into_iter()
             .map(|(range, decay)| ParamGroup { range, decay })
             .collect();
-        self.opt.step(self.student.params_mut().weights_mut(), &self.grads, &groups, lr)?;
+        self.opt.step(self.student.params_mut().weights_mut(), &self.grads, &groups, lr, None)?;
         self.state.step += 1;
         self.state.examples_seen = pos;
         let n_seq = micro.iter().map(Vec::len).sum::<usize>().max(1);

@@ -119,14 +119,17 @@ impl AdamW {
 
     /// One AdamW update of the flat f32 parameters `params` with their gradient `grads` (same
     /// length, same device), at learning rate `lr`; `groups` tile the buffer and say where weight
-    /// decay applies (Hugging Face's Trainer exempts biases and norm weights). A refused step
-    /// changes nothing.
+    /// decay applies (Hugging Face's Trainer exempts biases and norm weights). `weights`, when
+    /// given, is the model's compute-dtype copy of the parameters (f32 or bf16, same length and
+    /// device): it receives the updated weights, cast, in the same pass. A refused step changes
+    /// nothing.
     pub fn step(
         &mut self,
         params: &mut Tensor,
         grads: &Tensor,
         groups: &[ParamGroup],
         lr: f32,
+        mut weights: Option<&mut Tensor>,
     ) -> Result<()> {
         let n = params.numel();
         if grads.numel() != n || params.dtype() != DType::F32 || grads.dtype() != DType::F32 {
@@ -141,6 +144,21 @@ impl AdamW {
             return Err(Error::Msg(format!("AdamW: learning rate {lr} must be finite and non-negative")));
         }
         check_groups(groups, n)?;
+        if let Some(w) = &weights {
+            if w.numel() != n
+                || !matches!(w.dtype(), DType::F32 | DType::BF16)
+                || w.device() != params.device()
+            {
+                return Err(Error::Msg(format!(
+                    "AdamW: the compute weights are {} {} on {}, but the {n} parameters are on {}; \
+                     pass f32 or bf16 weights of the same length on the same device",
+                    w.numel(),
+                    w.dtype(),
+                    w.device(),
+                    params.device()
+                )));
+            }
+        }
         match &self.moments {
             Some((m, _)) if m.numel() != n => {
                 return Err(Error::Msg(format!(
@@ -175,7 +193,8 @@ impl AdamW {
             let decay =
                 if g.decay && c.weight_decay != 0.0 { (1.0 - lr64 * c.weight_decay) as f32 } else { 1.0 };
             let grad = grads.narrow(0, g.range.start, g.range.len())?;
-            params.adamw_step_at(g.range.start, &grad, m, v, &AdamWStep { decay, ..base })?;
+            let h = AdamWStep { decay, ..base };
+            params.adamw_step_at(g.range.start, &grad, m, v, &h, weights.as_deref_mut())?;
         }
         self.step += 1;
         Ok(())

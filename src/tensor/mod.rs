@@ -195,7 +195,8 @@ impl Tensor {
         Ok(self.to_vec_f64()?[0])
     }
 
-    /// Σ x² over the elements, accumulated in f64 (f32 on the GPU).
+    /// Σ x² over the elements, accumulated in f64 (on the GPU: f32 per thread over a fixed split,
+    /// then f64; deterministic).
     pub fn sum_squares(&self) -> Result<f64> {
         let x = self.contiguous()?;
         Storage::sum_squares(x.view()?)
@@ -274,7 +275,9 @@ impl Tensor {
     }
 
     /// One AdamW update of this tensor of f32 master weights from `start` on, with `grad` and the
-    /// moments `m`, `v` (same length as self, the same offsets).
+    /// moments `m`, `v` (same length as self, the same offsets). With `out` (the model's
+    /// compute-dtype weights, f32 or bf16, same length and offset as self), its elements
+    /// `start..start + grad.numel()` receive the updated weights in its dtype, in the same pass.
     pub fn adamw_step_at(
         &mut self,
         start: usize,
@@ -282,6 +285,7 @@ impl Tensor {
         m: &mut Tensor,
         v: &mut Tensor,
         h: &AdamWStep,
+        out: Option<&mut Tensor>,
     ) -> Result<()> {
         const OP: &str = "adamw";
         Tensor::check_span(OP, self.numel(), start, grad.numel())?;
@@ -291,14 +295,29 @@ impl Tensor {
                 format!("moments of {} and {} for {} weights", m.numel(), v.numel(), self.numel()),
             );
         }
+        if let Some(o) = &out {
+            if o.numel() != self.numel() {
+                return shape_err(
+                    OP,
+                    format!("a compute-weights copy of {} for {} weights", o.numel(), self.numel()),
+                );
+            }
+        }
         let grad = grad.contiguous()?;
         let (ms, mb) = m.write_access(OP)?;
         let (vs, vb) = v.write_access(OP)?;
+        let out = match out {
+            Some(o) => Some(o.write_access(OP)?),
+            None => None,
+        };
         let (ps, pb) = self.write_access(OP)?;
-        if mb != pb || vb != pb {
-            return shape_err(OP, "weights and moments must start at the same offset of their storages");
+        if mb != pb || vb != pb || out.as_ref().is_some_and(|(_, ob)| *ob != pb) {
+            return shape_err(
+                OP,
+                "weights, moments and the compute-weights copy must start at the same offset of their storages",
+            );
         }
-        ps.adamw_step(pb + start, grad.view()?, ms, vs, h)
+        ps.adamw_step(pb + start, grad.view()?, ms, vs, h, out.map(|(os, _)| os))
     }
 }
 

@@ -234,6 +234,9 @@ impl Storage {
         }
     }
 
+    /// One AdamW update of `self[start..start + grad.len]` (f32 masters) and the moments `m`, `v`
+    /// at the same offsets; `out`, when given, receives the updated weights in its dtype there.
+    #[allow(clippy::too_many_arguments)]
     pub fn adamw_step(
         &mut self,
         start: usize,
@@ -241,18 +244,36 @@ impl Storage {
         m: &mut Storage,
         v: &mut Storage,
         h: &AdamWStep,
+        out: Option<&mut Storage>,
     ) -> Result<()> {
-        match (&mut *self, grad.storage, m, v) {
-            (Storage::Cpu(p), Storage::Cpu(g), Storage::Cpu(m), Storage::Cpu(v)) => {
-                p.adamw_step(start, View::new(g, grad.start, grad.len), m, v, h)
+        let g = (grad.start, grad.len);
+        match (&mut *self, grad.storage, m, v, out) {
+            (Storage::Cpu(p), Storage::Cpu(gs), Storage::Cpu(m), Storage::Cpu(v), None) => {
+                p.adamw_step(start, View::new(gs, g.0, g.1), m, v, h, None)
             }
-            (Storage::Cuda(p), Storage::Cuda(g), Storage::Cuda(m), Storage::Cuda(v))
-                if same_gpu(p, &[g, m, v]) =>
+            (Storage::Cpu(p), Storage::Cpu(gs), Storage::Cpu(m), Storage::Cpu(v), Some(Storage::Cpu(o))) => {
+                p.adamw_step(start, View::new(gs, g.0, g.1), m, v, h, Some(o))
+            }
+            (Storage::Cuda(p), Storage::Cuda(gs), Storage::Cuda(m), Storage::Cuda(v), None)
+                if same_gpu(p, &[gs, m, v]) =>
             {
-                p.adamw_step(start, View::new(g, grad.start, grad.len), m, v, h)
+                p.adamw_step(start, View::new(gs, g.0, g.1), m, v, h, None)
             }
-            (_, g, m, v) => {
-                let other = [g, &*m, &*v].into_iter().find(|s| s.device() != self.device()).unwrap_or(g);
+            (
+                Storage::Cuda(p),
+                Storage::Cuda(gs),
+                Storage::Cuda(m),
+                Storage::Cuda(v),
+                Some(Storage::Cuda(o)),
+            ) if same_gpu(p, &[gs, m, v, o]) => {
+                p.adamw_step(start, View::new(gs, g.0, g.1), m, v, h, Some(o))
+            }
+            (_, gs, m, v, o) => {
+                let other = [gs, &*m, &*v]
+                    .into_iter()
+                    .chain(o.as_deref())
+                    .find(|s| s.device() != self.device())
+                    .unwrap_or(gs);
                 Err(mismatch("adamw", self, other))
             }
         }

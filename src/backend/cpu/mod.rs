@@ -187,16 +187,35 @@ impl BackendStorage for CpuStorage {
         m: &mut Self,
         v: &mut Self,
         h: &AdamWStep,
+        out: Option<&mut Self>,
     ) -> Result<()> {
         const OP: &str = "adamw";
+        let lens = (BackendStorage::len(&*self), BackendStorage::len(&*m), BackendStorage::len(&*v));
+        check::adamw(start, grad.len, lens.0, lens.1, lens.2, out.as_deref().map(BackendStorage::len))?;
         let g = grad.typed::<f32>(OP)?;
         let n = g.len();
+        let out = match out {
+            None => None,
+            Some(o) => Some(match BackendStorage::dtype(&*o) {
+                DType::F32 => adamw::WeightsOut::F32(typed_mut::<f32>(OP, o, start, n)?),
+                DType::BF16 => adamw::WeightsOut::BF16(typed_mut::<half::bf16>(OP, o, start, n)?),
+                d => {
+                    return Err(Error::DType {
+                        op: "adamw (compute-weights copy)",
+                        dtype: d.name(),
+                        device: "cpu".into(),
+                        supported: "f32, bf16",
+                    })
+                }
+            }),
+        };
         adamw::adamw_step(
             typed_mut::<f32>(OP, self, start, n)?,
             g,
             typed_mut::<f32>(OP, m, start, n)?,
             typed_mut::<f32>(OP, v, start, n)?,
             h,
+            out,
         );
         Ok(())
     }

@@ -6,11 +6,13 @@
 //! returns `Error::NoCuda` with the reason; nothing here panics for lack of a GPU.
 
 pub mod abi;
+mod adamw;
 pub mod bandwidth;
 mod device;
 pub mod divergence;
 pub mod divergence_unfused;
 mod elementwise;
+mod grad_norm;
 mod layer_norm;
 mod linear;
 pub mod linear_divergence;

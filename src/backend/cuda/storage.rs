@@ -1,11 +1,12 @@
 //! A tensor's storage on a GPU, and the backend contract on top of the launchers. Ops without a
 //! CUDA kernel yet return `Error::Unsupported` (the CPU backend has every op).
 
+use super::adamw::WeightsOut;
 use super::device::{cuda_err, CudaDevice};
 use super::divergence::{divergence_fwd_bwd, DivElem, DivergenceLaunch, KernelPath, StudentGrad};
 use super::linear_divergence::{LinearDivergence, LinearDivergenceInputs};
 use super::matmul::GemmElem;
-use super::{elementwise, layer_norm, rms_norm};
+use super::{adamw, elementwise, grad_norm, layer_norm, rms_norm};
 use crate::backend::check;
 use crate::backend::contract::{BackendStorage, LinearLossOut, LossTarget, View};
 use crate::backend::ops::{
@@ -358,17 +359,41 @@ impl BackendStorage for CudaStorage {
 
     fn adamw_step(
         &mut self,
-        _start: usize,
-        _grad: View<'_, Self>,
-        _m: &mut Self,
-        _v: &mut Self,
-        _h: &AdamWStep,
+        start: usize,
+        grad: View<'_, Self>,
+        m: &mut Self,
+        v: &mut Self,
+        h: &AdamWStep,
+        out: Option<&mut Self>,
     ) -> Result<()> {
-        unsupported("adamw", self)
+        const OP: &str = "adamw";
+        check::adamw(start, grad.len, self.len(), m.len(), v.len(), out.as_deref().map(CudaStorage::len))?;
+        let dev = self.dev.clone();
+        let n = grad.len;
+        let g = grad.typed::<f32>(OP)?;
+        let mut m = m.typed_mut::<f32>(OP, start, n)?;
+        let mut v = v.typed_mut::<f32>(OP, start, n)?;
+        let mut p = self.typed_mut::<f32>(OP, start, n)?;
+        let Some(out) = out else {
+            return adamw::step(&dev, &mut p, &g, &mut m, &mut v, h, None);
+        };
+        match out.dtype() {
+            DType::F32 => {
+                let mut w = out.typed_mut::<f32>(OP, start, n)?;
+                adamw::step(&dev, &mut p, &g, &mut m, &mut v, h, Some(WeightsOut::F32(&mut w)))
+            }
+            DType::BF16 => {
+                let mut w = out.typed_mut::<bf16>(OP, start, n)?;
+                adamw::step(&dev, &mut p, &g, &mut m, &mut v, h, Some(WeightsOut::BF16(&mut w)))
+            }
+            d => Err(dtype_err("adamw (compute-weights copy)", d, "f32, bf16")),
+        }
     }
 
     fn sum_squares(x: View<'_, Self>) -> Result<f64> {
-        unsupported("sum_squares (the gradient norm)", x.storage)
+        const OP: &str = "sum_squares";
+        let dev = x.dev();
+        float!(OP, x.dtype(), |T| grad_norm::sum_squares::<T>(dev, &x.typed(OP)?))
     }
 
     fn add(a: View<'_, Self>, b: View<'_, Self>) -> Result<Self> {
