@@ -23,11 +23,21 @@ pub enum Error {
     #[error("CUDA error in {context}: {detail}")]
     Cuda { context: String, detail: String },
 
-    #[error("out of GPU memory while allocating {bytes} bytes on {device} for {context}: use a smaller batch or sequence length")]
-    OutOfMemory { bytes: usize, device: String, context: String },
+    #[error(
+        "out of GPU memory on {device}: {context} needed {} more with {} already in use; lower \
+         --batch-size (raising --grad-accum keeps the step's size), shorten the sequences, or use \
+         --recompute layers",
+        gib(*bytes as u64),
+        gib(*in_use)
+    )]
+    OutOfMemory { bytes: usize, in_use: u64, device: String, context: String },
 
     #[error("{0}")]
     Msg(String),
+}
+
+fn gib(bytes: u64) -> String {
+    format!("{:.2} GiB", bytes as f64 / (1u64 << 30) as f64)
 }
 
 pub type Result<T> = std::result::Result<T, Error>;

@@ -13,13 +13,13 @@ const LAYERS: [(&str, usize); 12] = [
     ("eval", 1),
     ("metrics", 1),
     ("tensor", 2),
-    ("bench", 2),
     ("autograd", 3),
     ("optim", 3),
     ("model", 4),
     ("data", 5),
     ("generate", 5),
     ("distill", 6),
+    ("bench", 7),
 ];
 
 fn layer(m: &str) -> Option<usize> {

@@ -11,6 +11,7 @@
 //! freed as soon as the caller drops its `Var` (the teacher's forward, scoring, generation).
 
 mod attention;
+mod checkpoint;
 mod embedding;
 mod gelu;
 mod layer_norm;
@@ -22,6 +23,7 @@ mod rope;
 mod swiglu;
 
 pub use crate::backend::ops::{AttnDims, CachedAttnDims, LossKind};
+pub use checkpoint::Segment;
 pub use linear::WeightLayout;
 pub use loss::{LinearLoss, LinearLossTarget};
 
@@ -69,6 +71,9 @@ type BackwardFn = Box<dyn FnOnce(&Tensor) -> Result<Vec<Option<Tensor>>> + Send>
 
 struct Node {
     inputs: Vec<Option<usize>>,
+    /// Each input's dtype: an intermediate's gradient comes back in it (a backend may return a
+    /// gradient in its accumulation type, e.g. f32 for the rows gathered from bf16 hidden states).
+    input_dtypes: Vec<DType>,
     backward: Option<BackwardFn>,
 }
 
@@ -163,7 +168,7 @@ impl Tape {
             return Var::constant(value);
         }
         let node = self.next_node();
-        self.nodes.push(Node { inputs: vec![], backward: None });
+        self.nodes.push(Node { inputs: vec![], input_dtypes: vec![], backward: None });
         Var { value, node: Some(node) }
     }
 
@@ -183,9 +188,10 @@ impl Tape {
             return Var::constant(value);
         }
         self.foreign_input |= inputs.iter().any(|v| v.node.is_some_and(|n| n.tape != self.id));
+        let input_dtypes = inputs.iter().map(|v| v.value().dtype()).collect();
         let inputs = inputs.iter().map(|v| v.node.map(|n| n.index)).collect();
         let node = self.next_node();
-        self.nodes.push(Node { inputs, backward: Some(Box::new(backward)) });
+        self.nodes.push(Node { inputs, input_dtypes, backward: Some(Box::new(backward)) });
         Var { value, node: Some(node) }
     }
 
@@ -234,8 +240,14 @@ impl Tape {
                     node.inputs.len()
                 )));
             }
-            for (&inp, ig) in node.inputs.iter().zip(input_grads) {
-                let (Some(inp), Some(ig)) = (inp, ig) else { continue };
+            let (inputs, dtypes) = (std::mem::take(&mut node.inputs), std::mem::take(&mut node.input_dtypes));
+            for ((inp, dtype), ig) in inputs.into_iter().zip(dtypes).zip(input_grads) {
+                let (Some(inp), Some(mut ig)) = (inp, ig) else { continue };
+                // Leaves (parameters) keep the backend's accumulation type; an intermediate's
+                // gradient flows on in the intermediate's dtype.
+                if ig.dtype() != dtype && self.nodes[inp].backward.is_some() {
+                    ig = ig.to_dtype(dtype)?;
+                }
                 grads[inp] = Some(match grads[inp].take() {
                     None => ig,
                     Some(acc) => accumulate(acc, ig)?,

@@ -47,6 +47,25 @@ impl FromStr for DeviceRequest {
     }
 }
 
+impl Device {
+    /// The most device memory in use since the last `reset_peak_memory`, in bytes (the CUDA
+    /// memory pool's high-water mark); None on the CPU.
+    pub fn peak_memory(self) -> crate::error::Result<Option<u64>> {
+        match self {
+            Device::Cpu => Ok(None),
+            Device::Cuda(i) => Ok(Some(super::cuda::CudaDevice::get(i)?.memory()?.used_peak)),
+        }
+    }
+
+    /// Starts `peak_memory` again from what is in use now.
+    pub fn reset_peak_memory(self) -> crate::error::Result<()> {
+        match self {
+            Device::Cpu => Ok(()),
+            Device::Cuda(i) => super::cuda::CudaDevice::get(i)?.reset_peak_memory(),
+        }
+    }
+}
+
 impl fmt::Display for Device {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {

@@ -1,3 +1,4 @@
-//! Benchmark workloads shared by `gkd bench` and the criterion benches (GPU only).
+//! Benchmark workloads shared by `gkd bench` and the criterion benches.
 
 pub mod divergence;
+pub mod train;

@@ -1,6 +1,7 @@
 //! `gkd bench divergence`: the fused divergence kernel against the memory floor and the unfused
 //! baseline, and the fused lm_head + divergence against its matmuls alone and the unfused path,
 //! all measured in one run (CUDA events, median). On the CPU: the reference at a small size.
+//! `gkd bench train`: one SFT step of a model shape (`gkd::bench::train`).
 
 use anyhow::{bail, Context, Result};
 use gkd::autograd::Tape;
@@ -9,6 +10,7 @@ use gkd::backend::cuda::divergence::{set_staged_tuning, KernelPath, StagedTuning
 use gkd::backend::cuda::linear_divergence::LinearDivergence;
 use gkd::backend::cuda::{self, CudaDevice};
 use gkd::bench::divergence::{random_values, DivergenceCase, LinearCase, LinearVariant};
+use gkd::bench::train::{TrainBench, TrainShape};
 use gkd::distill::Divergence;
 use gkd::tensor::{Device, DeviceRequest};
 use gkd::Tensor;
@@ -25,6 +27,34 @@ pub struct BenchArgs {
 enum BenchWhat {
     /// Fused softmax-and-divergence and fused lm_head + divergence vs their baselines.
     Divergence(DivergenceArgs),
+    /// One SFT training step of a model shape (random-init weights): tokens/s, MFU, GEMM share,
+    /// peak memory.
+    Train(TrainArgs),
+}
+
+#[derive(clap::Args)]
+struct TrainArgs {
+    /// qwen2.5-0.5b, gpt2-124m, or tiny (a two-layer model for the CPU).
+    #[arg(long, default_value = "qwen2.5-0.5b")]
+    shape: String,
+    #[arg(long, default_value_t = 8)]
+    batch: usize,
+    #[arg(long, default_value_t = 1024)]
+    seq: usize,
+    #[command(flatten)]
+    compute: super::compute::ComputeArgs,
+    /// Untimed steps first.
+    #[arg(long, default_value_t = 2)]
+    warmup: usize,
+    /// Timed steps (median reported).
+    #[arg(long, default_value_t = 5)]
+    steps: usize,
+    /// The dense bf16 peak MFU divides by, TFLOP/s (H100 and H200 SXM: 989).
+    #[arg(long, default_value_t = 989.0)]
+    peak_tflops: f64,
+    /// Also write the results as JSON to this file.
+    #[arg(long)]
+    json: Option<std::path::PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -57,7 +87,55 @@ struct DivergenceArgs {
 pub fn run(args: BenchArgs) -> Result<()> {
     match args.what {
         BenchWhat::Divergence(a) => divergence(a),
+        BenchWhat::Train(a) => train(a),
     }
+}
+
+fn train(a: TrainArgs) -> Result<()> {
+    let shape: TrainShape = a.shape.parse()?;
+    let c = a.compute.resolve()?;
+    eprintln!(
+        "gkd bench train: {} at {} × {} on {} in {} (random-init weights, {} warm-up + {} timed steps)",
+        a.shape, a.batch, a.seq, c.device, c.dtype, a.warmup, a.steps
+    );
+    let r = gkd::bench::train::run(&TrainBench {
+        shape,
+        name: a.shape.clone(),
+        batch: a.batch,
+        seq: a.seq,
+        device: c.device,
+        dtype: c.dtype,
+        warmup: a.warmup,
+        steps: a.steps,
+        peak_tflops: a.peak_tflops,
+    })?;
+    let opt = |v: Option<f64>, f: &dyn Fn(f64) -> String| v.map(f).unwrap_or_else(|| "—".into());
+    println!(
+        "| shape | params | batch × seq | step ms | tokens/s | TFLOP/s | MFU | GEMM share | peak memory |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|");
+    println!(
+        "| {} | {:.1} M | {} × {} | {:.1} | {:.0} | {:.1} | {:.1}% of {:.0} | {} | {} |",
+        r.shape,
+        r.params as f64 / 1e6,
+        r.batch,
+        r.seq,
+        r.step_ms,
+        r.tokens_per_s,
+        r.tflops,
+        100.0 * r.mfu,
+        r.peak_tflops,
+        opt(r.gemm_share, &|s| format!("{:.0}% ({} products)", 100.0 * s, r.gemm_calls.unwrap_or(0))),
+        opt(r.peak_memory_gib, &|g| format!("{g:.2} GiB")),
+    );
+    if let Some(bad) = r.losses.iter().find(|l| !l.is_finite()) {
+        bail!("a step's loss was {bad}: the training step is broken on {}", r.device);
+    }
+    if let Some(path) = &a.json {
+        std::fs::write(path, serde_json::to_string_pretty(&r)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
 }
 
 fn parse_sizes(s: &str) -> Result<Vec<(usize, usize)>> {

@@ -3,7 +3,7 @@
 //! Every flag can also be given in `--config FILE.toml` under the same name (`lambda = 1.0`,
 //! `max-new-tokens = 64` or `max_new_tokens = 64`); a flag on the command line overrides the file.
 
-use super::sft::{load_device, load_examples, parse_dtype, print_summary};
+use super::sft::{distill_device, load_examples, parse_dtype, print_summary};
 use anyhow::{bail, Context, Result};
 use gkd::data::Tokenizer;
 use gkd::distill::run::{run as run_training, RunOptions};
@@ -159,7 +159,9 @@ pub fn run(args: DistillArgs) -> Result<()> {
         Some(r) => r.clone(),
         None => need(&a.student, "student")?,
     };
-    load_device(a.device.as_deref().unwrap_or("auto").parse::<DeviceRequest>().map_err(anyhow::Error::msg)?)?;
+    distill_device(
+        a.device.as_deref().unwrap_or("auto").parse::<DeviceRequest>().map_err(anyhow::Error::msg)?,
+    )?;
     // Tokenizers first: a mismatch is an error before any model is loaded.
     let tok =
         Tokenizer::load(&teacher_dir).with_context(|| format!("the teacher in {}", teacher_dir.display()))?;

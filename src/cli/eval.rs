@@ -1,11 +1,11 @@
 //! `gkd eval`: generate a completion for every prompt and score it against the reference.
 
+use super::compute::{on_device, ComputeArgs};
 use anyhow::{Context, Result};
 use gkd::data::{read_jsonl, Tokenizer};
 use gkd::distill::evaluate::{complete, score, Metric};
 use gkd::generate::Sampler;
 use gkd::model::Model;
-use gkd::tensor::DeviceRequest;
 use std::path::PathBuf;
 
 #[derive(clap::Args)]
@@ -34,12 +34,11 @@ pub struct EvalArgs {
     /// Also write every prompt, prediction and reference to this JSONL.
     #[arg(long)]
     predictions: Option<PathBuf>,
-    #[arg(long, default_value = "auto")]
-    device: DeviceRequest,
+    #[command(flatten)]
+    compute: ComputeArgs,
 }
 
 pub fn run(a: EvalArgs) -> Result<()> {
-    super::sft::load_device(a.device)?;
     let metric: Metric = a.metric.parse()?;
     let model =
         Model::load(&a.model).with_context(|| format!("loading the model in {}", a.model.display()))?;
@@ -50,7 +49,9 @@ pub fn run(a: EvalArgs) -> Result<()> {
     let temperature = if a.greedy { 0.0 } else { a.temperature };
     let sampler = Sampler { temperature, top_k: 0, top_p: 1.0 };
     let prompts: Vec<String> = examples.iter().map(|e| e.prompt.clone()).collect();
-    let preds = complete(&model, &tok, &prompts, sampler, a.max_new_tokens, a.seed)?;
+    let preds = on_device(&a.compute, "evaluating", |c| {
+        complete(&c.place(&model, false)?, &tok, &prompts, sampler, a.max_new_tokens, a.seed)
+    })?;
     if let Some(path) = &a.predictions {
         let lines: String = examples
             .iter()

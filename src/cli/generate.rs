@@ -1,11 +1,10 @@
 //! `gkd generate`: sample continuations of a prompt, one JSON line per sample.
 
-use super::score::on_device;
+use super::compute::{on_device, ComputeArgs};
 use anyhow::{Context, Result};
 use gkd::data::Tokenizer;
 use gkd::generate::{generate, GenerateConfig, Sampler};
 use gkd::model::Model;
-use gkd::tensor::DeviceRequest;
 use serde_json::json;
 use std::path::PathBuf;
 
@@ -31,9 +30,8 @@ pub struct GenerateArgs {
     seed: u64,
     #[arg(long, default_value_t = 1)]
     num_samples: usize,
-    /// auto, cpu, cuda or cuda:N.
-    #[arg(long, default_value = "auto")]
-    device: DeviceRequest,
+    #[command(flatten)]
+    compute: ComputeArgs,
 }
 
 pub fn run(args: GenerateArgs) -> Result<()> {
@@ -51,7 +49,7 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     };
     let prompts = vec![prompt; args.num_samples];
     let samples =
-        on_device(args.device, "generating", |device| generate(&model.to_device(device)?, &prompts, &cfg))?;
+        on_device(&args.compute, "generating", |c| generate(&c.place(&model, false)?, &prompts, &cfg))?;
     for s in samples {
         let text = tok.decode(&s.ids, true)?;
         let finish = if s.stopped { "eos" } else { "length" };

@@ -1,10 +1,9 @@
 //! `gkd score`: the log-probability of each token of a sequence given the ones before it.
 
+use super::compute::{on_device, ComputeArgs};
 use anyhow::{bail, Context, Result};
 use gkd::data::Tokenizer;
 use gkd::model::Model;
-use gkd::tensor::{Device, DeviceRequest};
-use gkd::Error;
 use serde_json::json;
 use std::path::PathBuf;
 
@@ -19,26 +18,8 @@ pub struct ScoreArgs {
     /// Token ids, comma-separated.
     #[arg(long, value_delimiter = ',')]
     ids: Option<Vec<u32>>,
-    /// auto, cpu, cuda or cuda:N.
-    #[arg(long, default_value = "auto")]
-    device: DeviceRequest,
-}
-
-/// Runs `f` on the requested device. With `auto`, an op that has no CUDA kernel yet sends the work
-/// back to the CPU with a note on stderr; with an explicit `cuda` it is an error.
-pub(crate) fn on_device<T>(
-    req: DeviceRequest,
-    what: &str,
-    f: impl Fn(Device) -> gkd::Result<T>,
-) -> Result<T> {
-    let device = req.resolve();
-    match f(device) {
-        Err(e @ Error::Unsupported { .. }) if req == DeviceRequest::Auto && device != Device::Cpu => {
-            eprintln!("note: {e}; {what} on the CPU instead");
-            Ok(f(Device::Cpu)?)
-        }
-        r => Ok(r?),
-    }
+    #[command(flatten)]
+    compute: ComputeArgs,
 }
 
 pub fn run(args: ScoreArgs) -> Result<()> {
@@ -59,8 +40,8 @@ pub fn run(args: ScoreArgs) -> Result<()> {
     if let Some(&bad) = ids.iter().find(|&&i| i as usize >= model.config.vocab_size) {
         bail!("token id {bad} is outside the model's vocabulary of {}", model.config.vocab_size);
     }
-    let logprobs = on_device(args.device, "scoring", |device| {
-        let m = model.to_device(device)?;
+    let logprobs = on_device(&args.compute, "scoring", |c| {
+        let m = c.place(&model, false)?;
         Ok(m.logprobs(std::slice::from_ref(&ids))?.remove(0))
     })?;
     println!("{}", json!({"ids": ids, "logprobs": logprobs}));

@@ -1,6 +1,7 @@
 //! `gkd sft`: supervised fine-tuning on completions (cross-entropy on completion tokens only);
 //! how teachers and the SFT students that GKD starts from are made.
 
+use super::compute::ComputeArgs;
 use anyhow::{bail, Context, Result};
 use gkd::data::{read_jsonl, Example, Tokenizer};
 use gkd::distill::run::{run as run_training, RunOptions, RunSummary};
@@ -64,8 +65,8 @@ pub struct SftArgs {
     /// f32, bf16 or f16.
     #[arg(long, default_value = "f32")]
     save_dtype: String,
-    #[arg(long, default_value = "auto")]
-    device: DeviceRequest,
+    #[command(flatten)]
+    compute: ComputeArgs,
     #[arg(long)]
     quiet: bool,
 }
@@ -79,12 +80,13 @@ pub(crate) fn parse_dtype(s: &str) -> Result<DType> {
     })
 }
 
-/// Training runs on the CPU reference backend for now: `auto` uses it, an explicit GPU is an error.
-pub(crate) fn load_device(req: DeviceRequest) -> Result<Device> {
+/// Distillation runs on the CPU until the GPU sampler and the whole GKD step land there: `auto`
+/// uses the CPU, an explicit GPU is an error.
+pub(crate) fn distill_device(req: DeviceRequest) -> Result<Device> {
     match req {
         DeviceRequest::Auto | DeviceRequest::Exact(Device::Cpu) => Ok(Device::Cpu),
         DeviceRequest::Exact(d) => {
-            bail!("training on {d} is not implemented yet: use --device cpu (or auto)")
+            bail!("distillation on {d} is not implemented yet (`gkd sft`, `score`, `eval` and `generate` run there): use --device cpu (or auto)")
         }
     }
 }
@@ -101,7 +103,7 @@ pub(crate) fn print_summary(s: &RunSummary) {
 }
 
 pub fn run(a: SftArgs) -> Result<()> {
-    load_device(a.device)?;
+    let compute = a.compute.resolve()?;
     let model_dir = a.resume.clone().unwrap_or_else(|| a.model.clone());
     let tok = Tokenizer::load(&model_dir)?;
     let model =
@@ -130,6 +132,7 @@ pub fn run(a: SftArgs) -> Result<()> {
         max_grad_norm: a.max_grad_norm,
         seed: a.seed,
     };
+    let model = compute.place(&model, true)?;
     let mut trainer = Trainer::new(cfg, model, None, &tok, &examples)?;
     if let Some(r) = &a.resume {
         trainer.restore(r)?;
@@ -156,11 +159,13 @@ pub fn run(a: SftArgs) -> Result<()> {
         progress: !a.quiet,
     };
     eprintln!(
-        "fine-tuning {} ({} params) on {} examples for {} steps",
+        "fine-tuning {} ({} params) on {} examples for {} steps on {} in {}",
         model_dir.display(),
         trainer.student.num_params(),
         trainer.num_examples(),
-        steps
+        steps,
+        compute.device,
+        compute.dtype
     );
     let summary = run_training(&mut trainer, &opts)?;
     print_summary(&summary);

@@ -202,6 +202,8 @@ pub struct StepOutcome {
     pub grad_norm: f32,
     pub lr: f32,
     pub seconds: f64,
+    /// The most device memory in use during the step (GPU only), in bytes.
+    pub peak_memory: Option<u64>,
 }
 
 /// The resumable part of a run besides weights and optimizer: `trainer_state.json`.
@@ -264,9 +266,9 @@ impl<'a> Trainer<'a> {
             eprintln!("note: the tokenizer has no EOS token: samples always run to --max-new-tokens");
         }
         let data = encode_examples(tok, examples, context, cfg.uses_dataset_completions())?;
-        if student.dtype() != DType::F32 {
+        if student.params().master().dtype() != DType::F32 {
             return Err(Error::Msg(format!(
-                "training needs f32 parameters; the student's are {}",
+                "training needs f32 parameters (or f32 masters beside bf16 ones: Model::to_compute with train); the student's are {}",
                 student.dtype()
             )));
         }
@@ -389,6 +391,8 @@ impl<'a> Trainer<'a> {
     /// and an error comes back.
     pub fn step(&mut self) -> Result<StepOutcome> {
         let start = Instant::now();
+        let device = self.student.device();
+        device.reset_peak_memory()?;
         let step = self.state.step;
         let u = self.lambda_draw(step);
         let source = self.source_for(u);
@@ -424,7 +428,8 @@ impl<'a> Trainer<'a> {
             .into_iter()
             .map(|(range, decay)| ParamGroup { range, decay })
             .collect();
-        self.opt.step(self.student.params_mut().weights_mut(), &self.grads, &groups, lr, None)?;
+        let (master, compute) = self.student.params_mut().optimizer_buffers();
+        self.opt.step(master, &self.grads, &groups, lr, compute)?;
         self.state.step += 1;
         self.state.examples_seen = pos;
         let n_seq = micro.iter().map(Vec::len).sum::<usize>().max(1);
@@ -437,6 +442,7 @@ impl<'a> Trainer<'a> {
             grad_norm,
             lr,
             seconds: start.elapsed().as_secs_f64(),
+            peak_memory: device.peak_memory()?,
         })
     }
 
@@ -455,59 +461,15 @@ impl<'a> Trainer<'a> {
     /// Forward and backward of one micro-batch; adds scale · d(loss)/d(params) into `grads` and
     /// returns scale · Σ of its completion-token losses.
     fn micro_batch(&self, pairs: &[(Vec<u32>, Vec<u32>)], scale: f64, grads: &mut Tensor) -> Result<f64> {
-        // Input: prompt + completion[..c−1]; row p−1+i predicts completion[i].
-        let seqs: Vec<Vec<u32>> =
-            pairs.iter().map(|(p, c)| p.iter().chain(&c[..c.len() - 1]).copied().collect()).collect();
-        let batch = TokenBatch::new(&seqs)?;
-        let mut rows = Vec::new();
-        let mut targets = Vec::new();
-        for (b, (p, c)) in pairs.iter().enumerate() {
-            for (i, &y) in c.iter().enumerate() {
-                rows.push(batch.row(b, p.len() - 1 + i) as u32);
-                targets.push(y);
-            }
-        }
-        let device = self.student.device();
-        let rows = Tensor::from_u32(&rows, device)?;
-        // The teacher first: its hidden states at the completion positions are all it keeps.
-        let teacher_rows = match (self.cfg.objective, self.teacher) {
-            (Objective::Distill, Some(teacher)) => {
-                let mut tt = Tape::no_grad();
-                let tp = teacher.bind(&mut tt, false)?;
-                let h = teacher.forward(&mut tt, &tp, &mut batch.inputs(device)?)?;
-                Some((tt.embedding(&rows, &h)?.into_value(), teacher.get(teacher.lm_head_name())?))
-            }
+        let teacher = match (self.cfg.objective, self.teacher) {
+            (Objective::Distill, Some(t)) => Some(TeacherLoss {
+                model: t,
+                divergence: self.cfg.divergence,
+                temperature: self.cfg.loss_temperature,
+            }),
             _ => None,
         };
-        let mut tape = Tape::new();
-        let params = self.student.bind(&mut tape, true)?;
-        let h = self.student.forward(&mut tape, &params, &mut batch.inputs(device)?)?;
-        let h = tape.embedding(&rows, &h)?;
-        let head = self.student.lm_head(&params)?;
-        let targets_t;
-        let (kind, target) = match &teacher_rows {
-            Some((th, tw)) => (
-                LossKind::Divergence {
-                    divergence: self.cfg.divergence,
-                    temperature: self.cfg.loss_temperature,
-                },
-                LinearLossTarget::Teacher { hidden: th, head: tw },
-            ),
-            None => {
-                targets_t = Tensor::from_u32(&targets, device)?;
-                (LossKind::CrossEntropy, LinearLossTarget::Tokens(&targets_t))
-            }
-        };
-        let spec = LinearLoss { kind, vocab: self.vocab, scale, chunk_rows: 0 };
-        let (loss, _) = tape.linear_loss(&h, head, target, &spec)?;
-        let value = loss.value().scalar()?;
-        let g = tape.backward(&loss)?;
-        for (entry, var) in self.student.params().entries().iter().zip(params.vars()) {
-            if let Some(t) = g.get(var) {
-                grads.add_at(entry.offset, t)?;
-            }
-        }
-        Ok(value)
+        micro_batch_grads(&self.student, teacher, self.vocab, pairs, scale, grads)
     }
 
     /// Writes the student (f32, Hugging Face layout, tokenizer files), the optimizer state and the
@@ -554,6 +516,81 @@ impl<'a> Trainer<'a> {
     pub fn tokenizer(&self) -> &Tokenizer {
         self.tok
     }
+}
+
+/// The distillation target of a micro-batch: the teacher and the divergence at a loss temperature.
+#[derive(Clone, Copy)]
+pub struct TeacherLoss<'m> {
+    pub model: &'m Model,
+    pub divergence: Divergence,
+    pub temperature: f64,
+}
+
+/// Forward and backward of one micro-batch of (prompt, completion) pairs: the student's loss on
+/// the completion tokens (the divergence from `teacher`, else cross-entropy), over the first
+/// `vocab` logits; adds scale · d(loss)/d(params) into `grads` (f32, laid out like the student's
+/// parameter buffer) and returns scale · Σ of the completion-token losses. The trainer's step and
+/// `gkd bench train` both run this.
+pub fn micro_batch_grads(
+    student: &Model,
+    teacher: Option<TeacherLoss<'_>>,
+    vocab: usize,
+    pairs: &[(Vec<u32>, Vec<u32>)],
+    scale: f64,
+    grads: &mut Tensor,
+) -> Result<f64> {
+    // Input: prompt + completion[..c−1]; row p−1+i predicts completion[i].
+    let seqs: Vec<Vec<u32>> =
+        pairs.iter().map(|(p, c)| p.iter().chain(&c[..c.len() - 1]).copied().collect()).collect();
+    let batch = TokenBatch::new(&seqs)?;
+    let mut rows = Vec::new();
+    let mut targets = Vec::new();
+    for (b, (p, c)) in pairs.iter().enumerate() {
+        for (i, &y) in c.iter().enumerate() {
+            rows.push(batch.row(b, p.len() - 1 + i) as u32);
+            targets.push(y);
+        }
+    }
+    let device = student.device();
+    let rows = Tensor::from_u32(&rows, device)?;
+    // The teacher first: its hidden states at the completion positions are all it keeps.
+    let teacher_rows = match teacher {
+        Some(t) => {
+            let mut tt = Tape::no_grad();
+            let tp = t.model.bind(&mut tt, false)?;
+            let h = t.model.forward(&mut tt, &tp, &mut batch.inputs(device)?)?;
+            Some((tt.embedding(&rows, &h)?.into_value(), t.model.get(t.model.lm_head_name())?, t))
+        }
+        None => None,
+    };
+    let mut tape = Tape::new();
+    let params = student.bind(&mut tape, true)?;
+    let h = student.forward(&mut tape, &params, &mut batch.inputs(device)?)?;
+    let h = tape.embedding(&rows, &h)?;
+    let head = student.lm_head(&params)?;
+    let targets_t;
+    let (kind, target) = match &teacher_rows {
+        Some((th, tw, t)) => (
+            LossKind::Divergence { divergence: t.divergence, temperature: t.temperature },
+            LinearLossTarget::Teacher { hidden: th, head: tw },
+        ),
+        None => {
+            targets_t = Tensor::from_u32(&targets, device)?;
+            (LossKind::CrossEntropy, LinearLossTarget::Tokens(&targets_t))
+        }
+    };
+    let spec = LinearLoss { kind, vocab, scale, chunk_rows: 0 };
+    let (loss, _) = tape.linear_loss(&h, head, target, &spec)?;
+    let value = loss.value().scalar()?;
+    let g = tape.backward(&loss)?;
+    for (entry, var) in student.params().entries().iter().zip(params.vars()) {
+        match g.get(var) {
+            Some(t) if t.dtype() == DType::F32 => grads.add_at(entry.offset, t)?,
+            Some(t) => grads.add_at(entry.offset, &t.to_dtype(DType::F32)?)?,
+            None => {}
+        }
+    }
+    Ok(value)
 }
 
 pub const STATE_FILE: &str = "trainer_state.json";

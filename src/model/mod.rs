@@ -278,7 +278,7 @@ impl Model {
             d => return Err(Error::Msg(format!("weights cannot be saved as {d}: use f32, bf16 or f16"))),
         };
         // One copy of the buffer to the host, then every parameter is a slice of it.
-        let host = self.params.weights().to_device(Device::Cpu)?;
+        let host = self.params.master().to_device(Device::Cpu)?;
         let named: Vec<(String, Tensor)> = self
             .params
             .entries()
@@ -343,6 +343,12 @@ impl Model {
 
     pub fn to_device(&self, device: Device) -> Result<Model> {
         Ok(Model { config: self.config.clone(), params: self.params.to_device(device)? })
+    }
+
+    /// The model on `device` computing in `dtype` (bf16 on a GPU); with `train`, f32 master
+    /// weights are kept beside a bf16 compute copy for the optimizer (see `params.rs`).
+    pub fn to_compute(&self, device: Device, dtype: DType, train: bool) -> Result<Model> {
+        Ok(Model { config: self.config.clone(), params: self.params.to_compute(device, dtype, train)? })
     }
 
     /// Records every parameter as a leaf of `tape`.

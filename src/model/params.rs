@@ -3,6 +3,11 @@
 //! The buffer holds the weights in the compute dtype (f32 on the CPU; f64 for gradient checks).
 //! One buffer makes the optimizer, the gradient norm and clipping single passes over contiguous
 //! memory, and lets the optimizer update the weights in place: nothing is rebuilt after a step.
+//! On a GPU the compute dtype may be bf16; training then keeps f32 master weights beside the bf16
+//! buffer, in the same layout: the optimizer updates the masters and writes their rounded copy into
+//! the compute buffer in the same pass, and a checkpoint saves the masters (nothing is lost to
+//! rounding between steps).
+//!
 //! Parameters that get weight decay (every matrix) come first, those that do not (biases, norm
 //! weights: every 1-D parameter, as Hugging Face's Trainer groups them) after, so each group is
 //! one contiguous range.
@@ -43,6 +48,8 @@ pub struct ParamStore {
     index: HashMap<String, usize>,
     /// (total) in the compute dtype.
     weights: Tensor,
+    /// (total) f32 master weights, when the compute dtype is not f32 and the model trains.
+    master: Option<Tensor>,
 }
 
 /// A model's parameters recorded on one tape, in the store's order.
@@ -89,7 +96,7 @@ impl ParamStore {
         let weights = Tensor::from_host(host, [total], device)?;
         let names = entries.iter().map(|e| e.name.clone()).collect();
         let index = entries.iter().enumerate().map(|(i, e)| (e.name.clone(), i)).collect();
-        Ok(ParamStore { entries, names, index, weights })
+        Ok(ParamStore { entries, names, index, weights, master: None })
     }
 
     pub fn entries(&self) -> &[ParamEntry] {
@@ -130,14 +137,39 @@ impl ParamStore {
         self.weights.dtype()
     }
 
-    /// The flat buffer, (total).
+    /// The flat buffer in the compute dtype, (total).
     pub fn weights(&self) -> &Tensor {
         &self.weights
     }
 
-    /// The flat buffer, for the optimizer (in place while no view of it is alive).
-    pub fn weights_mut(&mut self) -> &mut Tensor {
-        &mut self.weights
+    /// The most precise copy of the weights: the f32 masters when there are any, else the
+    /// compute buffer (what checkpoints save).
+    pub fn master(&self) -> &Tensor {
+        self.master.as_ref().unwrap_or(&self.weights)
+    }
+
+    /// Whether f32 master weights are kept beside a lower-precision compute buffer.
+    pub fn has_master(&self) -> bool {
+        self.master.is_some()
+    }
+
+    /// For the optimizer (in place while no view of them is alive): the weights it updates (the
+    /// masters, or the compute buffer when there are none), and the compute buffer that receives
+    /// the updated masters rounded to its dtype (None without masters).
+    pub fn optimizer_buffers(&mut self) -> (&mut Tensor, Option<&mut Tensor>) {
+        match &mut self.master {
+            Some(m) => (m, Some(&mut self.weights)),
+            None => (&mut self.weights, None),
+        }
+    }
+
+    /// The same parameters on `device` in the compute dtype `dtype`, with f32 masters kept beside
+    /// a non-f32 compute buffer when `train` is set (built from the most precise copy here).
+    pub fn to_compute(&self, device: Device, dtype: DType, train: bool) -> Result<ParamStore> {
+        let exact = self.master().to_device(device)?;
+        let weights = exact.to_dtype(dtype)?;
+        let master = (train && dtype != exact.dtype()).then_some(exact);
+        Ok(ParamStore { weights, master, ..self.clone() })
     }
 
     /// The ranges of the flat buffer with and without weight decay.
@@ -156,12 +188,17 @@ impl ParamStore {
                 value.shape()
             )));
         }
-        self.weights.copy_at(e.offset, &value.to_device(self.device())?.to_dtype(self.dtype())?)
+        let value = value.to_device(self.device())?;
+        if let Some(m) = &mut self.master {
+            m.copy_at(e.offset, &value.to_dtype(m.dtype())?)?;
+        }
+        self.weights.copy_at(e.offset, &value.to_dtype(self.dtype())?)
     }
 
     /// The same parameters on another device.
     pub fn to_device(&self, device: Device) -> Result<ParamStore> {
-        Ok(ParamStore { weights: self.weights.to_device(device)?, ..self.clone() })
+        let master = self.master.as_ref().map(|m| m.to_device(device)).transpose()?;
+        Ok(ParamStore { weights: self.weights.to_device(device)?, master, ..self.clone() })
     }
 
     /// Records every parameter as a leaf of `tape`, in order.

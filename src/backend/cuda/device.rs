@@ -6,8 +6,8 @@ use crate::error::{Error, Result};
 use cudarc::cublas::CudaBlas;
 use cudarc::cublaslt::CudaBlasLT;
 use cudarc::driver::{
-    sys::CUresult, CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DeviceRepr, DriverError,
-    ValidAsZeroBits,
+    sys::CUresult, CudaContext, CudaEvent, CudaFunction, CudaModule, CudaSlice, CudaStream, DeviceRepr,
+    DriverError, ValidAsZeroBits,
 };
 use cudarc::nvrtc::Ptx;
 use std::collections::HashMap;
@@ -23,7 +23,19 @@ pub struct CudaDevice {
     blaslt: OnceLock<std::result::Result<Arc<CudaBlasLT>, String>>,
     modules: Mutex<HashMap<&'static str, Arc<CudaModule>>>,
     functions: Mutex<HashMap<(&'static str, &'static str), CudaFunction>>,
+    /// The default memory pool every buffer comes from (None where the driver has no pools).
+    pool: Option<PoolHandle>,
+    /// Vectors of ones per element type (the bias products), grown on demand and kept.
+    ones: Mutex<HashMap<std::any::TypeId, Arc<dyn std::any::Any + Send + Sync>>>,
+    /// While `time_gemms` is on: a (start, end) event pair around every cuBLAS product.
+    gemm_events: Mutex<Option<Vec<(CudaEvent, CudaEvent)>>>,
 }
+
+/// A `CUmemoryPool`: a driver handle, valid as long as the context.
+struct PoolHandle(cudarc::driver::sys::CUmemoryPool);
+// SAFETY: a memory pool handle may be used from any thread (the driver synchronizes).
+unsafe impl Send for PoolHandle {}
+unsafe impl Sync for PoolHandle {}
 
 impl std::fmt::Debug for CudaDevice {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -43,6 +55,45 @@ static POISON: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::ne
 /// it on, so that an output element a kernel does not write is caught.
 pub fn set_poison_allocations(on: bool) {
     POISON.store(on, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// What the device's stream-ordered memory pool holds, in bytes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MemoryStats {
+    /// In live buffers now, and at most since the last `reset_peak_memory`.
+    pub used: u64,
+    pub used_peak: u64,
+    /// Taken from the driver (live buffers plus what the pool keeps cached for reuse).
+    pub reserved: u64,
+    pub reserved_peak: u64,
+}
+
+/// The caching allocator: every buffer comes from the device's default stream-ordered memory
+/// pool (`cuMemAllocAsync` on the one stream), and a freed buffer goes back to that pool, not to
+/// the driver (the release threshold is raised to "never"), so a steady-state training step
+/// reuses the previous step's memory without a device allocation or a synchronization.
+fn keep_pool_memory(ctx: &CudaContext) -> Result<Option<cudarc::driver::sys::CUmemoryPool>> {
+    use cudarc::driver::sys;
+    if !ctx.has_async_alloc() {
+        return Ok(None);
+    }
+    let mut pool: sys::CUmemoryPool = std::ptr::null_mut();
+    // SAFETY: `pool` is a valid out-pointer; the device handle comes from a live context.
+    unsafe { sys::cuDeviceGetDefaultMemPool(&mut pool, ctx.cu_device()) }
+        .result()
+        .map_err(cuda_err("getting the device's memory pool"))?;
+    let mut never: u64 = u64::MAX;
+    // SAFETY: the release threshold is a u64 attribute of a valid pool.
+    unsafe {
+        sys::cuMemPoolSetAttribute(
+            pool,
+            sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD,
+            (&mut never as *mut u64).cast(),
+        )
+    }
+    .result()
+    .map_err(cuda_err("keeping freed memory in the pool"))?;
+    Ok(Some(pool))
 }
 
 impl CudaDevice {
@@ -74,6 +125,7 @@ impl CudaDevice {
         // SAFETY: no other stream of this context is ever used.
         unsafe { ctx.disable_event_tracking() };
         let stream = ctx.default_stream();
+        let pool = keep_pool_memory(&ctx)?.map(PoolHandle);
         let dev = Arc::new(CudaDevice {
             ordinal,
             ctx,
@@ -84,6 +136,9 @@ impl CudaDevice {
             blaslt: OnceLock::new(),
             modules: Mutex::new(HashMap::new()),
             functions: Mutex::new(HashMap::new()),
+            pool,
+            ones: Mutex::new(HashMap::new()),
+            gemm_events: Mutex::new(None),
         });
         map.insert(ordinal, dev.clone());
         Ok(dev)
@@ -111,6 +166,76 @@ impl CudaDevice {
 
     pub fn multiprocessors(&self) -> i32 {
         self.multiprocessors
+    }
+
+    /// The memory pool's current and peak use (zeros where the driver has no memory pools).
+    pub fn memory(&self) -> Result<MemoryStats> {
+        use cudarc::driver::sys::{cuMemPoolGetAttribute, CUmemPool_attribute as A};
+        let Some(pool) = &self.pool else { return Ok(MemoryStats::default()) };
+        let get = |attr: A| -> Result<u64> {
+            let mut v: u64 = 0;
+            // SAFETY: these four attributes are u64 values of a valid pool.
+            unsafe { cuMemPoolGetAttribute(pool.0, attr, (&mut v as *mut u64).cast()) }
+                .result()
+                .map_err(cuda_err("reading the memory pool's statistics"))?;
+            Ok(v)
+        };
+        Ok(MemoryStats {
+            used: get(A::CU_MEMPOOL_ATTR_USED_MEM_CURRENT)?,
+            used_peak: get(A::CU_MEMPOOL_ATTR_USED_MEM_HIGH)?,
+            reserved: get(A::CU_MEMPOOL_ATTR_RESERVED_MEM_CURRENT)?,
+            reserved_peak: get(A::CU_MEMPOOL_ATTR_RESERVED_MEM_HIGH)?,
+        })
+    }
+
+    /// Starts the peaks of `memory()` again from the current use.
+    pub fn reset_peak_memory(&self) -> Result<()> {
+        use cudarc::driver::sys::{cuMemPoolSetAttribute, CUmemPool_attribute as A};
+        let Some(pool) = &self.pool else { return Ok(()) };
+        for attr in [A::CU_MEMPOOL_ATTR_USED_MEM_HIGH, A::CU_MEMPOOL_ATTR_RESERVED_MEM_HIGH] {
+            let mut zero: u64 = 0;
+            // SAFETY: the high-water marks are u64 attributes that may only be set to 0.
+            unsafe { cuMemPoolSetAttribute(pool.0, attr, (&mut zero as *mut u64).cast()) }
+                .result()
+                .map_err(cuda_err("resetting the memory pool's peaks"))?;
+        }
+        Ok(())
+    }
+
+    /// Starts timing every cuBLAS product on this device (benchmarks: the GEMMs' share of a
+    /// step), forgetting earlier timings.
+    pub fn time_gemms(&self) -> Result<()> {
+        *self.gemm_events.lock().map_err(|_| Error::Msg("GEMM timer poisoned".into()))? = Some(Vec::new());
+        Ok(())
+    }
+
+    /// Stops timing products; the milliseconds they took since `time_gemms` and their count.
+    pub fn gemm_time(&self) -> Result<(f64, usize)> {
+        let events = self.gemm_events.lock().map_err(|_| Error::Msg("GEMM timer poisoned".into()))?.take();
+        let events = events.unwrap_or_default();
+        self.synchronize()?;
+        let mut ms = 0.0;
+        for (a, b) in &events {
+            ms += a.elapsed_ms(b).map_err(cuda_err("GEMM timing"))? as f64;
+        }
+        Ok((ms, events.len()))
+    }
+
+    /// Runs `f` (one product), between timing events while `time_gemms` is on.
+    pub(crate) fn timed_gemm(&self, f: impl FnOnce() -> Result<()>) -> Result<()> {
+        let mut guard = self.gemm_events.lock().map_err(|_| Error::Msg("GEMM timer poisoned".into()))?;
+        let Some(events) = guard.as_mut() else {
+            drop(guard);
+            return f();
+        };
+        let flags = Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT);
+        let a = self.ctx.new_event(flags).map_err(cuda_err("GEMM timing event"))?;
+        let b = self.ctx.new_event(flags).map_err(cuda_err("GEMM timing event"))?;
+        a.record(&self.stream).map_err(cuda_err("GEMM timing event"))?;
+        f()?;
+        b.record(&self.stream).map_err(cuda_err("GEMM timing event"))?;
+        events.push((a, b));
+        Ok(())
     }
 
     pub fn synchronize(&self) -> Result<()> {
@@ -182,7 +307,8 @@ impl CudaDevice {
         let context = context.to_string();
         move |e| {
             if e.0 == CUresult::CUDA_ERROR_OUT_OF_MEMORY {
-                Error::OutOfMemory { bytes, device: self.device().to_string(), context }
+                let in_use = self.memory().map(|m| m.used).unwrap_or(0);
+                Error::OutOfMemory { bytes, in_use, device: self.device().to_string(), context }
             } else {
                 Error::Cuda { context, detail: e.to_string() }
             }
@@ -217,6 +343,23 @@ impl CudaDevice {
         // SAFETY: `ptr` addresses `bytes` bytes of a live allocation of this stream.
         unsafe { cudarc::driver::result::memset_d8_async(ptr, 0xFF, bytes, self.stream.cu_stream()) }
             .map_err(cuda_err("filling a buffer with NaN"))
+    }
+
+    /// At least `n` ones of `T`, made once per size class and kept (no upload per call).
+    pub fn ones_of<T>(&self, n: usize, one: T, context: &str) -> Result<Arc<CudaSlice<T>>>
+    where
+        T: DeviceRepr + ValidAsZeroBits + Clone + Send + Sync + 'static,
+    {
+        let mut map = self.ones.lock().map_err(|_| Error::Msg("ones cache poisoned".into()))?;
+        let key = std::any::TypeId::of::<T>();
+        if let Some(s) = map.get(&key).and_then(|a| a.clone().downcast::<CudaSlice<T>>().ok()) {
+            if s.len() >= n {
+                return Ok(s);
+            }
+        }
+        let s = Arc::new(self.upload_of(&vec![one; n.max(1).next_power_of_two()], context)?);
+        map.insert(key, s.clone());
+        Ok(s)
     }
 
     /// A copy of host data on the device (at least one element).

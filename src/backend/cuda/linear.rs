@@ -10,10 +10,11 @@ use crate::backend::ops::LinearDims;
 use crate::backend::Element;
 use crate::error::Result;
 use cudarc::driver::{CudaSlice, CudaView};
+use std::sync::Arc;
 
 /// What a float type of the linear layer needs.
-pub trait LinearElem: CudaElem + GemmElem + Element {}
-impl<T: CudaElem + GemmElem + Element> LinearElem for T {}
+pub trait LinearElem: CudaElem + GemmElem + Element + Send + Sync {}
+impl<T: CudaElem + GemmElem + Element + Send + Sync> LinearElem for T {}
 
 pub struct LinearGrads<T> {
     pub dx: CudaSlice<T>,           // (N, Din)
@@ -21,9 +22,9 @@ pub struct LinearGrads<T> {
     pub db: Option<CudaSlice<f32>>, // (Dout)
 }
 
-/// N ones of type T (the rank-1 products of the bias).
-fn ones<T: LinearElem>(dev: &CudaDevice, n: usize, op: &str) -> Result<CudaSlice<T>> {
-    dev.upload_of(&vec![T::from_f64(1.0); n.max(1)], op)
+/// At least N ones of type T (the rank-1 products of the bias), kept on the device.
+fn ones<T: LinearElem + Send + Sync>(dev: &CudaDevice, n: usize, op: &str) -> Result<Arc<CudaSlice<T>>> {
+    dev.ones_of(n, T::from_f64(1.0), op)
 }
 
 /// x (N, Din) → (N, Dout).

@@ -100,7 +100,7 @@ pub fn gemm<T: GemmElem, C: GemmElem>(
     let (cp, _rc) = c.device_ptr_mut(stream);
     // SAFETY: extents checked above; the handle is bound to this device's stream; alpha and beta
     // are f32 as CUBLAS_COMPUTE_32F requires.
-    unsafe {
+    dev.timed_gemm(|| unsafe {
         cudarc::cublas::result::gemm_ex(
             *blas.handle(),
             op(g.trans_b),
@@ -122,8 +122,8 @@ pub fn gemm<T: GemmElem, C: GemmElem>(
             cublasComputeType_t::CUBLAS_COMPUTE_32F,
             cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
         )
-    }
-    .map_err(|e| Error::Cuda { context: format!("cublasGemmEx {g:?}"), detail: e.to_string() })
+        .map_err(|e| Error::Cuda { context: format!("cublasGemmEx {g:?}"), detail: e.to_string() })
+    })
 }
 
 /// C = beta·C for an empty inner dimension (k = 0), which cuBLAS rejects (its leading

@@ -23,7 +23,7 @@ mod probe;
 mod rms_norm;
 mod storage;
 
-pub use device::{set_poison_allocations, CudaDevice};
+pub use device::{set_poison_allocations, CudaDevice, MemoryStats};
 pub use modules::{
     compiled_by, compiled_by_nvcc, kernel_targets, nvrtc_available, nvrtc_ptx, EmbeddedModule, MODULES,
 };
