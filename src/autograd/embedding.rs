@@ -18,10 +18,17 @@ impl Tape {
         }
         let ids = ids.contiguous()?;
         let y = wrap(Storage::embedding_fwd(t.view()?, ids.view()?, dim)?, [ids.numel(), dim])?;
+        // A backend may return the table's gradient in f32 (a weight gradient, for the optimizer);
+        // when the table is an op's output (rows gathered from hidden states), the op before it
+        // needs its gradient in the table's own dtype.
+        let computed = table.node.is_some_and(|n| {
+            n.tape == self.id && self.nodes.get(n.index).is_some_and(|n| n.backward.is_some())
+        });
+        let dtype = t.dtype();
         Ok(self.push(y, &[table], move |dy| {
             let dy = dy.contiguous()?;
-            let g = Storage::embedding_bwd(dy.view()?, ids.view()?, vocab, dim)?;
-            Ok(vec![Some(wrap(g, [vocab, dim])?)])
+            let g = wrap(Storage::embedding_bwd(dy.view()?, ids.view()?, vocab, dim)?, [vocab, dim])?;
+            Ok(vec![Some(if computed && g.dtype() != dtype { g.to_dtype(dtype)? } else { g })])
         }))
     }
 }

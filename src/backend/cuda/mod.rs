@@ -11,6 +11,7 @@ mod device;
 pub mod divergence;
 pub mod divergence_unfused;
 mod elementwise;
+mod embedding;
 mod layer_norm;
 mod linear;
 pub mod linear_divergence;
@@ -19,6 +20,7 @@ mod modules;
 mod norm_launch;
 mod probe;
 mod rms_norm;
+mod rope;
 mod storage;
 
 pub use device::{set_poison_allocations, CudaDevice};

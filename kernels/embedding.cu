@@ -1,0 +1,219 @@
+// Token embedding: a row gather (forward) and its scatter-add (backward), f32 and bf16.
+//
+// forward:  out[n, :] = table[ids[n], :]                 table (V, C), ids (N) u32, out (N, C)
+//   One warp per row, 8 rows per 256-thread block, the row copied bit for bit: 16-byte vectors when
+//   the launcher found both pointers 16-byte aligned and C·sizeof(T) a multiple of 16, else one
+//   element per lane. An id ≥ V is never read: its output row is written as NaN. The model checks
+//   ids on the host before uploading them; this is the last line of defence against reading
+//   outside the table (the CPU backend returns an error instead).
+//
+// backward: dtable[v, :] = Σ_{n : ids[n] = v} dout[n, :]  dout (N, C) T, dtable (V, C) fp32
+//   Deterministic, no floating-point atomics: each sum is taken in increasing n, in fp32, exactly
+//   as the CPU reference takes it (so f32 results are bit-identical to it). Four launches:
+//   1. embedding_bwd_histogram: counts[ids[n]] += 1 (integer atomics; an id ≥ V is dropped)
+//   2. embedding_bwd_scan: counts (V + 1, last 0) → offsets, the exclusive scan, in place, one block
+//   3. embedding_bwd_place: order[offsets[ids[n]] + rank(n)] = n with rank(n) = #{m < n : ids[m] =
+//      ids[n]}, counted against the earlier ids tile by tile in shared memory: a stable bucket sort
+//   4. embedding_bwd_sum_<dtype>: one block per vocabulary row v, columns across threads, adding
+//      the rows order[offsets[v] .. offsets[v + 1]] in order; an empty bucket writes zeros, so every
+//      element of dtable is written.
+//   Cost: step 3 makes N²/2 compares (shared-memory broadcasts; the last block's N per thread is
+//   the critical path), meant for N up to ~64k rows per call (a micro-batch's tokens); step 2 is
+//   one block over V + 1 counts; step 4 writes V·C fp32 (the floor) and reads each dout row once.
+#include "common.cuh"
+
+#define GKD_EMB_ROWS_PER_BLOCK 8 // forward: warps per 256-thread block, one row each
+#define GKD_EMB_PLACE_THREADS 256 // place: rows per block, and ids per shared-memory tile
+#define GKD_EMB_SCAN_ITEMS 4     // scan: consecutive counts per thread per tile
+
+__device__ __forceinline__ float quiet_nan() { return __int_as_float(0x7fc00000); }
+
+// ----------------------------------------------------------------------------------------------
+// forward
+
+template <typename T>
+__device__ void embedding_fwd(const T *__restrict__ table, // (V, C)
+                              const unsigned int *__restrict__ ids, // (N)
+                              T *__restrict__ out,   // (N, C)
+                              int rows, int vocab, int cols, int vec) {
+    const int lane = threadIdx.x & 31;
+    const long row = (long)blockIdx.x * GKD_EMB_ROWS_PER_BLOCK + (threadIdx.x >> 5);
+    if (row >= rows) return;
+    const unsigned int id = ids[row];
+    T *dst = out + row * cols;
+    if (id >= (unsigned int)vocab) {
+        for (int c = lane; c < cols; c += 32) store_f32(dst, c, quiet_nan());
+        return;
+    }
+    const T *src = table + (long)id * cols;
+    if (vec) {
+        const uint4 *s4 = (const uint4 *)src;
+        uint4 *d4 = (uint4 *)dst;
+        const int n4 = (int)(cols * sizeof(T) / 16);
+        for (int c = lane; c < n4; c += 32) d4[c] = s4[c];
+    } else {
+        for (int c = lane; c < cols; c += 32) dst[c] = src[c];
+    }
+}
+
+// ----------------------------------------------------------------------------------------------
+// backward, steps 1-3: the stable bucket sort of the rows by id (dtype-independent)
+
+// counts (V + 1) zeroed by the launcher; grid-stride over the N ids.
+extern "C" __global__ void embedding_bwd_histogram(const unsigned int *__restrict__ ids, // (N)
+                                                   unsigned int *__restrict__ counts,   // (V + 1)
+                                                   int rows, int vocab) {
+    for (long n = (long)blockIdx.x * blockDim.x + threadIdx.x; n < rows; n += (long)gridDim.x * blockDim.x) {
+        const unsigned int id = ids[n];
+        if (id < (unsigned int)vocab) atomicAdd(&counts[id], 1u);
+    }
+}
+
+// Exclusive scan of a (len), in place, by one block (blockDim.x a multiple of 32, at most 1024),
+// in tiles of blockDim.x · GKD_EMB_SCAN_ITEMS: each thread sums its consecutive items, the block
+// scans those sums (warp shuffles, then the warp totals), and a carry runs across tiles.
+extern "C" __global__ void embedding_bwd_scan(unsigned int *a, int len) {
+    __shared__ unsigned int warp_prefix[32];
+    __shared__ unsigned int tile_end;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+    const long tile = (long)blockDim.x * GKD_EMB_SCAN_ITEMS;
+    unsigned int carry = 0;
+    for (long base = 0; base < len; base += tile) {
+        const long i0 = base + (long)threadIdx.x * GKD_EMB_SCAN_ITEMS;
+        unsigned int v[GKD_EMB_SCAN_ITEMS];
+        unsigned int sum = 0;
+#pragma unroll
+        for (int k = 0; k < GKD_EMB_SCAN_ITEMS; k++) {
+            v[k] = i0 + k < len ? a[i0 + k] : 0u;
+            sum += v[k];
+        }
+        unsigned int inc = sum; // inclusive scan of the thread sums within the warp
+#pragma unroll
+        for (int o = 1; o < 32; o <<= 1) {
+            const unsigned int t = __shfl_up_sync(0xffffffffu, inc, o);
+            if (lane >= o) inc += t;
+        }
+        if (lane == 31) warp_prefix[warp] = inc;
+        __syncthreads();
+        if (warp == 0) {
+            const unsigned int w = lane < warps ? warp_prefix[lane] : 0u;
+            unsigned int winc = w;
+#pragma unroll
+            for (int o = 1; o < 32; o <<= 1) {
+                const unsigned int t = __shfl_up_sync(0xffffffffu, winc, o);
+                if (lane >= o) winc += t;
+            }
+            if (lane < warps) warp_prefix[lane] = winc - w; // exclusive: the warps before
+        }
+        __syncthreads();
+        unsigned int run = carry + warp_prefix[warp] + (inc - sum);
+#pragma unroll
+        for (int k = 0; k < GKD_EMB_SCAN_ITEMS; k++) {
+            if (i0 + k < len) a[i0 + k] = run;
+            run += v[k];
+        }
+        if (threadIdx.x == blockDim.x - 1) tile_end = run;
+        __syncthreads();
+        // The next tile writes warp_prefix only after its first barrier, and tile_end after its
+        // second: every thread has read both by then.
+        carry = tile_end;
+    }
+}
+
+// One thread per row n, GKD_EMB_PLACE_THREADS rows per block: rank(n) counts the equal ids among
+// rows 0..n-1, read a tile at a time into shared memory (every earlier tile whole, the block's own
+// tile up to n).
+extern "C" __global__ void embedding_bwd_place(const unsigned int *__restrict__ ids,     // (N)
+                                               const unsigned int *__restrict__ offsets, // (V + 1)
+                                               unsigned int *__restrict__ order,         // (N)
+                                               int rows, int vocab) {
+    __shared__ unsigned int tile[GKD_EMB_PLACE_THREADS];
+    const int first = blockIdx.x * GKD_EMB_PLACE_THREADS;
+    const int n = first + threadIdx.x;
+    const unsigned int id = n < rows ? ids[n] : 0xffffffffu;
+    unsigned int rank = 0;
+    for (int t0 = 0; t0 <= first; t0 += GKD_EMB_PLACE_THREADS) {
+        const int m = t0 + threadIdx.x;
+        tile[threadIdx.x] = m < rows ? ids[m] : 0xffffffffu;
+        __syncthreads();
+        // Earlier tiles: all GKD_EMB_PLACE_THREADS ids; the own tile: rows first..n-1.
+        const int upto = min(GKD_EMB_PLACE_THREADS, n - t0);
+#pragma unroll 8
+        for (int k = 0; k < upto; k++) rank += tile[k] == id ? 1u : 0u;
+        __syncthreads();
+    }
+    if (n < rows && id < (unsigned int)vocab) order[offsets[id] + rank] = n;
+}
+
+// ----------------------------------------------------------------------------------------------
+// backward, step 4: the sums, one block per vocabulary row
+
+// Four consecutive elements of dout as f32 (the launcher checked their alignment: 16 bytes in
+// f32, 8 in bf16).
+__device__ __forceinline__ float4 load4(const float *p, long i) { return *(const float4 *)(p + i); }
+__device__ __forceinline__ float4 load4(const bf16 *p, long i) {
+    const uint2 u = *(const uint2 *)(p + i);
+    return make_float4(__uint_as_float(u.x << 16), __uint_as_float(u.x & 0xffff0000u),
+                       __uint_as_float(u.y << 16), __uint_as_float(u.y & 0xffff0000u));
+}
+
+__device__ __forceinline__ void add4(float4 &acc, float4 x) {
+    acc.x += x.x;
+    acc.y += x.y;
+    acc.z += x.z;
+    acc.w += x.w;
+}
+
+template <typename T>
+__device__ void embedding_bwd_sum(const T *__restrict__ dout,                // (N, C)
+                                  const unsigned int *__restrict__ offsets, // (V + 1)
+                                  const unsigned int *__restrict__ order,   // (N)
+                                  float *__restrict__ dtable,               // (V, C)
+                                  int cols, int vec) {
+    const long v = blockIdx.x;
+    const unsigned int b0 = offsets[v], b1 = offsets[v + 1];
+    float *dst = dtable + v * cols;
+    if (vec) {
+        // C a multiple of 4; the four rows of a step are loaded before they are added (in order).
+        for (int c = threadIdx.x; c < (cols >> 2); c += blockDim.x) {
+            const long col = 4L * c;
+            float4 acc = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+            unsigned int k = b0;
+            for (; k + 4 <= b1; k += 4) {
+                const float4 x0 = load4(dout, (long)order[k] * cols + col);
+                const float4 x1 = load4(dout, (long)order[k + 1] * cols + col);
+                const float4 x2 = load4(dout, (long)order[k + 2] * cols + col);
+                const float4 x3 = load4(dout, (long)order[k + 3] * cols + col);
+                add4(acc, x0);
+                add4(acc, x1);
+                add4(acc, x2);
+                add4(acc, x3);
+            }
+            for (; k < b1; k++) add4(acc, load4(dout, (long)order[k] * cols + col));
+            *(float4 *)(dst + col) = acc;
+        }
+    } else {
+        for (int c = threadIdx.x; c < cols; c += blockDim.x) {
+            float acc = 0.0f;
+            for (unsigned int k = b0; k < b1; k++) acc += load_f32(dout, (long)order[k] * cols + c);
+            dst[c] = acc;
+        }
+    }
+}
+
+// ----------------------------------------------------------------------------------------------
+// entry points, one per dtype
+
+#define EMBEDDING_KERNELS(T, SUF)                                                                   \
+    extern "C" __global__ void embedding_fwd_##SUF(const T *table, const unsigned int *ids, T *out, \
+                                                   int rows, int vocab, int cols, int vec) {       \
+        embedding_fwd<T>(table, ids, out, rows, vocab, cols, vec);                                 \
+    }                                                                                              \
+    extern "C" __global__ void embedding_bwd_sum_##SUF(const T *dout, const unsigned int *offsets, \
+                                                       const unsigned int *order, float *dtable,   \
+                                                       int cols, int vec) {                        \
+        embedding_bwd_sum<T>(dout, offsets, order, dtable, cols, vec);                             \
+    }
+
+EMBEDDING_KERNELS(float, f32)
+EMBEDDING_KERNELS(bf16, bf16)
