@@ -24,7 +24,7 @@
 
 #define GKD_EMB_ROWS_PER_BLOCK 8 // forward: warps per 256-thread block, one row each
 #define GKD_EMB_PLACE_THREADS 256 // place: rows per block, and ids per shared-memory tile
-#define GKD_EMB_SCAN_ITEMS 4     // scan: consecutive counts per thread per tile
+#define GKD_EMB_SCAN_ITEMS 16    // scan: consecutive counts per thread per tile (16 loads in flight)
 
 __device__ __forceinline__ float quiet_nan() { return __int_as_float(0x7fc00000); }
 
@@ -69,10 +69,11 @@ extern "C" __global__ void embedding_bwd_histogram(const unsigned int *__restric
     }
 }
 
-// Exclusive scan of a (len), in place, by one block (blockDim.x a multiple of 32, at most 1024),
-// in tiles of blockDim.x · GKD_EMB_SCAN_ITEMS: each thread sums its consecutive items, the block
-// scans those sums (warp shuffles, then the warp totals), and a carry runs across tiles.
-extern "C" __global__ void embedding_bwd_scan(unsigned int *a, int len) {
+// Exclusive scan of a (len), in place, by one block (blockDim.x a multiple of 32, at most 1024:
+// the launch bound keeps registers within what 1024 threads may hold), in tiles of blockDim.x ·
+// GKD_EMB_SCAN_ITEMS: each thread sums its consecutive items, the block scans those sums (warp
+// shuffles, then the warp totals), and a carry runs across tiles.
+extern "C" __global__ void __launch_bounds__(1024) embedding_bwd_scan(unsigned int *a, int len) {
     __shared__ unsigned int warp_prefix[32];
     __shared__ unsigned int tile_end;
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
