@@ -12,18 +12,21 @@
 //   as the CPU reference takes it (so f32 results are bit-identical to it). Four launches:
 //   1. embedding_bwd_histogram: counts[ids[n]] += 1 (integer atomics; an id ≥ V is dropped)
 //   2. embedding_bwd_scan: counts (V + 1, last 0) → offsets, the exclusive scan, in place, one block
-//   3. embedding_bwd_place: order[offsets[ids[n]] + rank(n)] = n with rank(n) = #{m < n : ids[m] =
-//      ids[n]}, counted against the earlier ids tile by tile in shared memory: a stable bucket sort
-//   4. embedding_bwd_sum_<dtype>: one block per vocabulary row v, columns across threads, adding
+//   3. embedding_bwd_rank: rank(n) = #{m < n : ids[m] = ids[n]}, one block per pair of 256-row
+//      tiles (rows of tile b against the ids of tile j ≤ b, from shared memory), the partial
+//      counts added with integer atomics (exact, so the result does not depend on their order)
+//   4. embedding_bwd_place: order[offsets[ids[n]] + rank(n)] = n: a stable bucket sort by id
+//   5. embedding_bwd_sum_<dtype>: one block per vocabulary row v, columns across threads, adding
 //      the rows order[offsets[v] .. offsets[v + 1]] in order; an empty bucket writes zeros, so every
 //      element of dtable is written.
-//   Cost: step 3 makes N²/2 compares (shared-memory broadcasts; the last block's N per thread is
-//   the critical path), meant for N up to ~64k rows per call (a micro-batch's tokens); step 2 is
-//   one block over V + 1 counts; step 4 writes V·C fp32 (the floor) and reads each dout row once.
+//   Cost: step 3 makes N²/2 compares spread over (N/256)²/2 blocks of 256 compares per thread,
+//   meant for N up to ~64k rows per call (a micro-batch's tokens; the launcher allows up to
+//   65535 tiles); step 2 is one block over V + 1 counts; step 5 writes V·C fp32 (the floor) and
+//   reads each dout row once.
 #include "common.cuh"
 
 #define GKD_EMB_ROWS_PER_BLOCK 8 // forward: warps per 256-thread block, one row each
-#define GKD_EMB_PLACE_THREADS 256 // place: rows per block, and ids per shared-memory tile
+#define GKD_EMB_RANK_TILE 256     // rank: rows per tile (the block size), ids per shared-memory tile
 #define GKD_EMB_SCAN_ITEMS 16    // scan: consecutive counts per thread per tile (16 loads in flight)
 
 __device__ __forceinline__ float quiet_nan() { return __int_as_float(0x7fc00000); }
@@ -57,7 +60,7 @@ __device__ void embedding_fwd(const T *__restrict__ table, // (V, C)
 }
 
 // ----------------------------------------------------------------------------------------------
-// backward, steps 1-3: the stable bucket sort of the rows by id (dtype-independent)
+// backward, steps 1-4: the stable bucket sort of the rows by id (dtype-independent)
 
 // counts (V + 1) zeroed by the launcher; grid-stride over the N ids.
 extern "C" __global__ void embedding_bwd_histogram(const unsigned int *__restrict__ ids, // (N)
@@ -121,33 +124,42 @@ extern "C" __global__ void __launch_bounds__(1024) embedding_bwd_scan(unsigned i
     }
 }
 
-// One thread per row n, GKD_EMB_PLACE_THREADS rows per block: rank(n) counts the equal ids among
-// rows 0..n-1, read a tile at a time into shared memory (every earlier tile whole, the block's own
-// tile up to n).
+// Block (b, j), GKD_EMB_RANK_TILE threads: thread t counts the ids of tile j equal to the id of row
+// n = b·TILE + t, among all of tile j when j < b and among rows b·TILE .. n − 1 when j = b; blocks
+// with j > b have nothing to count. rank (N) is zeroed by the launcher.
+extern "C" __global__ void embedding_bwd_rank(const unsigned int *__restrict__ ids, // (N)
+                                              unsigned int *__restrict__ rank,      // (N)
+                                              int rows) {
+    __shared__ unsigned int tile[GKD_EMB_RANK_TILE];
+    const int b = blockIdx.x, j = blockIdx.y;
+    if (j > b) return; // the whole block: no barrier is skipped by part of it
+    const int m = j * GKD_EMB_RANK_TILE + threadIdx.x;
+    tile[threadIdx.x] = m < rows ? ids[m] : 0xffffffffu;
+    __syncthreads();
+    const int n = b * GKD_EMB_RANK_TILE + threadIdx.x;
+    if (n >= rows) return;
+    const unsigned int id = ids[n];
+    const int upto = j < b ? GKD_EMB_RANK_TILE : (int)threadIdx.x;
+    unsigned int r = 0;
+#pragma unroll 8
+    for (int k = 0; k < upto; k++) r += tile[k] == id ? 1u : 0u;
+    if (r) atomicAdd(&rank[n], r);
+}
+
+// One thread per row: its place in its id's bucket. Rows with an id ≥ V have no bucket.
 extern "C" __global__ void embedding_bwd_place(const unsigned int *__restrict__ ids,     // (N)
                                                const unsigned int *__restrict__ offsets, // (V + 1)
+                                               const unsigned int *__restrict__ rank,    // (N)
                                                unsigned int *__restrict__ order,         // (N)
                                                int rows, int vocab) {
-    __shared__ unsigned int tile[GKD_EMB_PLACE_THREADS];
-    const int first = blockIdx.x * GKD_EMB_PLACE_THREADS;
-    const int n = first + threadIdx.x;
-    const unsigned int id = n < rows ? ids[n] : 0xffffffffu;
-    unsigned int rank = 0;
-    for (int t0 = 0; t0 <= first; t0 += GKD_EMB_PLACE_THREADS) {
-        const int m = t0 + threadIdx.x;
-        tile[threadIdx.x] = m < rows ? ids[m] : 0xffffffffu;
-        __syncthreads();
-        // Earlier tiles: all GKD_EMB_PLACE_THREADS ids; the own tile: rows first..n-1.
-        const int upto = min(GKD_EMB_PLACE_THREADS, n - t0);
-#pragma unroll 8
-        for (int k = 0; k < upto; k++) rank += tile[k] == id ? 1u : 0u;
-        __syncthreads();
-    }
-    if (n < rows && id < (unsigned int)vocab) order[offsets[id] + rank] = n;
+    const long n = (long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (n >= rows) return;
+    const unsigned int id = ids[n];
+    if (id < (unsigned int)vocab) order[offsets[id] + rank[n]] = (unsigned int)n;
 }
 
 // ----------------------------------------------------------------------------------------------
-// backward, step 4: the sums, one block per vocabulary row
+// backward, step 5: the sums, one block per vocabulary row
 
 // Four consecutive elements of dout as f32 (the launcher checked their alignment: 16 bytes in
 // f32, 8 in bf16).

@@ -327,7 +327,7 @@ pub fn small() -> Vec<Case> {
 /// multi-threaded CPU GEMM, several rows per block).
 pub fn large() -> Vec<Case> {
     vec![
-        // Vectorized rows (C = 896, 4096), several placement blocks of 256 rows, a hot bucket
+        // Vectorized rows (C = 896, 4096), several rank tiles of 256 rows, a hot bucket
         // (every 4th row on one id) and a vocabulary larger than the rows (two scan tiles of 4096).
         embedding(5000, 896, embedding_ids(700, 5000, 4)),
         embedding(300, 4096, embedding_ids(257, 300, 3)),

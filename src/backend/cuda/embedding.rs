@@ -1,10 +1,11 @@
 //! Launchers for `kernels/embedding.cu`: the row gather (forward) and its deterministic
-//! scatter-add (backward: histogram, scan, stable placement, per-vocabulary-row sums; see the
-//! kernel file), f32 and bf16, with their launch configurations. The backward's table gradient
+//! scatter-add (backward: histogram, scan, ranks, stable placement, per-vocabulary-row sums; see
+//! the kernel file), f32 and bf16, with their launch configurations. The backward's table gradient
 //! is f32 (a weight gradient, see the contract's module documentation).
 //!
-//! Sizes: N, V and C are 32-bit in the kernels (`indexable` in `storage.rs` checks them); the
-//! backward's placement makes N²/2 integer compares, meant for up to ~64k rows per call.
+//! Sizes: N, V and C are 32-bit in the kernels (`check_sizes`); the backward's ranks take N²/2
+//! integer compares, meant for up to ~64k rows per call (at most 65535 tiles of 256 rows: a grid
+//! dimension).
 
 use super::device::{cuda_err, CudaDevice};
 use super::storage::CudaElem;
@@ -15,8 +16,10 @@ use cudarc::driver::{CudaSlice, CudaView, DevicePtr, LaunchConfig, PushKernelArg
 const MODULE: &str = "embedding";
 /// Forward: one warp per row, this many rows per block (`GKD_EMB_ROWS_PER_BLOCK`).
 const FWD_ROWS_PER_BLOCK: u32 = 8;
-/// Backward placement: rows per block, also its shared-memory tile (`GKD_EMB_PLACE_THREADS`).
-const PLACE_THREADS: u32 = 256;
+/// Backward ranks: rows per tile, the block size (`GKD_EMB_RANK_TILE`); one block per pair of tiles.
+const RANK_TILE: u32 = 256;
+/// The most tiles of rows: the rank grid is (tiles, tiles).
+const MAX_RANK_TILES: usize = 65535;
 /// Backward scan: one block of this many threads (a multiple of 32, at most 1024).
 const SCAN_THREADS: u32 = 1024;
 /// Backward histogram: grid-stride, at most this many blocks of 256.
@@ -33,10 +36,10 @@ fn kernel<T: CudaElem>(f32_name: &'static str, bf16_name: &'static str) -> &'sta
 }
 
 /// N rows, V vocabulary rows and C columns within the kernels' 32-bit indexing (the scan covers
-/// V + 1 entries; placement blocks start at multiples of `PLACE_THREADS` rows).
+/// V + 1 entries) and the rank grid's `MAX_RANK_TILES`.
 fn check_sizes(op: &'static str, rows: usize, vocab: usize, cols: usize) -> Result<()> {
     let max = i32::MAX as usize;
-    if rows > max - PLACE_THREADS as usize || vocab >= max || cols > max {
+    if rows > MAX_RANK_TILES * RANK_TILE as usize || vocab >= max || cols > max {
         return shape_err(
             op,
             format!("{rows} ids into {vocab} rows of {cols} exceed the kernels' 32-bit indexing"),
@@ -143,16 +146,30 @@ pub fn bwd<T: CudaElem>(
     unsafe { stream.launch_builder(&scan).arg(&mut offsets).arg(&scan_len).launch(cfg) }
         .map_err(cuda_err(OP))?;
     if rows > 0 {
-        let place = dev.function(MODULE, "embedding_bwd_place")?;
-        let cfg = LaunchConfig {
-            grid_dim: ((rows as u32).div_ceil(PLACE_THREADS), 1, 1),
-            block_dim: (PLACE_THREADS, 1, 1),
-            shared_mem_bytes: 0,
-        };
-        // SAFETY: embedding_bwd_place(ids, offsets, order, rows, vocab): each row with an id <
-        // vocab writes order[offsets[id] + rank] < offsets[id + 1] ≤ rows.
+        let tiles = (rows as u32).div_ceil(RANK_TILE);
+        // Zeroed: the rank kernel adds each row's partial counts to it.
+        let mut rank: CudaSlice<u32> = dev.zeros_of(rows, OP)?;
+        let f = dev.function(MODULE, "embedding_bwd_rank")?;
+        let cfg =
+            LaunchConfig { grid_dim: (tiles, tiles, 1), block_dim: (RANK_TILE, 1, 1), shared_mem_bytes: 0 };
+        // SAFETY: embedding_bwd_rank(ids, rank, rows): block (b, j) reads ids of tiles b and j
+        // (bounded by rows) and adds to rank[n] for its rows n < rows.
+        unsafe { stream.launch_builder(&f).arg(ids).arg(&mut rank).arg(&r).launch(cfg) }
+            .map_err(cuda_err(OP))?;
+        let f = dev.function(MODULE, "embedding_bwd_place")?;
+        let cfg = LaunchConfig { grid_dim: (tiles, 1, 1), block_dim: (RANK_TILE, 1, 1), shared_mem_bytes: 0 };
+        // SAFETY: embedding_bwd_place(ids, offsets, rank, order, rows, vocab): each row with an id
+        // < vocab writes order[offsets[id] + rank] < offsets[id + 1] ≤ rows.
         unsafe {
-            stream.launch_builder(&place).arg(ids).arg(&offsets).arg(&mut order).arg(&r).arg(&v).launch(cfg)
+            stream
+                .launch_builder(&f)
+                .arg(ids)
+                .arg(&offsets)
+                .arg(&rank)
+                .arg(&mut order)
+                .arg(&r)
+                .arg(&v)
+                .launch(cfg)
         }
         .map_err(cuda_err(OP))?;
     }
