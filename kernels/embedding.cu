@@ -27,6 +27,7 @@
 
 #define GKD_EMB_ROWS_PER_BLOCK 8 // forward: warps per 256-thread block, one row each
 #define GKD_EMB_RANK_TILE 256     // rank: rows per tile (the block size), ids per shared-memory tile
+#define GKD_EMB_SUM_DEPTH 8      // sums: rows loaded ahead of their adds (vectorized path)
 #define GKD_EMB_SCAN_ITEMS 16    // scan: consecutive counts per thread per tile (16 loads in flight)
 
 __device__ __forceinline__ float quiet_nan() { return __int_as_float(0x7fc00000); }
@@ -187,20 +188,19 @@ __device__ void embedding_bwd_sum(const T *__restrict__ dout,                // 
     const unsigned int b0 = offsets[v], b1 = offsets[v + 1];
     float *dst = dtable + v * cols;
     if (vec) {
-        // C a multiple of 4; the four rows of a step are loaded before they are added (in order).
+        // C a multiple of 4. A frequent id's bucket is a long chain of dependent adds: the rows of
+        // a step of GKD_EMB_SUM_DEPTH are all loaded before they are added (in order), so that many
+        // loads are in flight instead of one.
         for (int c = threadIdx.x; c < (cols >> 2); c += blockDim.x) {
             const long col = 4L * c;
             float4 acc = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
             unsigned int k = b0;
-            for (; k + 4 <= b1; k += 4) {
-                const float4 x0 = load4(dout, (long)order[k] * cols + col);
-                const float4 x1 = load4(dout, (long)order[k + 1] * cols + col);
-                const float4 x2 = load4(dout, (long)order[k + 2] * cols + col);
-                const float4 x3 = load4(dout, (long)order[k + 3] * cols + col);
-                add4(acc, x0);
-                add4(acc, x1);
-                add4(acc, x2);
-                add4(acc, x3);
+            for (; k + GKD_EMB_SUM_DEPTH <= b1; k += GKD_EMB_SUM_DEPTH) {
+                float4 x[GKD_EMB_SUM_DEPTH];
+#pragma unroll
+                for (int u = 0; u < GKD_EMB_SUM_DEPTH; u++) x[u] = load4(dout, (long)order[k + u] * cols + col);
+#pragma unroll
+                for (int u = 0; u < GKD_EMB_SUM_DEPTH; u++) add4(acc, x[u]);
             }
             for (; k < b1; k++) add4(acc, load4(dout, (long)order[k] * cols + col));
             *(float4 *)(dst + col) = acc;
