@@ -719,7 +719,7 @@ fn rope_into(
     })
 }
 
-/// `rows` of `cols` within the kernels' 32-bit indexing.
+/// `rows` of `cols` within the norm kernels' 32-bit indexing.
 fn indexable(op: &'static str, rows: usize, cols: usize) -> Result<usize> {
     if rows > i32::MAX as usize || cols > i32::MAX as usize {
         return shape_err(op, format!("{rows} rows of {cols} exceed the kernels' 32-bit indexing"));
