@@ -9,7 +9,7 @@
 //
 // backward: dtable[v, :] = Σ_{n : ids[n] = v} dout[n, :]  dout (N, C) T, dtable (V, C) fp32
 //   Deterministic, no floating-point atomics: each sum is taken in increasing n, in fp32, exactly
-//   as the CPU reference takes it (so f32 results are bit-identical to it). Four launches:
+//   as the CPU reference takes it (so f32 results are bit-identical to it). Five launches:
 //   1. embedding_bwd_histogram: counts[ids[n]] += 1 (integer atomics; an id ≥ V is dropped)
 //   2. embedding_bwd_scan: counts (V + 1, last 0) → offsets, the exclusive scan, in place, one block
 //   3. embedding_bwd_rank: rank(n) = #{m < n : ids[m] = ids[n]}, one block per pair of 256-row
