@@ -49,4 +49,17 @@ typedef struct {
 // slice of the next row it will take (cp.async.bulk.prefetch.L2), so that pass 1 reads from L2.
 #define GKD_DIV_PREFETCH_L2 1
 
+// Rotary position embedding of a (rows, heads · 2·half) matrix, one position per row
+// (kernels/rope.cu): θ_i = position · inv_freq[i] for i < half, the inverse frequencies inline
+// (passed by value: no device buffer to upload), computed in double as the CPU reference does.
+#define GKD_ROPE_MAX_HALF 128
+
+typedef struct {
+    int rows;  // N
+    int heads; // H
+    int half;  // D/2, at most GKD_ROPE_MAX_HALF
+    int pad;   // keeps inv_freq 8-byte aligned on every ABI; unused
+    double inv_freq[GKD_ROPE_MAX_HALF];
+} gkd_rope_params;
+
 #endif

@@ -3,7 +3,7 @@
 //! with the same message. A backend adds what only it needs (CUDA's 32-bit indexing).
 
 use super::divergence::Divergence;
-use super::ops::{LinearDims, LinearLossSpec, LossKind, LossSpec};
+use super::ops::{LinearDims, LinearLossSpec, LossKind, LossSpec, RopeSpec};
 use crate::error::{shape_err, Error, Result};
 
 pub(super) fn need(op: &'static str, what: &str, len: usize, want: usize) -> Result<()> {
@@ -60,6 +60,27 @@ pub(super) fn linear_bwd(d: &LinearDims, x: usize, w: usize, dy: usize) -> Resul
     need(OP, "x", x, d.n * d.d_in)?;
     need(OP, "weight", w, d.d_in * d.d_out)?;
     need(OP, "dy", dy, d.n * d.d_out)
+}
+
+/// A table of `table` elements in rows of `dim` → its vocabulary (rows).
+pub(super) fn embedding_fwd(table: usize, dim: usize) -> Result<usize> {
+    rows_of("embedding", table, dim)
+}
+
+/// dout (N, dim) for N ids.
+pub(super) fn embedding_bwd(dout: usize, ids: usize, dim: usize) -> Result<()> {
+    need("embedding backward", "dout", dout, ids * dim)
+}
+
+/// x (N, H·D) for N positions and `spec`'s heads of D = 2·inv_freq.len() → the row width H·D.
+pub(super) fn rope(x: usize, positions: usize, spec: &RopeSpec) -> Result<usize> {
+    const OP: &str = "rope";
+    let width = spec.heads * 2 * spec.inv_freq.len();
+    if width == 0 {
+        return shape_err(OP, format!("{} heads of dimension {}", spec.heads, 2 * spec.inv_freq.len()));
+    }
+    need(OP, "input", x, positions * width)?;
+    Ok(width)
 }
 
 /// → rows.

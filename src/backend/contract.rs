@@ -11,7 +11,7 @@
 //! CUDA backend in f32 and bf16 with f32 accumulation. Statistics saved for a backward (norm rstd,
 //! attention lse, row losses) are in the accumulation type: f32 on CUDA, the input's type on the
 //! CPU; so are the weight gradients on CUDA (linear dw and db, norm weights, the fused output
-//! head), which the optimizer's f32 gradient buffer adds up.
+//! head, the embedding table), which the optimizer's f32 gradient buffer adds up.
 
 use super::ops::{AdamWStep, AttnDims, CachedAttnDims, LinearDims, LinearLossSpec, LossSpec, RopeSpec};
 use super::{CpuStorage, DType, Device, Layout};
@@ -109,7 +109,8 @@ pub trait BackendStorage: Sized {
     fn add(a: View<'_, Self>, b: View<'_, Self>) -> Result<Self>;
     /// table (V, C), ids (N) u32 → (N, C)
     fn embedding_fwd(table: View<'_, Self>, ids: View<'_, Self>, dim: usize) -> Result<Self>;
-    /// dout (N, C), ids (N) → dtable (V, C); repeated ids accumulate
+    /// dout (N, C), ids (N) → dtable (V, C); repeated ids accumulate, in increasing row order
+    /// (deterministic); dtable in f32 on CUDA (see the module documentation)
     fn embedding_bwd(dout: View<'_, Self>, ids: View<'_, Self>, vocab: usize, dim: usize) -> Result<Self>;
     /// x (N, Din), w per `d`, b (Dout) → (N, Dout)
     fn linear_fwd(

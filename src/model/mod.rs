@@ -15,6 +15,7 @@ pub mod params;
 
 pub use config::{Arch, FreshConfig, ModelConfig, RopeScaling};
 pub use kv_cache::{CacheStep, KvCache};
+pub use llama::inv_freq as rope_inv_freq;
 pub use params::{ParamEntry, ParamStore, ParamVars};
 
 use crate::autograd::{CachedAttnDims, LinearLoss, LinearLossTarget, LossKind, Tape, Var, WeightLayout};

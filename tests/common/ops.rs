@@ -6,10 +6,11 @@
 //! several loss chunks, head rows past the vocabulary).
 #![allow(dead_code)]
 
-use super::harness::{Case, Input};
+use super::harness::{Case, Input, Tol, TOL};
 use gkd::autograd::{AttnDims, LinearLoss, LinearLossTarget, LossKind, WeightLayout};
 use gkd::backend::ops::IGNORE;
 use gkd::backend::Divergence;
+use gkd::model::{Arch, FreshConfig, ModelConfig, RopeScaling};
 use gkd::Tensor;
 use std::sync::Arc;
 
@@ -17,12 +18,26 @@ fn u32s(v: &[u32], device: gkd::Device) -> gkd::Result<Tensor> {
     Tensor::from_u32(v, device)
 }
 
+/// The embedding's tolerances. f32: the CPU f32 run against f64 (sums of up to N rounded values,
+/// ~N·2⁻²⁴ relative); the GPU copies rows bit for bit and adds the same f32 values in the same
+/// order as the CPU reference, so in either dtype it must match that reference exactly (bf16: 0
+/// up to printing; 1e-7 leaves room for nothing but a wrong sum).
+const EMBEDDING_TOL: Tol = Tol { f32: TOL.f32, bf16: 1e-7 };
+
 pub fn embedding(vocab: usize, dim: usize, ids: Vec<u32>) -> Case {
     Case::new(
         format!("embedding_{vocab}x{dim}_{}", ids.len()),
         vec![Input::normal("table", &[vocab, dim], 0.0, 1.0, 1, true)],
         Box::new(move |t, v, d| t.embedding(&u32s(&ids, d)?, &v[0])),
     )
+    .tol(EMBEDDING_TOL)
+    .on_cuda()
+}
+
+/// `rows` ids into a vocabulary of `vocab`: every `hot`-th row (0: none) takes id 7 (one bucket
+/// of many rows), the others spread over the vocabulary (most of it empty when vocab > rows).
+pub fn embedding_ids(rows: usize, vocab: usize, hot: usize) -> Vec<u32> {
+    (0..rows).map(|r| if hot > 0 && r % hot == 0 { 7 } else { (r * 7919 % vocab) as u32 }).collect()
 }
 
 pub fn linear(x: &[usize], d_out: usize, layout: WeightLayout, bias: bool) -> Case {
@@ -69,14 +84,65 @@ pub fn layer_norm(rows: usize, cols: usize) -> Case {
     .on_cuda()
 }
 
+/// The rotary embedding's tolerances. f32: the CPU f32 run against f64 (cos and sin rounded to
+/// f32, 2⁻²⁴ relative); the GPU rounds like the CPU f32 run except for a rare cos/sin a last bit
+/// apart. bf16: the GPU rounds each output to bf16, 2⁻⁹ of that element at most, so ≤ 2⁻⁹ of the
+/// largest: 2e-3, with a factor 2 of room.
+const ROPE_TOL: Tol = Tol { f32: TOL.f32, bf16: 4e-3 };
+
 pub fn rope(heads: usize, head_dim: usize, positions: Vec<u32>) -> Case {
     let inv_freq: Arc<[f64]> =
         (0..head_dim / 2).map(|i| 1.0 / 10000f64.powf(2.0 * i as f64 / head_dim as f64)).collect();
+    rope_with("", heads, inv_freq, positions)
+}
+
+/// The rotary embedding with these inverse frequencies (D = 2·inv_freq.len()); `tag` names them.
+pub fn rope_with(tag: &str, heads: usize, inv_freq: Arc<[f64]>, positions: Vec<u32>) -> Case {
+    let head_dim = 2 * inv_freq.len();
     Case::new(
-        format!("rope_{}x{heads}x{head_dim}", positions.len()),
+        format!(
+            "rope{tag}_{}x{heads}x{head_dim}_maxpos{}",
+            positions.len(),
+            positions.iter().max().unwrap_or(&0)
+        ),
         vec![Input::normal("x", &[positions.len(), heads * head_dim], 0.0, 1.0, 10, true)],
         Box::new(move |t, v, d| t.rope(&v[0], &u32s(&positions, d)?, inv_freq.clone(), heads)),
     )
+    .tol(ROPE_TOL)
+    .on_cuda()
+}
+
+/// Llama 3.1's RoPE frequencies (θ = 500000, factor 8, low and high frequency factors 1 and 4,
+/// 8192 original positions) at head dimension `head_dim`, computed by the model's own code.
+pub fn llama3_inv_freq(head_dim: usize) -> Arc<[f64]> {
+    let mut c = ModelConfig::fresh(FreshConfig {
+        arch: Arch::Llama,
+        vocab_size: 16,
+        hidden_size: 2 * head_dim,
+        num_layers: 1,
+        num_heads: 2,
+        num_kv_heads: 2,
+        intermediate_size: 16,
+        max_position_embeddings: 131072,
+        rope_theta: 500000.0,
+        tie_word_embeddings: false,
+        bos_token_id: None,
+        eos_token_ids: vec![],
+        pad_token_id: None,
+    })
+    .unwrap();
+    c.rope_scaling = RopeScaling::Llama3 {
+        factor: 8.0,
+        low_freq_factor: 1.0,
+        high_freq_factor: 4.0,
+        original_max_position_embeddings: 8192.0,
+    };
+    gkd::model::rope_inv_freq(&c)
+}
+
+/// `rows` positions spread over 0..=max (the first 0, the last max).
+pub fn spread_positions(rows: usize, max: u32) -> Vec<u32> {
+    (0..rows).map(|r| if r + 1 == rows { max } else { (r as u64 * 7919 % (max as u64 + 1)) as u32 }).collect()
 }
 
 /// Causal attention over sequences of `lengths`: right-padded to T = the longest (rows of no
@@ -231,12 +297,15 @@ pub fn linear_loss(rows: usize, h: usize, vocab: usize, chunk: usize, teacher: O
 pub fn small() -> Vec<Case> {
     let mut c = vec![
         embedding(13, 7, vec![3, 1, 4, 1, 5, 9, 2, 6, 5, 3, 5]),
+        // Many rows on one id (every third), most of a larger vocabulary never used.
+        embedding(40, 5, embedding_ids(30, 40, 3)),
         linear(&[9, 13], 7, WeightLayout::OutIn, true),
         linear(&[3, 4, 13], 7, WeightLayout::InOut, false),
         linear(&[5, 11], 6, WeightLayout::InOut, true),
         rms_norm(13, 33),
         layer_norm(13, 33),
         rope(3, 8, vec![0, 5, 2, 9, 1, 3, 300]),
+        rope_with("_llama3", 2, llama3_inv_freq(16), vec![0, 1, 4000, 8191, 17, 9000]),
         attention(vec![5, 3], 4, 2, 8, false),
         attention(vec![3], 7, 1, 4, false),
         attention(vec![4, 1, 2], 2, 2, 6, true),
@@ -258,6 +327,16 @@ pub fn small() -> Vec<Case> {
 /// multi-threaded CPU GEMM, several rows per block).
 pub fn large() -> Vec<Case> {
     vec![
+        // Vectorized rows (C = 896, 4096), several rank tiles of 256 rows, a hot bucket
+        // (every 4th row on one id) and a vocabulary larger than the rows (two scan tiles of 4096).
+        embedding(5000, 896, embedding_ids(700, 5000, 4)),
+        embedding(300, 4096, embedding_ids(257, 300, 3)),
+        // Odd C: the element-wise paths.
+        embedding(2000, 897, embedding_ids(600, 2000, 5)),
+        // Qwen2-0.5B's heads (14 × 64), Llama's head dimension 128, positions up to ~8000.
+        rope(14, 64, spread_positions(300, 8000)),
+        rope(4, 128, spread_positions(200, 7999)),
+        rope_with("_llama3", 4, llama3_inv_freq(128), spread_positions(200, 8000)),
         linear(&[130, 65], 33, WeightLayout::OutIn, true),
         linear(&[40, 300], 900, WeightLayout::OutIn, false),
         linear(&[70, 96], 288, WeightLayout::InOut, true),

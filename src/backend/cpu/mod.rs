@@ -243,7 +243,7 @@ impl BackendStorage for CpuStorage {
 
     fn embedding_fwd(table: View<'_, Self>, ids: View<'_, Self>, dim: usize) -> Result<Self> {
         const OP: &str = "embedding";
-        let vocab = rows_of(OP, table.len, dim)?;
+        let vocab = check::embedding_fwd(table.len, dim)?;
         let ids = ids.typed::<u32>(OP)?;
         if let Some(&bad) = ids.iter().find(|&&i| i as usize >= vocab) {
             return shape_err(OP, format!("token id {bad} is outside the vocabulary of {vocab} rows"));
@@ -254,7 +254,7 @@ impl BackendStorage for CpuStorage {
     fn embedding_bwd(dout: View<'_, Self>, ids: View<'_, Self>, vocab: usize, dim: usize) -> Result<Self> {
         const OP: &str = "embedding backward";
         let ids = ids.typed::<u32>(OP)?;
-        need(OP, "dout", dout.len, ids.len() * dim)?;
+        check::embedding_bwd(dout.len, ids.len(), dim)?;
         if let Some(&bad) = ids.iter().find(|&&i| i as usize >= vocab) {
             return shape_err(OP, format!("token id {bad} is outside the vocabulary of {vocab} rows"));
         }
@@ -571,11 +571,7 @@ fn rope(
 ) -> Result<CpuStorage> {
     const OP: &str = "rope";
     let pos = positions.typed::<u32>(OP)?;
-    let width = spec.heads * 2 * spec.inv_freq.len();
-    if width == 0 {
-        return shape_err(OP, format!("{} heads of dimension {}", spec.heads, 2 * spec.inv_freq.len()));
-    }
-    need(OP, "input", x.len, pos.len() * width)?;
+    check::rope(x.len, pos.len(), spec)?;
     real!(OP, x.dtype(), |T| {
         let f = if inverse { rope::rope_bwd::<T> } else { rope::rope_fwd::<T> };
         Ok(wrap(f(x.typed(OP)?, pos, spec.inv_freq, spec.heads)))

@@ -20,6 +20,11 @@ pub use bindings::gkd_norm_params as NormParams;
 /// `gkd_norm_wgrad_params`: the column reduction of the norm weight gradients.
 pub use bindings::gkd_norm_wgrad_params as NormWgradParams;
 
+/// `gkd_rope_params`: the rotary embedding of kernels/rope.cu, its inverse frequencies inline.
+pub use bindings::gkd_rope_params as RopeParams;
+/// `GKD_ROPE_MAX_HALF`: the most inverse frequencies `RopeParams` carries (head dimension ≤ 256).
+pub use bindings::GKD_ROPE_MAX_HALF as ROPE_MAX_HALF;
+
 /// `GKD_DIV_PREFETCH_L2`: a bit of `DivergenceParams::flags`.
 pub use bindings::GKD_DIV_PREFETCH_L2 as DIV_PREFETCH_L2;
 /// `GKD_DIV_*`: the `kind` of `DivergenceParams`.
@@ -33,6 +38,7 @@ pub use bindings::{
 unsafe impl DeviceRepr for NormParams {}
 unsafe impl DeviceRepr for NormWgradParams {}
 unsafe impl DeviceRepr for DivergenceParams {}
+unsafe impl DeviceRepr for RopeParams {}
 
 #[cfg(test)]
 mod tests {

@@ -2,7 +2,7 @@
 // The crate compiles this copy only where libclang cannot be loaded, and bindgen's output
 // otherwise; the test backend::cuda::abi::tests::checked_in_bindings_match_bindgen checks that
 // the two agree. Regenerate with scripts/regen-abi.
-// kernels/abi.h FNV-1a 64: 942c6cb4e5cb3d4d
+// kernels/abi.h FNV-1a 64: fd7006284a8a8a45
 
 pub const GKD_DIV_FKL: i32 = 0;
 pub const GKD_DIV_RKL: i32 = 1;
@@ -11,6 +11,7 @@ pub const GKD_DIV_TVD: i32 = 3;
 pub const GKD_DIV_SKEW_FKL: i32 = 4;
 pub const GKD_DIV_SKEW_RKL: i32 = 5;
 pub const GKD_DIV_PREFETCH_L2: i32 = 1;
+pub const GKD_ROPE_MAX_HALF: i32 = 128;
 #[repr(C)]
 #[derive(Debug, Default, Copy, Clone)]
 pub struct gkd_norm_params {
@@ -116,3 +117,43 @@ const _: () = {
         "Offset of field: gkd_divergence_params::flags",
     ][::core::mem::offset_of!(gkd_divergence_params, flags) - 40usize];
 };
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
+pub struct gkd_rope_params {
+    pub rows: ::core::ffi::c_int,
+    pub heads: ::core::ffi::c_int,
+    pub half: ::core::ffi::c_int,
+    pub pad: ::core::ffi::c_int,
+    pub inv_freq: [f64; 128usize],
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of gkd_rope_params"][::core::mem::size_of::<gkd_rope_params>() - 1040usize];
+    [
+        "Alignment of gkd_rope_params",
+    ][::core::mem::align_of::<gkd_rope_params>() - 8usize];
+    [
+        "Offset of field: gkd_rope_params::rows",
+    ][::core::mem::offset_of!(gkd_rope_params, rows) - 0usize];
+    [
+        "Offset of field: gkd_rope_params::heads",
+    ][::core::mem::offset_of!(gkd_rope_params, heads) - 4usize];
+    [
+        "Offset of field: gkd_rope_params::half",
+    ][::core::mem::offset_of!(gkd_rope_params, half) - 8usize];
+    [
+        "Offset of field: gkd_rope_params::pad",
+    ][::core::mem::offset_of!(gkd_rope_params, pad) - 12usize];
+    [
+        "Offset of field: gkd_rope_params::inv_freq",
+    ][::core::mem::offset_of!(gkd_rope_params, inv_freq) - 16usize];
+};
+impl Default for gkd_rope_params {
+    fn default() -> Self {
+        let mut s = ::core::mem::MaybeUninit::<Self>::uninit();
+        unsafe {
+            ::core::ptr::write_bytes(s.as_mut_ptr(), 0, 1);
+            s.assume_init()
+        }
+    }
+}

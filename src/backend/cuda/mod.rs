@@ -12,6 +12,7 @@ mod device;
 pub mod divergence;
 pub mod divergence_unfused;
 mod elementwise;
+mod embedding;
 mod grad_norm;
 mod layer_norm;
 mod linear;
@@ -21,6 +22,7 @@ mod modules;
 mod norm_launch;
 mod probe;
 mod rms_norm;
+mod rope;
 mod storage;
 
 pub use device::{set_poison_allocations, CudaDevice, MemoryStats};

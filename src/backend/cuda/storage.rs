@@ -6,7 +6,7 @@ use super::device::{cuda_err, CudaDevice};
 use super::divergence::{divergence_fwd_bwd, DivElem, DivergenceLaunch, KernelPath, StudentGrad};
 use super::linear_divergence::{LinearDivergence, LinearDivergenceInputs};
 use super::matmul::GemmElem;
-use super::{adamw, elementwise, grad_norm, layer_norm, rms_norm};
+use super::{adamw, elementwise, embedding, grad_norm, layer_norm, rms_norm, rope};
 use crate::backend::check;
 use crate::backend::contract::{BackendStorage, LinearLossOut, LossTarget, View};
 use crate::backend::ops::{
@@ -405,12 +405,28 @@ impl BackendStorage for CudaStorage {
         })
     }
 
-    fn embedding_fwd(table: View<'_, Self>, _ids: View<'_, Self>, _dim: usize) -> Result<Self> {
-        unsupported("embedding", table.storage)
+    /// Ids are not checked against the vocabulary here (that would need their values on the
+    /// host): the kernel writes a NaN row for an id ≥ V instead of reading outside the table.
+    fn embedding_fwd(table: View<'_, Self>, ids: View<'_, Self>, dim: usize) -> Result<Self> {
+        const OP: &str = "embedding";
+        let vocab = check::embedding_fwd(table.len, dim)?;
+        let dev = table.dev();
+        let ids = ids.typed::<u32>(OP)?;
+        float!(OP, table.dtype(), |T| {
+            Ok(CudaStorage::new(dev, embedding::fwd::<T>(dev, &table.typed(OP)?, &ids, vocab, dim)?))
+        })
     }
 
-    fn embedding_bwd(dout: View<'_, Self>, _ids: View<'_, Self>, _vocab: usize, _dim: usize) -> Result<Self> {
-        unsupported("embedding backward", dout.storage)
+    /// dtable in f32 (a weight gradient); rows whose id is ≥ `vocab` add nothing (their forward
+    /// rows were NaN).
+    fn embedding_bwd(dout: View<'_, Self>, ids: View<'_, Self>, vocab: usize, dim: usize) -> Result<Self> {
+        const OP: &str = "embedding backward";
+        check::embedding_bwd(dout.len, ids.len, dim)?;
+        let dev = dout.dev();
+        let ids = ids.typed::<u32>(OP)?;
+        float!(OP, dout.dtype(), |T| {
+            Ok(CudaStorage::new(dev, embedding::bwd::<T>(dev, &dout.typed(OP)?, &ids, vocab, dim)?))
+        })
     }
 
     fn linear_fwd(
@@ -543,12 +559,12 @@ impl BackendStorage for CudaStorage {
         })
     }
 
-    fn rope_fwd(x: View<'_, Self>, _positions: View<'_, Self>, _spec: &RopeSpec) -> Result<Self> {
-        unsupported("rope", x.storage)
+    fn rope_fwd(x: View<'_, Self>, positions: View<'_, Self>, spec: &RopeSpec) -> Result<Self> {
+        rope_into(x, positions, spec, false)
     }
 
-    fn rope_bwd(dy: View<'_, Self>, _positions: View<'_, Self>, _spec: &RopeSpec) -> Result<Self> {
-        unsupported("rope backward", dy.storage)
+    fn rope_bwd(dy: View<'_, Self>, positions: View<'_, Self>, spec: &RopeSpec) -> Result<Self> {
+        rope_into(dy, positions, spec, true)
     }
 
     fn attention_fwd(
@@ -709,6 +725,23 @@ impl BackendStorage for CudaStorage {
             })
         })
     }
+}
+
+/// The rotary embedding (`inverse`: its backward) into a fresh buffer.
+fn rope_into(
+    x: View<'_, CudaStorage>,
+    positions: View<'_, CudaStorage>,
+    spec: &RopeSpec,
+    inverse: bool,
+) -> Result<CudaStorage> {
+    const OP: &str = "rope";
+    check::rope(x.len, positions.len, spec)?;
+    let dev = x.dev();
+    let pos = positions.typed::<u32>(OP)?;
+    float!(OP, x.dtype(), |T| {
+        let y = rope::rotate::<T>(dev, &x.typed(OP)?, &pos, spec.heads, spec.inv_freq, inverse)?;
+        Ok(CudaStorage::new(dev, y))
+    })
 }
 
 /// `rows` of `cols` within the norm kernels' 32-bit indexing.

@@ -1,0 +1,73 @@
+//! Launchers for `kernels/rope.cu`: the rotary embedding and its inverse rotation, f32 and bf16.
+//! One thread per (row, frequency), 256 per block, each looping over the heads; the inverse
+//! frequencies travel inline in `gkd_rope_params` (at most `GKD_ROPE_MAX_HALF` of them: head
+//! dimensions up to 256).
+
+use super::abi::{RopeParams, ROPE_MAX_HALF};
+use super::device::{cuda_err, CudaDevice};
+use super::storage::CudaElem;
+use crate::backend::DType;
+use crate::error::{shape_err, Result};
+use cudarc::driver::{CudaSlice, CudaView, LaunchConfig, PushKernelArg};
+
+const MODULE: &str = "rope";
+const THREADS: u32 = 256;
+
+/// The kernel parameters for `rows` rows of `heads` heads with these inverse frequencies (D/2 of
+/// them); a head dimension past the inline table, or sizes past 32-bit indexing, are errors.
+fn params(op: &'static str, rows: usize, heads: usize, inv_freq: &[f64]) -> Result<RopeParams> {
+    let half = inv_freq.len();
+    if half > ROPE_MAX_HALF as usize {
+        return shape_err(
+            op,
+            format!(
+                "head dimension {} exceeds the CUDA kernel's limit of {} (D/2 ≤ GKD_ROPE_MAX_HALF in kernels/abi.h)",
+                2 * half,
+                2 * ROPE_MAX_HALF
+            ),
+        );
+    }
+    if rows.checked_mul(half).is_none_or(|p| p > i32::MAX as usize) || heads > i32::MAX as usize {
+        return shape_err(op, format!("{rows} rows of {heads} heads exceed the kernel's 32-bit indexing"));
+    }
+    let mut table = [0.0f64; ROPE_MAX_HALF as usize];
+    table[..half].copy_from_slice(inv_freq);
+    Ok(RopeParams { rows: rows as i32, heads: heads as i32, half: half as i32, pad: 0, inv_freq: table })
+}
+
+/// x (rows, heads·2·half), positions (rows) → y: x rotated by +θ (`inverse`: by −θ, the backward).
+pub fn rotate<T: CudaElem>(
+    dev: &CudaDevice,
+    x: &CudaView<'_, T>,
+    positions: &CudaView<'_, u32>,
+    heads: usize,
+    inv_freq: &[f64],
+    inverse: bool,
+) -> Result<CudaSlice<T>> {
+    let op = if inverse { "rope backward (cuda)" } else { "rope (cuda)" };
+    let rows = positions.len();
+    let p = params(op, rows, heads, inv_freq)?;
+    // SAFETY: the kernel writes every element: each (row, i < half) thread both halves of every head.
+    let mut y: CudaSlice<T> = unsafe { dev.alloc_of(x.len(), op)? };
+    if rows == 0 {
+        return Ok(y);
+    }
+    let name = match (T::DTYPE == DType::BF16, inverse) {
+        (false, false) => "rope_fwd_f32",
+        (false, true) => "rope_bwd_f32",
+        (true, false) => "rope_fwd_bf16",
+        (true, true) => "rope_bwd_bf16",
+    };
+    let f = dev.function(MODULE, name)?;
+    let threads = (rows * inv_freq.len()) as u32;
+    let cfg = LaunchConfig {
+        grid_dim: (threads.div_ceil(THREADS), 1, 1),
+        block_dim: (THREADS, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    // SAFETY: argument types match rope_<fwd|bwd>_<dtype>(x, positions, y, params); x and y hold
+    // rows·heads·2·half elements (checked by the caller), positions rows.
+    unsafe { dev.stream().launch_builder(&f).arg(x).arg(positions).arg(&mut y).arg(&p).launch(cfg) }
+        .map_err(cuda_err(op))?;
+    Ok(y)
+}
