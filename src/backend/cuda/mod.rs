@@ -7,6 +7,7 @@
 
 pub mod abi;
 pub mod bandwidth;
+pub mod cross_entropy;
 mod device;
 pub mod divergence;
 pub mod divergence_unfused;

@@ -1,6 +1,7 @@
 //! A tensor's storage on a GPU, and the backend contract on top of the launchers. Ops without a
 //! CUDA kernel yet return `Error::Unsupported` (the CPU backend has every op).
 
+use super::cross_entropy::{cross_entropy_fwd_bwd, CePath, CrossEntropyLaunch};
 use super::device::{cuda_err, CudaDevice};
 use super::divergence::{divergence_fwd_bwd, DivElem, DivergenceLaunch, KernelPath, StudentGrad};
 use super::linear_divergence::{LinearDivergence, LinearDivergenceInputs};
@@ -586,12 +587,44 @@ impl BackendStorage for CudaStorage {
         unsupported("narrow_cols backward", dy.storage)
     }
 
+    /// A target outside the vocabulary cannot be seen here without reading the targets back (a
+    /// synchronization): that row's loss and gradient come out NaN (the CPU backend refuses it).
     fn cross_entropy(
         logits: View<'_, Self>,
-        _targets: View<'_, Self>,
-        _spec: &LossSpec,
+        targets: View<'_, Self>,
+        spec: &LossSpec,
     ) -> Result<(Self, Option<Self>)> {
-        unsupported("cross_entropy", logits.storage)
+        const OP: &str = "cross_entropy";
+        check::loss(OP, spec, logits.len, targets.len)?;
+        if spec.kind != LossKind::CrossEntropy {
+            return Err(Error::Msg(format!("{OP}: the loss must be cross-entropy, got {:?}", spec.kind)));
+        }
+        let dev = logits.dev();
+        let launch = CrossEntropyLaunch {
+            rows: spec.rows,
+            vocab: spec.vocab,
+            scale: spec.scale as f32,
+            path: CePath::Auto,
+            scalar: false,
+        };
+        let targets = targets.typed::<u32>(OP)?;
+        float!(OP, logits.dtype(), |T| {
+            let z = logits.typed::<T>(OP)?;
+            // SAFETY: the kernel writes every row's loss (ignored rows too).
+            let mut row_loss: CudaSlice<f32> = unsafe { dev.alloc_of(spec.rows, OP)? };
+            let rl = &mut row_loss.slice_mut(..spec.rows);
+            let grad = if spec.want_grad {
+                // SAFETY: the kernel writes every gradient element (ignored rows too).
+                let mut g: CudaSlice<T> = unsafe { dev.alloc_of(z.len(), OP)? };
+                let into = StudentGrad::Into { student: z.slice(..), grad: g.slice_mut(..z.len()) };
+                cross_entropy_fwd_bwd(dev, &launch, into, &targets, rl)?;
+                Some(CudaStorage::new(dev, g))
+            } else {
+                cross_entropy_fwd_bwd(dev, &launch, StudentGrad::LossOnly(z.slice(..)), &targets, rl)?;
+                None
+            };
+            Ok((CudaStorage::new(dev, row_loss), grad))
+        })
     }
 
     fn divergence(
