@@ -6,7 +6,7 @@
 use crate::backend::cuda::divergence::{divergence_fwd_bwd, DivergenceLaunch, KernelPath, StudentGrad};
 use crate::backend::cuda::divergence_unfused::divergence_unfused_fwd_bwd;
 use crate::backend::cuda::linear_divergence::{
-    linear_divergence_unfused, LinearDivergence, LinearDivergenceInputs, LinearDivergenceOut,
+    linear_divergence_unfused, FusedHeadOut, LinearDivergence, LinearDivergenceInputs,
 };
 use crate::backend::cuda::CudaDevice;
 use crate::backend::Divergence;
@@ -218,7 +218,7 @@ impl LinearCase {
         Ok(h.iter().map(|x| x.to_f32()).collect())
     }
 
-    pub fn run(&mut self, dev: &CudaDevice, variant: LinearVariant) -> Result<LinearDivergenceOut> {
+    pub fn run(&mut self, dev: &CudaDevice, variant: LinearVariant) -> Result<FusedHeadOut> {
         let (hs, ws, ht, wt) = (self.hs.slice(..), self.ws.slice(..), self.ht.slice(..), self.wt.slice(..));
         let x = LinearDivergenceInputs {
             student_hidden: &hs,

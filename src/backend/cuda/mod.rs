@@ -8,6 +8,7 @@
 pub mod abi;
 mod adamw;
 pub mod bandwidth;
+pub mod cross_entropy;
 mod device;
 pub mod divergence;
 pub mod divergence_unfused;

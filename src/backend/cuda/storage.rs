@@ -2,9 +2,12 @@
 //! CUDA kernel yet return `Error::Unsupported` (the CPU backend has every op).
 
 use super::adamw::WeightsOut;
+use super::cross_entropy::{cross_entropy_fwd_bwd, CePath, CrossEntropyLaunch};
 use super::device::{cuda_err, CudaDevice};
 use super::divergence::{divergence_fwd_bwd, DivElem, DivergenceLaunch, KernelPath, StudentGrad};
-use super::linear_divergence::{LinearDivergence, LinearDivergenceInputs};
+use super::linear_divergence::{
+    LinearCrossEntropy, LinearCrossEntropyInputs, LinearDivergence, LinearDivergenceInputs,
+};
 use super::matmul::GemmElem;
 use super::{adamw, elementwise, embedding, grad_norm, layer_norm, rms_norm, rope};
 use crate::backend::check;
@@ -14,7 +17,7 @@ use crate::backend::ops::{
 };
 use crate::backend::{CpuStorage, DType, Device, Layout};
 use crate::error::{shape_err, Error, Result};
-use cudarc::driver::{CudaSlice, CudaView, DeviceRepr, ValidAsZeroBits};
+use cudarc::driver::{CudaSlice, CudaView, CudaViewMut, DeviceRepr, ValidAsZeroBits};
 use half::{bf16, f16};
 use std::sync::Arc;
 
@@ -627,12 +630,44 @@ impl BackendStorage for CudaStorage {
         unsupported("narrow_cols backward", dy.storage)
     }
 
+    /// A target outside the vocabulary cannot be seen here without reading the targets back (a
+    /// synchronization): that row's loss and gradient come out NaN (the CPU backend refuses it).
     fn cross_entropy(
         logits: View<'_, Self>,
-        _targets: View<'_, Self>,
-        _spec: &LossSpec,
+        targets: View<'_, Self>,
+        spec: &LossSpec,
     ) -> Result<(Self, Option<Self>)> {
-        unsupported("cross_entropy", logits.storage)
+        const OP: &str = "cross_entropy";
+        check::loss(OP, spec, logits.len, targets.len)?;
+        if spec.kind != LossKind::CrossEntropy {
+            return Err(Error::Msg(format!("{OP}: the loss must be cross-entropy, got {:?}", spec.kind)));
+        }
+        let dev = logits.dev();
+        let launch = CrossEntropyLaunch {
+            rows: spec.rows,
+            vocab: spec.vocab,
+            scale: spec.scale as f32,
+            path: CePath::Auto,
+            scalar: false,
+        };
+        let targets = targets.typed::<u32>(OP)?;
+        float!(OP, logits.dtype(), |T| {
+            let z = logits.typed::<T>(OP)?;
+            // SAFETY: the kernel writes every row's loss (ignored rows too).
+            let mut row_loss: CudaSlice<f32> = unsafe { dev.alloc_of(spec.rows, OP)? };
+            let rl = &mut row_loss.slice_mut(..spec.rows);
+            let grad = if spec.want_grad {
+                // SAFETY: the kernel writes every gradient element (ignored rows too).
+                let mut g: CudaSlice<T> = unsafe { dev.alloc_of(z.len(), OP)? };
+                let into = StudentGrad::Into { student: z.slice(..), grad: g.slice_mut(..z.len()) };
+                cross_entropy_fwd_bwd(dev, &launch, into, &targets, rl)?;
+                Some(CudaStorage::new(dev, g))
+            } else {
+                cross_entropy_fwd_bwd(dev, &launch, StudentGrad::LossOnly(z.slice(..)), &targets, rl)?;
+                None
+            };
+            Ok((CudaStorage::new(dev, row_loss), grad))
+        })
     }
 
     fn divergence(
@@ -666,6 +701,8 @@ impl BackendStorage for CudaStorage {
         })
     }
 
+    /// With cross-entropy, a target outside the vocabulary makes its row's loss and gradient NaN
+    /// (see `cross_entropy`).
     fn linear_loss(
         hidden: View<'_, Self>,
         head: View<'_, Self>,
@@ -674,56 +711,63 @@ impl BackendStorage for CudaStorage {
     ) -> Result<LinearLossOut<Self>> {
         const OP: &str = "linear_loss";
         let (n, h, v) = (spec.loss.rows, spec.hidden, spec.loss.vocab);
-        let (LossKind::Divergence { divergence, temperature }, LossTarget::Teacher { hidden: th, head: tw }) =
-            (spec.loss.kind, target)
-        else {
-            return unsupported("cross-entropy through the output head", hidden.storage);
-        };
-        let ht = spec.teacher_hidden;
         check::linear_loss(spec, hidden.len, head.len)?;
-        check::linear_loss_teacher(spec, th.len, tw.len)?;
         let dev = hidden.dev();
-        let p = LinearDivergence {
-            rows: n,
-            student_dim: h,
-            teacher_dim: ht,
-            vocab: v,
-            divergence,
-            temperature: temperature as f32,
-            scale: spec.loss.scale as f32,
-            chunk_rows: spec.chunk_rows,
-            path: KernelPath::Auto,
-        };
-        float!(OP, same_float(OP, &[hidden, head, th, tw])?, |T| {
-            let (hs, ws, hts, wts) =
-                (hidden.typed::<T>(OP)?, head.typed::<T>(OP)?, th.typed::<T>(OP)?, tw.typed::<T>(OP)?);
-            let x = LinearDivergenceInputs {
-                student_hidden: &hs,
-                student_head: &ws,
-                teacher_hidden: &hts,
-                teacher_head: &wts,
-                row_mask: None,
-            };
-            if !spec.loss.want_grad {
-                let row_loss = p.run_rows(dev, &x, None)?;
-                return Ok(LinearLossOut {
-                    row_loss: CudaStorage::new(dev, row_loss),
-                    d_hidden: None,
-                    d_head: None,
-                });
+        match (spec.loss.kind, target) {
+            (
+                LossKind::Divergence { divergence, temperature },
+                LossTarget::Teacher { hidden: th, head: tw },
+            ) => {
+                check::linear_loss_teacher(spec, th.len, tw.len)?;
+                let p = LinearDivergence {
+                    rows: n,
+                    student_dim: h,
+                    teacher_dim: spec.teacher_hidden,
+                    vocab: v,
+                    divergence,
+                    temperature: temperature as f32,
+                    scale: spec.loss.scale as f32,
+                    chunk_rows: spec.chunk_rows,
+                    path: KernelPath::Auto,
+                };
+                float!(OP, same_float(OP, &[hidden, head, th, tw])?, |T| {
+                    let (hs, ws, hts, wts) = (
+                        hidden.typed::<T>(OP)?,
+                        head.typed::<T>(OP)?,
+                        th.typed::<T>(OP)?,
+                        tw.typed::<T>(OP)?,
+                    );
+                    let x = LinearDivergenceInputs {
+                        student_hidden: &hs,
+                        student_head: &ws,
+                        teacher_hidden: &hts,
+                        teacher_head: &wts,
+                        row_mask: None,
+                    };
+                    fused_head_into::<T>(dev, spec, |grads| p.run_rows(dev, &x, grads))
+                })
             }
-            // d(hidden) is written whole; d(head) is accumulated into, so starts at zero.
-            // SAFETY: the backward products write every element of d_hidden (beta = 0).
-            let mut d_hidden: CudaSlice<T> = unsafe { dev.alloc_of(n * h, OP)? };
-            let mut d_head: CudaSlice<f32> = dev.zeros_of(spec.head_rows * h, OP)?;
-            let row_loss =
-                p.run_rows(dev, &x, Some((&mut d_hidden.slice_mut(..), &mut d_head.slice_mut(..))))?;
-            Ok(LinearLossOut {
-                row_loss: CudaStorage::new(dev, row_loss),
-                d_hidden: Some(CudaStorage::new(dev, d_hidden)),
-                d_head: Some(CudaStorage::new(dev, d_head)),
-            })
-        })
+            (LossKind::CrossEntropy, LossTarget::Tokens(t)) => {
+                check::need(OP, "targets", t.len, n)?;
+                let targets = t.typed::<u32>(OP)?;
+                let p = LinearCrossEntropy {
+                    rows: n,
+                    dim: h,
+                    vocab: v,
+                    scale: spec.loss.scale as f32,
+                    chunk_rows: spec.chunk_rows,
+                    path: CePath::Auto,
+                };
+                float!(OP, same_float(OP, &[hidden, head])?, |T| {
+                    let (hs, ws) = (hidden.typed::<T>(OP)?, head.typed::<T>(OP)?);
+                    let x = LinearCrossEntropyInputs { hidden: &hs, head: &ws, targets: &targets };
+                    fused_head_into::<T>(dev, spec, |grads| p.run_rows(dev, &x, grads))
+                })
+            }
+            _ => Err(Error::Msg(format!(
+                "{OP}: cross-entropy takes token targets, a divergence the teacher's hidden states"
+            ))),
+        }
     }
 }
 
@@ -741,6 +785,30 @@ fn rope_into(
     float!(OP, x.dtype(), |T| {
         let y = rope::rotate::<T>(dev, &x.typed(OP)?, &pos, spec.heads, spec.inv_freq, inverse)?;
         Ok(CudaStorage::new(dev, y))
+    })
+}
+
+/// The fused head's outputs in fresh buffers: `run` computes the row losses, and gets the
+/// gradient buffers when they are asked for: d(hidden) (N, H), written whole, and d(head)
+/// (Vh, H) f32, accumulated into from zero (its rows past the vocabulary stay 0).
+fn fused_head_into<T: CudaElem>(
+    dev: &Arc<CudaDevice>,
+    spec: &LinearLossSpec,
+    run: impl FnOnce(Option<(&mut CudaViewMut<'_, T>, &mut CudaViewMut<'_, f32>)>) -> Result<CudaSlice<f32>>,
+) -> Result<LinearLossOut<CudaStorage>> {
+    const OP: &str = "linear_loss";
+    if !spec.loss.want_grad {
+        let row_loss = run(None)?;
+        return Ok(LinearLossOut { row_loss: CudaStorage::new(dev, row_loss), d_hidden: None, d_head: None });
+    }
+    // SAFETY: the backward products write every element of d_hidden (beta = 0).
+    let mut d_hidden: CudaSlice<T> = unsafe { dev.alloc_of(spec.loss.rows * spec.hidden, OP)? };
+    let mut d_head: CudaSlice<f32> = dev.zeros_of(spec.head_rows * spec.hidden, OP)?;
+    let row_loss = run(Some((&mut d_hidden.slice_mut(..), &mut d_head.slice_mut(..))))?;
+    Ok(LinearLossOut {
+        row_loss: CudaStorage::new(dev, row_loss),
+        d_hidden: Some(CudaStorage::new(dev, d_hidden)),
+        d_head: Some(CudaStorage::new(dev, d_head)),
     })
 }
 
