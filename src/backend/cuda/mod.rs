@@ -6,6 +6,7 @@
 //! returns `Error::NoCuda` with the reason; nothing here panics for lack of a GPU.
 
 pub mod abi;
+mod attention;
 pub mod bandwidth;
 mod device;
 pub mod divergence;
