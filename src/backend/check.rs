@@ -3,7 +3,7 @@
 //! with the same message. A backend adds what only it needs (CUDA's 32-bit indexing).
 
 use super::divergence::Divergence;
-use super::ops::{LinearDims, LinearLossSpec, LossKind, LossSpec, RopeSpec};
+use super::ops::{AttnDims, CachedAttnDims, LinearDims, LinearLossSpec, LossKind, LossSpec, RopeSpec};
 use crate::error::{shape_err, Error, Result};
 
 pub(super) fn need(op: &'static str, what: &str, len: usize, want: usize) -> Result<()> {
@@ -183,6 +183,92 @@ pub(super) fn linear_loss_teacher(spec: &LinearLossSpec, hidden: usize, head: us
         return shape_err(
             OP,
             format!("a teacher head of {} rows for a vocabulary of {v}", spec.teacher_head_rows),
+        );
+    }
+    Ok(())
+}
+
+fn heads(op: &'static str, q_heads: usize, kv_heads: usize, head_dim: usize) -> Result<()> {
+    if kv_heads == 0 || q_heads % kv_heads != 0 {
+        return shape_err(op, format!("{q_heads} query heads are not a multiple of {kv_heads} KV heads"));
+    }
+    if head_dim == 0 {
+        return shape_err(op, "a head dimension of 0".to_string());
+    }
+    Ok(())
+}
+
+/// Attention: q, k, v of `q`, `k`, `v` elements fit `d`, and the sequences (start, len) are
+/// disjoint runs of rows.
+pub(super) fn attention(
+    op: &'static str,
+    d: &AttnDims,
+    q: usize,
+    k: usize,
+    v: usize,
+    spans: &[(usize, usize)],
+) -> Result<()> {
+    let AttnDims { rows, batch, q_heads, kv_heads, head_dim, .. } = *d;
+    heads(op, q_heads, kv_heads, head_dim)?;
+    for (name, len, heads) in [("q", q, q_heads), ("k", k, kv_heads), ("v", v, kv_heads)] {
+        if len != rows * heads * head_dim {
+            return shape_err(op, format!("{name} has {len} elements, expected {rows}×{heads}×{head_dim}"));
+        }
+    }
+    if spans.len() != batch {
+        return shape_err(op, format!("{} sequences for a batch of {batch}", spans.len()));
+    }
+    let mut sorted = spans.to_vec();
+    sorted.sort_unstable();
+    let mut end = 0;
+    for &(s, l) in &sorted {
+        if s < end || s.checked_add(l).is_none_or(|e| e > rows) {
+            return shape_err(
+                op,
+                format!("sequences (start, length) {spans:?} overlap or run past the {rows} rows"),
+            );
+        }
+        end = s + l;
+    }
+    Ok(())
+}
+
+/// Attention over a key/value cache: q, the caches and the row indices fit `d`.
+pub(super) fn cached_attention(
+    op: &'static str,
+    d: &CachedAttnDims,
+    q: usize,
+    k_cache: usize,
+    v_cache: usize,
+    seq: &[u32],
+    pos: &[u32],
+) -> Result<()> {
+    let CachedAttnDims { rows, batch, capacity, q_heads, kv_heads, head_dim, .. } = *d;
+    heads(op, q_heads, kv_heads, head_dim)?;
+    if q != rows * q_heads * head_dim || seq.len() != rows || pos.len() != rows {
+        return shape_err(
+            op,
+            format!(
+                "q of {q} elements, {} sequence and {} position indices for {rows} rows",
+                seq.len(),
+                pos.len()
+            ),
+        );
+    }
+    let cache = batch * capacity * kv_heads * head_dim;
+    if k_cache != cache || v_cache != cache {
+        return shape_err(
+            op,
+            format!("caches of {k_cache} and {v_cache} elements, expected {batch}×{capacity}×{kv_heads}×{head_dim}"),
+        );
+    }
+    if let Some(i) = (0..rows).find(|&i| seq[i] as usize >= batch || pos[i] as usize >= capacity) {
+        return shape_err(
+            op,
+            format!(
+                "row {i} is at position {} of sequence {}: the cache holds {batch} sequences of {capacity} positions",
+                pos[i], seq[i]
+            ),
         );
     }
     Ok(())

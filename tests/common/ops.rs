@@ -170,6 +170,7 @@ pub fn attention(lengths: Vec<u32>, q_heads: usize, kv_heads: usize, head_dim: u
             tp.attention(&v[0], &v[1], &v[2], d, &u32s(&starts, dev)?, &u32s(&lengths, dev)?)
         }),
     )
+    .on_cuda()
 }
 
 pub fn gelu(n: usize) -> Case {
@@ -344,8 +345,17 @@ pub fn large() -> Vec<Case> {
         rms_norm(1031, 129),
         layer_norm(300, 896),
         layer_norm(64, 4099),
+        // The CUDA kernels' awkward shapes: lengths that are no multiple of any tile (16 scalar,
+        // 32 and 64 tensor-core), 7:1 and 14:2 grouped heads and a single key/value head, head dim
+        // 64 and 128 (the bf16 tensor-core kernels; f32 takes the scalar ones), padded and packed,
+        // and head dim 256 (the scalar kernels' limit, shared memory above 48 KiB).
         attention(vec![37, 64, 1], 14, 2, 64, true),
         attention(vec![33, 20], 4, 4, 128, false),
+        attention(vec![150, 37], 7, 1, 64, false),
+        attention(vec![150, 37], 14, 2, 128, true),
+        attention(vec![37, 150], 14, 2, 64, true),
+        attention(vec![130, 3], 7, 1, 128, false),
+        attention(vec![21, 7], 4, 1, 256, true),
         gelu(100_003),
         swiglu(100_003),
         cross_entropy(33, 4099),

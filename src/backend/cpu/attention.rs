@@ -17,8 +17,9 @@
 
 use super::gemm::{mm, Shared};
 use super::Real;
+use crate::backend::check::{self, need};
 use crate::backend::ops::{AttnDims, CachedAttnDims};
-use crate::error::{shape_err, Result};
+use crate::error::Result;
 use rayon::prelude::*;
 
 pub struct AttnOut<T> {
@@ -30,57 +31,6 @@ pub struct AttnGrads<T> {
     pub dq: Vec<T>, // (N, Hq, D)
     pub dk: Vec<T>, // (N, Hkv, D)
     pub dv: Vec<T>, // (N, Hkv, D)
-}
-
-fn check_heads(op: &'static str, q_heads: usize, kv_heads: usize, head_dim: usize) -> Result<()> {
-    if kv_heads == 0 || q_heads % kv_heads != 0 {
-        return shape_err(op, format!("{q_heads} query heads are not a multiple of {kv_heads} KV heads"));
-    }
-    if head_dim == 0 {
-        return shape_err(op, "a head dimension of 0".to_string());
-    }
-    Ok(())
-}
-
-fn need(op: &'static str, what: &str, len: usize, want: usize) -> Result<()> {
-    if len != want {
-        return shape_err(op, format!("{what} has {len} elements, expected {want}"));
-    }
-    Ok(())
-}
-
-/// An error unless q, k, v fit `d` and the sequences (start, len) are disjoint runs of rows.
-fn check_dims(
-    op: &'static str,
-    d: &AttnDims,
-    q: usize,
-    k: usize,
-    v: usize,
-    spans: &[(usize, usize)],
-) -> Result<()> {
-    let AttnDims { rows, batch, q_heads, kv_heads, head_dim, .. } = *d;
-    check_heads(op, q_heads, kv_heads, head_dim)?;
-    for (name, len, heads) in [("q", q, q_heads), ("k", k, kv_heads), ("v", v, kv_heads)] {
-        if len != rows * heads * head_dim {
-            return shape_err(op, format!("{name} has {len} elements, expected {rows}×{heads}×{head_dim}"));
-        }
-    }
-    if spans.len() != batch {
-        return shape_err(op, format!("{} sequences for a batch of {batch}", spans.len()));
-    }
-    let mut sorted = spans.to_vec();
-    sorted.sort_unstable();
-    let mut end = 0;
-    for &(s, l) in &sorted {
-        if s < end || s + l > rows {
-            return shape_err(
-                op,
-                format!("sequences (start, length) {spans:?} overlap or run past the {rows} rows"),
-            );
-        }
-        end = s + l;
-    }
-    Ok(())
 }
 
 /// Query rows per tile: a tile of rows r0..r1 needs only keys 0..r1 (causal), so tiling skips
@@ -149,7 +99,7 @@ pub fn attention_fwd<T: Real>(
     spans: &[(usize, usize)], // (B) (start, len)
 ) -> Result<AttnOut<T>> {
     // The blocks below write through raw pointers at offsets from `d` and `spans`: check first.
-    check_dims("attention", d, q.len(), k.len(), v.len(), spans)?;
+    check::attention("attention", d, q.len(), k.len(), v.len(), spans)?;
     let AttnDims { q_heads: hq, kv_heads: hkv, head_dim: dh, .. } = *d;
     let group = hq / hkv;
     let scale = T::from_f64(d.scale);
@@ -192,7 +142,7 @@ pub fn attention_bwd<T: Real>(
     dout: &[T],               // (N, Hq, D)
 ) -> Result<AttnGrads<T>> {
     const OP: &str = "attention backward";
-    check_dims(OP, d, q.len(), k.len(), v.len(), spans)?;
+    check::attention(OP, d, q.len(), k.len(), v.len(), spans)?;
     need(OP, "out", out.len(), q.len())?;
     need(OP, "dout", dout.len(), q.len())?;
     need(OP, "lse", lse.len(), d.rows * d.q_heads)?;
@@ -265,47 +215,6 @@ fn dot<T: Real>(a: &[T], b: &[T]) -> T {
     a.iter().zip(b).map(|(&x, &y)| x * y).sum()
 }
 
-/// An error unless q, the caches and the row indices fit `d`.
-fn check_cached_dims(
-    op: &'static str,
-    d: &CachedAttnDims,
-    q: usize,
-    k_cache: usize,
-    v_cache: usize,
-    seq: &[u32],
-    pos: &[u32],
-) -> Result<()> {
-    let CachedAttnDims { rows, batch, capacity, q_heads, kv_heads, head_dim, .. } = *d;
-    check_heads(op, q_heads, kv_heads, head_dim)?;
-    if q != rows * q_heads * head_dim || seq.len() != rows || pos.len() != rows {
-        return shape_err(
-            op,
-            format!(
-                "q of {q} elements, {} sequence and {} position indices for {rows} rows",
-                seq.len(),
-                pos.len()
-            ),
-        );
-    }
-    let cache = batch * capacity * kv_heads * head_dim;
-    if k_cache != cache || v_cache != cache {
-        return shape_err(
-            op,
-            format!("caches of {k_cache} and {v_cache} elements, expected {batch}×{capacity}×{kv_heads}×{head_dim}"),
-        );
-    }
-    if let Some(i) = (0..rows).find(|&i| seq[i] as usize >= batch || pos[i] as usize >= capacity) {
-        return shape_err(
-            op,
-            format!(
-                "row {i} is at position {} of sequence {}: the cache holds {batch} sequences of {capacity} positions",
-                pos[i], seq[i]
-            ),
-        );
-    }
-    Ok(())
-}
-
 /// Each new query row attends to its own sequence's cached positions 0..=pos (the keys and values
 /// of the new rows are already in the cache), with the same math as `attention_fwd`.
 pub fn attention_cached_fwd<T: Real>(
@@ -316,7 +225,7 @@ pub fn attention_cached_fwd<T: Real>(
     seq: &[u32],   // (N)
     pos: &[u32],   // (N)
 ) -> Result<Vec<T>> /* (N, Hq, D) */ {
-    check_cached_dims("cached attention", d, q.len(), k_cache.len(), v_cache.len(), seq, pos)?;
+    check::cached_attention("cached attention", d, q.len(), k_cache.len(), v_cache.len(), seq, pos)?;
     let CachedAttnDims { capacity, q_heads: hq, kv_heads: hkv, head_dim: dh, .. } = *d;
     let group = hq / hkv;
     let scale = T::from_f64(d.scale);

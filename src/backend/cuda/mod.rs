@@ -7,6 +7,7 @@
 
 pub mod abi;
 mod adamw;
+mod attention;
 pub mod bandwidth;
 pub mod cross_entropy;
 mod device;

@@ -9,7 +9,7 @@ use super::linear_divergence::{
     LinearCrossEntropy, LinearCrossEntropyInputs, LinearDivergence, LinearDivergenceInputs,
 };
 use super::matmul::GemmElem;
-use super::{adamw, elementwise, embedding, grad_norm, layer_norm, rms_norm, rope};
+use super::{adamw, attention, elementwise, embedding, grad_norm, layer_norm, rms_norm, rope};
 use crate::backend::check;
 use crate::backend::contract::{BackendStorage, LinearLossOut, LossTarget, View};
 use crate::backend::ops::{
@@ -572,38 +572,76 @@ impl BackendStorage for CudaStorage {
 
     fn attention_fwd(
         q: View<'_, Self>,
-        _k: View<'_, Self>,
-        _v: View<'_, Self>,
-        _starts: View<'_, Self>,
-        _lengths: View<'_, Self>,
-        _d: &AttnDims,
+        k: View<'_, Self>,
+        v: View<'_, Self>,
+        starts: View<'_, Self>,
+        lengths: View<'_, Self>,
+        d: &AttnDims,
     ) -> Result<(Self, Self)> {
-        unsupported("attention", q.storage)
+        const OP: &str = "attention";
+        let dev = q.dev();
+        let seqs = attention::Sequences::read(dev, starts.typed(OP)?, lengths.typed(OP)?)?;
+        check::attention(OP, d, q.len, k.len, v.len, &seqs.spans)?;
+        float!(OP, same_float(OP, &[q, k, v])?, |T| {
+            let (out, lse) = attention::fwd::<T>(dev, d, &q.typed(OP)?, &k.typed(OP)?, &v.typed(OP)?, &seqs)?;
+            Ok((CudaStorage::new(dev, out), CudaStorage::new(dev, lse)))
+        })
     }
 
     fn attention_bwd(
         q: View<'_, Self>,
-        _k: View<'_, Self>,
-        _v: View<'_, Self>,
-        _starts: View<'_, Self>,
-        _lengths: View<'_, Self>,
-        _out: View<'_, Self>,
-        _lse: View<'_, Self>,
-        _dout: View<'_, Self>,
-        _d: &AttnDims,
+        k: View<'_, Self>,
+        v: View<'_, Self>,
+        starts: View<'_, Self>,
+        lengths: View<'_, Self>,
+        out: View<'_, Self>,
+        lse: View<'_, Self>,
+        dout: View<'_, Self>,
+        d: &AttnDims,
     ) -> Result<(Self, Self, Self)> {
-        unsupported("attention backward", q.storage)
+        const OP: &str = "attention backward";
+        let dev = q.dev();
+        let seqs = attention::Sequences::read(dev, starts.typed(OP)?, lengths.typed(OP)?)?;
+        check::attention(OP, d, q.len, k.len, v.len, &seqs.spans)?;
+        check::need(OP, "out", out.len, q.len)?;
+        check::need(OP, "dout", dout.len, q.len)?;
+        check::need(OP, "lse", lse.len, d.rows * d.q_heads)?;
+        let lse = lse.typed::<f32>(OP)?;
+        float!(OP, same_float(OP, &[q, k, v, out, dout])?, |T| {
+            let (o, g) = (out.typed::<T>(OP)?, dout.typed::<T>(OP)?);
+            let saved = attention::Saved { out: &o, lse: &lse, dout: &g };
+            let (dq, dk, dv) =
+                attention::bwd::<T>(dev, d, &q.typed(OP)?, &k.typed(OP)?, &v.typed(OP)?, &seqs, saved)?;
+            Ok((CudaStorage::new(dev, dq), CudaStorage::new(dev, dk), CudaStorage::new(dev, dv)))
+        })
     }
 
     fn attention_cached_fwd(
         q: View<'_, Self>,
-        _k_cache: View<'_, Self>,
-        _v_cache: View<'_, Self>,
-        _seq: View<'_, Self>,
-        _pos: View<'_, Self>,
-        _d: &CachedAttnDims,
+        k_cache: View<'_, Self>,
+        v_cache: View<'_, Self>,
+        seq: View<'_, Self>,
+        pos: View<'_, Self>,
+        d: &CachedAttnDims,
     ) -> Result<Self> {
-        unsupported("cached attention (generation)", q.storage)
+        const OP: &str = "cached attention";
+        let dev = q.dev();
+        let (seq, pos) = (seq.typed::<u32>(OP)?, pos.typed::<u32>(OP)?);
+        // The indices are read back and checked before the kernel reads the cache through them.
+        let host = |x: &CudaView<'_, u32>| dev.stream().clone_dtoh(x).map_err(cuda_err(OP));
+        check::cached_attention(OP, d, q.len, k_cache.len, v_cache.len, &host(&seq)?, &host(&pos)?)?;
+        float!(OP, same_float(OP, &[q, k_cache, v_cache])?, |T| {
+            let out = attention::cached_fwd::<T>(
+                dev,
+                d,
+                &q.typed(OP)?,
+                &k_cache.typed(OP)?,
+                &v_cache.typed(OP)?,
+                &seq,
+                &pos,
+            )?;
+            Ok(CudaStorage::new(dev, out))
+        })
     }
 
     fn gelu_fwd(x: View<'_, Self>) -> Result<Self> {
