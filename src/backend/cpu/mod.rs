@@ -102,18 +102,7 @@ impl BackendStorage for CpuStorage {
     }
 
     fn copy_strided(&self, layout: &Layout) -> Result<Self> {
-        let n = layout.shape().numel();
-        if n > 0 {
-            let last = layout.offset()
-                + layout
-                    .shape()
-                    .dims()
-                    .iter()
-                    .zip(layout.strides())
-                    .map(|(&d, &s)| (d - 1) * s)
-                    .sum::<usize>();
-            check_range("copy_strided", self.len(), layout.offset(), last + 1 - layout.offset())?;
-        }
+        check::strided("copy_strided", CpuStorage::len(self), layout)?;
         Ok(with_elem!(self, |v: T| T::wrap(layout.storage_indices().map(|i| v[i]).collect())))
     }
 
@@ -164,12 +153,9 @@ impl BackendStorage for CpuStorage {
 
     fn copy_rows_in(&mut self, width: usize, rows: View<'_, Self>, src: View<'_, Self>) -> Result<()> {
         const OP: &str = "copy_rows";
+        let total = check::copy_rows(CpuStorage::len(self), width, rows.len, src.len)?;
+        check::rows_in_range(OP, rows.typed::<u32>(OP)?, total)?;
         let idx = indices(OP, rows)?;
-        need(OP, "source", src.len, idx.len() * width)?;
-        let total = rows_of(OP, CpuStorage::len(self), width)?;
-        if let Some(&bad) = idx.iter().find(|&&r| r >= total) {
-            return shape_err(OP, format!("row {bad} of a storage of {total} rows"));
-        }
         with_elem!(src.storage, |_s: T| {
             let s = src.typed::<T>(OP)?;
             let d = typed_mut::<T>(OP, self, 0, total * width)?;
@@ -418,13 +404,13 @@ impl BackendStorage for CpuStorage {
 
     fn gelu_bwd(x: View<'_, Self>, dy: View<'_, Self>) -> Result<Self> {
         const OP: &str = "gelu backward";
-        need(OP, "dy", dy.len, x.len)?;
+        check::elementwise(OP, x.len, &[("dy", dy.len)])?;
         real!(OP, same_dtype(OP, &[x, dy])?, |T| Ok(wrap(gelu::gelu_bwd::<T>(x.typed(OP)?, dy.typed(OP)?))))
     }
 
     fn swiglu_fwd(gate: View<'_, Self>, up: View<'_, Self>) -> Result<Self> {
         const OP: &str = "swiglu";
-        need(OP, "up", up.len, gate.len)?;
+        check::elementwise(OP, gate.len, &[("up", up.len)])?;
         real!(OP, same_dtype(OP, &[gate, up])?, |T| {
             Ok(wrap(swiglu::swiglu_fwd::<T>(gate.typed(OP)?, up.typed(OP)?)))
         })
@@ -432,8 +418,7 @@ impl BackendStorage for CpuStorage {
 
     fn swiglu_bwd(gate: View<'_, Self>, up: View<'_, Self>, dy: View<'_, Self>) -> Result<(Self, Self)> {
         const OP: &str = "swiglu backward";
-        need(OP, "up", up.len, gate.len)?;
-        need(OP, "dy", dy.len, gate.len)?;
+        check::elementwise(OP, gate.len, &[("up", up.len), ("dy", dy.len)])?;
         real!(OP, same_dtype(OP, &[gate, up, dy])?, |T| {
             let (dg, du) = swiglu::swiglu_bwd::<T>(gate.typed(OP)?, up.typed(OP)?, dy.typed(OP)?);
             Ok((wrap(dg), wrap(du)))
@@ -442,19 +427,13 @@ impl BackendStorage for CpuStorage {
 
     fn narrow_cols_fwd(x: View<'_, Self>, width: usize, start: usize, len: usize) -> Result<Self> {
         const OP: &str = "narrow_cols";
-        if start + len > width {
-            return shape_err(OP, format!("columns {start}..{} of {width}", start + len));
-        }
-        rows_of(OP, x.len, width)?;
+        check::narrow_cols(OP, x.len, width, start, len, false)?;
         real!(OP, x.dtype(), |T| Ok(wrap(narrow::narrow_cols_fwd::<T>(x.typed(OP)?, width, start, len))))
     }
 
     fn narrow_cols_bwd(dy: View<'_, Self>, width: usize, start: usize, len: usize) -> Result<Self> {
         const OP: &str = "narrow_cols backward";
-        if start + len > width {
-            return shape_err(OP, format!("columns {start}..{} of {width}", start + len));
-        }
-        rows_of(OP, dy.len, len)?;
+        check::narrow_cols(OP, dy.len, width, start, len, true)?;
         real!(OP, dy.dtype(), |T| Ok(wrap(narrow::narrow_cols_bwd::<T>(dy.typed(OP)?, width, start, len))))
     }
 

@@ -6,10 +6,12 @@
 //! returns `Error::NoCuda` with the reason; nothing here panics for lack of a GPU.
 
 pub mod abi;
+mod activation;
 pub mod bandwidth;
 mod device;
 pub mod divergence;
 pub mod divergence_unfused;
+mod copy;
 mod elementwise;
 mod layer_norm;
 mod linear;
