@@ -79,11 +79,6 @@ pub(super) fn strided(op: &'static str, len: usize, layout: &Layout) -> Result<(
     }
 }
 
-/// The fused residual add and norm: x and r (rows, cols) of one size → rows.
-pub(super) fn add_norm(op: &'static str, x: usize, r: usize) -> Result<()> {
-    need(op, "residual", r, x)
-}
-
 pub(super) fn linear_fwd(d: &LinearDims, x: usize, w: usize, b: Option<usize>) -> Result<()> {
     const OP: &str = "linear";
     need(OP, "x", x, d.n * d.d_in)?;

@@ -284,6 +284,46 @@ impl BackendStorage for CpuStorage {
         })
     }
 
+    fn add_rms_norm_fwd(
+        x: View<'_, Self>,
+        r: View<'_, Self>,
+        w: View<'_, Self>,
+        cols: usize,
+        eps: f64,
+    ) -> Result<(Self, Self, Self)> {
+        const OP: &str = "add_rms_norm";
+        need(OP, "residual", r.len, x.len)?;
+        check::rms_norm_fwd(x.len, w.len, cols)?;
+        real!(OP, same_dtype(OP, &[x, r, w])?, |T| {
+            let (sum, o) = rms_norm::add_rms_norm_fwd::<T>(x.typed(OP)?, r.typed(OP)?, w.typed(OP)?, cols, eps);
+            Ok((wrap(sum), wrap(o.y), wrap(o.rstd)))
+        })
+    }
+
+    fn add_rms_norm_bwd(
+        sum: View<'_, Self>,
+        w: View<'_, Self>,
+        rstd: View<'_, Self>,
+        dy: View<'_, Self>,
+        dsum: View<'_, Self>,
+        cols: usize,
+    ) -> Result<(Self, Self)> {
+        const OP: &str = "add_rms_norm backward";
+        check::rms_norm_bwd(sum.len, w.len, rstd.len, dy.len, cols)?;
+        need(OP, "dsum", dsum.len, sum.len)?;
+        real!(OP, same_dtype(OP, &[sum, w, rstd, dy, dsum])?, |T| {
+            let g = rms_norm::add_rms_norm_bwd::<T>(
+                sum.typed(OP)?,
+                w.typed(OP)?,
+                rstd.typed(OP)?,
+                dy.typed(OP)?,
+                dsum.typed(OP)?,
+                cols,
+            );
+            Ok((wrap(g.dx), wrap(g.dw)))
+        })
+    }
+
     fn layer_norm_fwd(
         x: View<'_, Self>,
         w: View<'_, Self>,
@@ -316,6 +356,57 @@ impl BackendStorage for CpuStorage {
                 mean.typed(OP)?,
                 rstd.typed(OP)?,
                 dy.typed(OP)?,
+                cols,
+            );
+            let db = g.db.ok_or_else(|| Error::Msg("internal: layer_norm_bwd returned no db".into()))?;
+            Ok((wrap(g.dx), wrap(g.dw), wrap(db)))
+        })
+    }
+
+    fn add_layer_norm_fwd(
+        x: View<'_, Self>,
+        r: View<'_, Self>,
+        w: View<'_, Self>,
+        b: View<'_, Self>,
+        cols: usize,
+        eps: f64,
+    ) -> Result<(Self, Self, Self, Self)> {
+        const OP: &str = "add_layer_norm";
+        need(OP, "residual", r.len, x.len)?;
+        check::layer_norm_fwd(x.len, w.len, b.len, cols)?;
+        real!(OP, same_dtype(OP, &[x, r, w, b])?, |T| {
+            let (sum, o) = layer_norm::add_layer_norm_fwd::<T>(
+                x.typed(OP)?,
+                r.typed(OP)?,
+                w.typed(OP)?,
+                b.typed(OP)?,
+                cols,
+                eps,
+            );
+            Ok((wrap(sum), wrap(o.y), wrap(o.mean), wrap(o.rstd)))
+        })
+    }
+
+    fn add_layer_norm_bwd(
+        sum: View<'_, Self>,
+        w: View<'_, Self>,
+        mean: View<'_, Self>,
+        rstd: View<'_, Self>,
+        dy: View<'_, Self>,
+        dsum: View<'_, Self>,
+        cols: usize,
+    ) -> Result<(Self, Self, Self)> {
+        const OP: &str = "add_layer_norm backward";
+        check::layer_norm_bwd(sum.len, w.len, mean.len, rstd.len, dy.len, cols)?;
+        need(OP, "dsum", dsum.len, sum.len)?;
+        real!(OP, same_dtype(OP, &[sum, w, mean, rstd, dy, dsum])?, |T| {
+            let g = layer_norm::add_layer_norm_bwd::<T>(
+                sum.typed(OP)?,
+                w.typed(OP)?,
+                mean.typed(OP)?,
+                rstd.typed(OP)?,
+                dy.typed(OP)?,
+                dsum.typed(OP)?,
                 cols,
             );
             let db = g.db.ok_or_else(|| Error::Msg("internal: layer_norm_bwd returned no db".into()))?;

@@ -485,6 +485,52 @@ impl BackendStorage for CudaStorage {
                 &w.typed(OP)?,
                 &rstd.typed::<f32>(OP)?,
                 &dy.typed(OP)?,
+                None,
+                rows,
+                cols,
+            )?;
+            Ok((CudaStorage::new(dev, dx), CudaStorage::new(dev, dw)))
+        })
+    }
+
+    fn add_rms_norm_fwd(
+        x: View<'_, Self>,
+        r: View<'_, Self>,
+        w: View<'_, Self>,
+        cols: usize,
+        eps: f64,
+    ) -> Result<(Self, Self, Self)> {
+        const OP: &str = "add_rms_norm";
+        check::need(OP, "residual", r.len, x.len)?;
+        let rows = indexable(OP, check::rms_norm_fwd(x.len, w.len, cols)?, cols)?;
+        let dev = x.dev();
+        float!(OP, same_float(OP, &[x, r, w])?, |T| {
+            let (sum, y, rstd) =
+                rms_norm::add_fwd::<T>(dev, &x.typed(OP)?, &r.typed(OP)?, &w.typed(OP)?, rows, cols, eps as f32)?;
+            Ok((CudaStorage::new(dev, sum), CudaStorage::new(dev, y), CudaStorage::new(dev, rstd)))
+        })
+    }
+
+    fn add_rms_norm_bwd(
+        sum: View<'_, Self>,
+        w: View<'_, Self>,
+        rstd: View<'_, Self>,
+        dy: View<'_, Self>,
+        dsum: View<'_, Self>,
+        cols: usize,
+    ) -> Result<(Self, Self)> {
+        const OP: &str = "add_rms_norm backward";
+        let rows = indexable(OP, check::rms_norm_bwd(sum.len, w.len, rstd.len, dy.len, cols)?, cols)?;
+        check::need(OP, "dsum", dsum.len, sum.len)?;
+        let dev = sum.dev();
+        float!(OP, same_float(OP, &[sum, w, dy, dsum])?, |T| {
+            let (dx, dw) = rms_norm::bwd::<T>(
+                dev,
+                &sum.typed(OP)?,
+                &w.typed(OP)?,
+                &rstd.typed::<f32>(OP)?,
+                &dy.typed(OP)?,
+                Some(&dsum.typed(OP)?),
                 rows,
                 cols,
             )?;
@@ -536,6 +582,65 @@ impl BackendStorage for CudaStorage {
                 &mean.typed::<f32>(OP)?,
                 &rstd.typed::<f32>(OP)?,
                 &dy.typed(OP)?,
+                None,
+                rows,
+                cols,
+            )?;
+            Ok((CudaStorage::new(dev, dx), CudaStorage::new(dev, dw), CudaStorage::new(dev, db)))
+        })
+    }
+
+    fn add_layer_norm_fwd(
+        x: View<'_, Self>,
+        r: View<'_, Self>,
+        w: View<'_, Self>,
+        b: View<'_, Self>,
+        cols: usize,
+        eps: f64,
+    ) -> Result<(Self, Self, Self, Self)> {
+        const OP: &str = "add_layer_norm";
+        check::need(OP, "residual", r.len, x.len)?;
+        let rows = indexable(OP, check::layer_norm_fwd(x.len, w.len, b.len, cols)?, cols)?;
+        let dev = x.dev();
+        float!(OP, same_float(OP, &[x, r, w, b])?, |T| {
+            let (sum, y, mean, rstd) = layer_norm::add_fwd::<T>(
+                dev,
+                &x.typed(OP)?,
+                &r.typed(OP)?,
+                &w.typed(OP)?,
+                &b.typed(OP)?,
+                rows,
+                cols,
+                eps as f32,
+            )?;
+            let s = |x| CudaStorage::new(dev, x);
+            Ok((s(sum), s(y), CudaStorage::new(dev, mean), CudaStorage::new(dev, rstd)))
+        })
+    }
+
+    fn add_layer_norm_bwd(
+        sum: View<'_, Self>,
+        w: View<'_, Self>,
+        mean: View<'_, Self>,
+        rstd: View<'_, Self>,
+        dy: View<'_, Self>,
+        dsum: View<'_, Self>,
+        cols: usize,
+    ) -> Result<(Self, Self, Self)> {
+        const OP: &str = "add_layer_norm backward";
+        let rows =
+            indexable(OP, check::layer_norm_bwd(sum.len, w.len, mean.len, rstd.len, dy.len, cols)?, cols)?;
+        check::need(OP, "dsum", dsum.len, sum.len)?;
+        let dev = sum.dev();
+        float!(OP, same_float(OP, &[sum, w, dy, dsum])?, |T| {
+            let (dx, dw, db) = layer_norm::bwd::<T>(
+                dev,
+                &sum.typed(OP)?,
+                &w.typed(OP)?,
+                &mean.typed::<f32>(OP)?,
+                &rstd.typed::<f32>(OP)?,
+                &dy.typed(OP)?,
+                Some(&dsum.typed(OP)?),
                 rows,
                 cols,
             )?;
