@@ -70,9 +70,10 @@ pub(super) fn strided(op: &'static str, len: usize, layout: &Layout) -> Result<(
     if dims.contains(&0) {
         return Ok(());
     }
-    let last = dims.iter().zip(layout.strides()).try_fold(layout.offset(), |acc, (&d, &s)| {
-        (d - 1).checked_mul(s).and_then(|x| acc.checked_add(x))
-    });
+    let last = dims
+        .iter()
+        .zip(layout.strides())
+        .try_fold(layout.offset(), |acc, (&d, &s)| (d - 1).checked_mul(s).and_then(|x| acc.checked_add(x)));
     match last {
         Some(last) if last < len => Ok(()),
         _ => shape_err(op, format!("a view of shape {} reaches past a storage of {len}", layout.shape())),

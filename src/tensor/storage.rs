@@ -385,7 +385,9 @@ impl Storage {
         cols: usize,
         eps: f64,
     ) -> Result<(Storage, Storage, Storage, Storage)> {
-        dispatch!("add_layer_norm", [x, r, w, b], |B, v| B::add_layer_norm_fwd(v[0], v[1], v[2], v[3], cols, eps))
+        dispatch!("add_layer_norm", [x, r, w, b], |B, v| B::add_layer_norm_fwd(
+            v[0], v[1], v[2], v[3], cols, eps
+        ))
     }
 
     #[allow(clippy::too_many_arguments)]

@@ -83,7 +83,13 @@ pub fn add_layer_norm_fwd<T: Real>(
     cols: usize,
     eps: f64,
 ) -> (Vec<T>, NormOut<T>) {
-    assert_eq!(r.len(), x.len(), "add_layer_norm_fwd: residual has {} elements, expected {}", r.len(), x.len());
+    assert_eq!(
+        r.len(),
+        x.len(),
+        "add_layer_norm_fwd: residual has {} elements, expected {}",
+        r.len(),
+        x.len()
+    );
     let sum: Vec<T> = x.iter().zip(r).map(|(&a, &b)| a + b).collect();
     let out = layer_norm_fwd(&sum, w, b, cols, eps);
     (sum, out)

@@ -295,7 +295,8 @@ impl BackendStorage for CpuStorage {
         need(OP, "residual", r.len, x.len)?;
         check::rms_norm_fwd(x.len, w.len, cols)?;
         real!(OP, same_dtype(OP, &[x, r, w])?, |T| {
-            let (sum, o) = rms_norm::add_rms_norm_fwd::<T>(x.typed(OP)?, r.typed(OP)?, w.typed(OP)?, cols, eps);
+            let (sum, o) =
+                rms_norm::add_rms_norm_fwd::<T>(x.typed(OP)?, r.typed(OP)?, w.typed(OP)?, cols, eps);
             Ok((wrap(sum), wrap(o.y), wrap(o.rstd)))
         })
     }

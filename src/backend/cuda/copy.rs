@@ -79,7 +79,10 @@ pub fn narrow_cols_fwd<T: CudaElem>(
 ) -> Result<CudaSlice<T>> {
     const OP: &str = "narrow_cols (cuda)";
     if x.len() != rows * width || start + len > width {
-        return shape_err(OP, format!("columns {start}..{} of {} elements in rows of {width}", start + len, x.len()));
+        return shape_err(
+            OP,
+            format!("columns {start}..{} of {} elements in rows of {width}", start + len, x.len()),
+        );
     }
     // SAFETY: the kernel writes every element of the (rows, len) output.
     let mut y = unsafe { dev.alloc_of::<T>(rows * len, OP)? };
@@ -118,7 +121,10 @@ pub fn narrow_cols_bwd<T: CudaElem>(
 ) -> Result<CudaSlice<T>> {
     const OP: &str = "narrow_cols backward (cuda)";
     if dy.len() != rows * len || start + len > width {
-        return shape_err(OP, format!("columns {start}..{} of {width} from {} elements", start + len, dy.len()));
+        return shape_err(
+            OP,
+            format!("columns {start}..{} of {width} from {} elements", start + len, dy.len()),
+        );
     }
     // SAFETY: the kernel writes every element of the (rows, width) output.
     let mut dx = unsafe { dev.alloc_of::<T>(rows * width, OP)? };

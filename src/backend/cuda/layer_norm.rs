@@ -37,7 +37,8 @@ pub fn add_fwd<T: CudaElem>(
     eps: f32,
 ) -> Result<(CudaSlice<T>, CudaSlice<T>, CudaSlice<f32>, CudaSlice<f32>)> {
     let o = launch_fwd(dev, x, Some(r), w, b, rows, cols, eps)?;
-    let sum = o.sum.ok_or_else(|| crate::error::Error::Msg("internal: add_layer_norm wrote no sum".into()))?;
+    let sum =
+        o.sum.ok_or_else(|| crate::error::Error::Msg("internal: add_layer_norm wrote no sum".into()))?;
     Ok((sum, o.y, o.mean, o.rstd))
 }
 

@@ -8,10 +8,10 @@
 pub mod abi;
 mod activation;
 pub mod bandwidth;
+mod copy;
 mod device;
 pub mod divergence;
 pub mod divergence_unfused;
-mod copy;
 mod elementwise;
 mod layer_norm;
 mod linear;

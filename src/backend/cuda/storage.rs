@@ -505,8 +505,15 @@ impl BackendStorage for CudaStorage {
         let rows = indexable(OP, check::rms_norm_fwd(x.len, w.len, cols)?, cols)?;
         let dev = x.dev();
         float!(OP, same_float(OP, &[x, r, w])?, |T| {
-            let (sum, y, rstd) =
-                rms_norm::add_fwd::<T>(dev, &x.typed(OP)?, &r.typed(OP)?, &w.typed(OP)?, rows, cols, eps as f32)?;
+            let (sum, y, rstd) = rms_norm::add_fwd::<T>(
+                dev,
+                &x.typed(OP)?,
+                &r.typed(OP)?,
+                &w.typed(OP)?,
+                rows,
+                cols,
+                eps as f32,
+            )?;
             Ok((CudaStorage::new(dev, sum), CudaStorage::new(dev, y), CudaStorage::new(dev, rstd)))
         })
     }
@@ -732,7 +739,10 @@ impl BackendStorage for CudaStorage {
         let rows = check::narrow_cols(OP, x.len, width, start, len, false)?;
         let dev = x.dev();
         float!(OP, x.dtype(), |T| {
-            Ok(CudaStorage::new(dev, copy::narrow_cols_fwd::<T>(dev, &x.typed(OP)?, rows, width, start, len)?))
+            Ok(CudaStorage::new(
+                dev,
+                copy::narrow_cols_fwd::<T>(dev, &x.typed(OP)?, rows, width, start, len)?,
+            ))
         })
     }
 
@@ -741,7 +751,10 @@ impl BackendStorage for CudaStorage {
         let rows = check::narrow_cols(OP, dy.len, width, start, len, true)?;
         let dev = dy.dev();
         float!(OP, dy.dtype(), |T| {
-            Ok(CudaStorage::new(dev, copy::narrow_cols_bwd::<T>(dev, &dy.typed(OP)?, rows, width, start, len)?))
+            Ok(CudaStorage::new(
+                dev,
+                copy::narrow_cols_bwd::<T>(dev, &dy.typed(OP)?, rows, width, start, len)?,
+            ))
         })
     }
 
