@@ -1,23 +1,38 @@
 // LayerNorm over the last dimension, forward and backward, f32 and bf16:
 //   y = (x − mean) · rstd · w + b,  rstd = 1/sqrt(var + eps)  (biased variance)
+// and the same fused with the residual add before it (add_layer_norm): sum = x + r is written (the
+// residual stream, rounded to T) and normalized; its backward adds the gradient of sum to dx.
 // Statistics in fp32; mean and rstd are saved in fp32 for the backward (norm_backward.cuh). One
 // warp per row.
 #include "norm_backward.cuh"
 
+// With a residual `r`, the input is sum = x + r, written to `sum` and read back as rounded there.
 template <typename T>
 __device__ void layer_norm_fwd(const T *x,      // (rows, cols)
-                              const T *w,      // (cols)
-                              const T *b,      // (cols)
-                              T *y,            // (rows, cols)
-                              float *mean_out, // (rows)
-                              float *rstd_out, // (rows)
-                              gkd_norm_params p) {
+                               const T *r,      // (rows, cols) or null
+                               T *sum,          // (rows, cols), written when r is not null
+                               const T *w,      // (cols)
+                               const T *b,      // (cols)
+                               T *y,            // (rows, cols)
+                               float *mean_out, // (rows)
+                               float *rstd_out, // (rows)
+                               gkd_norm_params p) {
     const int lane = threadIdx.x & 31;
     const long row = (long)blockIdx.x * ROWS_PER_BLOCK + (threadIdx.x >> 5);
     if (row >= p.rows) return;
     const T *xr = x + row * p.cols;
     float s = 0.0f;
-    for (int c = lane; c < p.cols; c += 32) s += load_f32(xr, c);
+    if (r) {
+        const T *rr = r + row * p.cols;
+        T *sr = sum + row * p.cols;
+        for (int c = lane; c < p.cols; c += 32) {
+            store_f32(sr, c, load_f32(xr, c) + load_f32(rr, c));
+            s += load_f32(sr, c);
+        }
+        xr = sr;
+    } else {
+        for (int c = lane; c < p.cols; c += 32) s += load_f32(xr, c);
+    }
     const float m = warp_sum(s) / p.cols;
     float v = 0.0f;
     for (int c = lane; c < p.cols; c += 32) {
@@ -40,12 +55,23 @@ __device__ void layer_norm_fwd(const T *x,      // (rows, cols)
 #define LAYER_NORM_KERNELS(T, SUF)                                                                 \
     extern "C" __global__ void layer_norm_fwd_##SUF(const T *x, const T *w, const T *b, T *y,     \
                                                     float *mean, float *rstd, gkd_norm_params p) {\
-        layer_norm_fwd<T>(x, w, b, y, mean, rstd, p);                                             \
+        layer_norm_fwd<T>(x, nullptr, nullptr, w, b, y, mean, rstd, p);                           \
+    }                                                                                             \
+    extern "C" __global__ void add_layer_norm_fwd_##SUF(const T *x, const T *r, const T *w,       \
+                                                        const T *b, T *sum, T *y, float *mean,    \
+                                                        float *rstd, gkd_norm_params p) {         \
+        layer_norm_fwd<T>(x, r, sum, w, b, y, mean, rstd, p);                                     \
     }                                                                                             \
     extern "C" __global__ void layer_norm_bwd_dx_##SUF(const T *x, const T *w, const float *mean, \
                                                        const float *rstd, const T *dy, T *dx,     \
                                                        gkd_norm_params p) {                       \
-        norm_bwd_dx<T>(x, w, mean, rstd, dy, dx, p);                                              \
+        norm_bwd_dx<T>(x, w, mean, rstd, dy, nullptr, dx, p);                                     \
+    }                                                                                             \
+    extern "C" __global__ void add_layer_norm_bwd_dx_##SUF(const T *sum, const T *w,              \
+                                                           const float *mean, const float *rstd,  \
+                                                           const T *dy, const T *dsum, T *dx,     \
+                                                           gkd_norm_params p) {                   \
+        norm_bwd_dx<T>(sum, w, mean, rstd, dy, dsum, dx, p);                                      \
     }                                                                                             \
     extern "C" __global__ void layer_norm_bwd_wgrad_##SUF(const T *x, const float *mean,          \
                                                           const float *rstd, const T *dy,         \

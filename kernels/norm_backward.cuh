@@ -1,4 +1,5 @@
-// The backward of both norms over the last dimension (rms_norm.cu, layer_norm.cu), with x̂ the
+// The backward of both norms over the last dimension (rms_norm.cu, layer_norm.cu, and their fused
+// residual add: x is then the sum the forward wrote), with x̂ the
 // normalized input and g = dy · w:
 //   LayerNorm: dx = rstd · (g − mean(g) − x̂ · mean(g · x̂))
 //   RMSNorm:   dx = rstd · (g − x̂ · mean(g · x̂))            (`mean` null: x̂ = x · rstd)
@@ -12,10 +13,18 @@
 
 #define ROWS_PER_BLOCK 8  // warps per 256-thread block, one row each
 
-// dx for both norms: `mean` is null for RMSNorm (x̂ = x · rstd, no mean(g) term).
+// dx for both norms: `mean` is null for RMSNorm (x̂ = x · rstd, no mean(g) term). With `dres`
+// (the gradient of the residual sum a fused add+norm also returns), dx = the norm's dx + dres: the
+// gradient of both addends.
 template <typename T>
-__device__ void norm_bwd_dx(const T *x, const T *w, const float *mean, const float *rstd,
-                            const T *dy, T *dx, gkd_norm_params p) {
+__device__ void norm_bwd_dx(const T *x,      // (rows, cols)
+                            const T *w,      // (cols)
+                            const float *mean, // (rows) or null
+                            const float *rstd, // (rows)
+                            const T *dy,     // (rows, cols)
+                            const T *dres,   // (rows, cols) or null
+                            T *dx,           // (rows, cols)
+                            gkd_norm_params p) {
     const int lane = threadIdx.x & 31;
     const long row = (long)blockIdx.x * ROWS_PER_BLOCK + (threadIdx.x >> 5);
     if (row >= p.rows) return;
@@ -32,10 +41,12 @@ __device__ void norm_bwd_dx(const T *x, const T *w, const float *mean, const flo
     const float mg = mean ? warp_sum(sg) / p.cols : 0.0f;
     const float mgx = warp_sum(sgx) / p.cols;
     T *dxr = dx + row * p.cols;
+    const T *drr = dres ? dres + row * p.cols : nullptr;
     for (int c = lane; c < p.cols; c += 32) {
         const float g = load_f32(dyr, c) * load_f32(w, c);
         const float xh = (load_f32(xr, c) - m) * rs;
-        store_f32(dxr, c, rs * (g - mg - xh * mgx));
+        const float d = rs * (g - mg - xh * mgx);
+        store_f32(dxr, c, drr ? d + load_f32(drr, c) : d);
     }
 }
 

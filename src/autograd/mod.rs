@@ -10,6 +10,8 @@
 //! `Tape::no_grad()` records nothing: every op runs its forward only, and an intermediate value is
 //! freed as soon as the caller drops its `Var` (the teacher's forward, scoring, generation).
 
+mod add_layer_norm;
+mod add_rms_norm;
 mod attention;
 mod checkpoint;
 mod embedding;
@@ -68,13 +70,28 @@ impl Var {
 
 /// Given d(loss)/d(output), the gradients with respect to each input (None: no gradient).
 type BackwardFn = Box<dyn FnOnce(&Tensor) -> Result<Vec<Option<Tensor>>> + Send>;
+/// The same for an op with several outputs: given each output's gradient (None: nothing used
+/// that output), the gradients with respect to each input.
+type MultiBackwardFn = Box<dyn FnOnce(Vec<Option<Tensor>>) -> Result<Vec<Option<Tensor>>> + Send>;
 
+enum Backward {
+    One(BackwardFn),
+    Many(MultiBackwardFn),
+}
+
+/// One output of an op (or a leaf). An op with k outputs takes k consecutive nodes: the first
+/// holds the inputs and the backward, the other k − 1 only stand for their outputs.
 struct Node {
     inputs: Vec<Option<usize>>,
     /// Each input's dtype: an intermediate's gradient comes back in it (a backend may return a
     /// gradient in its accumulation type, e.g. f32 for the rows gathered from bf16 hidden states).
     input_dtypes: Vec<DType>,
-    backward: Option<BackwardFn>,
+    /// A leaf (`Tape::leaf`): its gradient is a result, kept in the backend's accumulation type.
+    leaf: bool,
+    backward: Option<Backward>,
+    /// How many consecutive nodes from this one are outputs of its op (1 but for the first node
+    /// of a multi-output op).
+    outputs: usize,
 }
 
 pub struct Tape {
@@ -168,7 +185,13 @@ impl Tape {
             return Var::constant(value);
         }
         let node = self.next_node();
-        self.nodes.push(Node { inputs: vec![], input_dtypes: vec![], backward: None });
+        self.nodes.push(Node {
+            inputs: vec![],
+            input_dtypes: vec![],
+            leaf: true,
+            backward: None,
+            outputs: 1,
+        });
         Var { value, node: Some(node) }
     }
 
@@ -191,8 +214,54 @@ impl Tape {
         let input_dtypes = inputs.iter().map(|v| v.value().dtype()).collect();
         let inputs = inputs.iter().map(|v| v.node.map(|n| n.index)).collect();
         let node = self.next_node();
-        self.nodes.push(Node { inputs, input_dtypes, backward: Some(Box::new(backward)) });
+        self.nodes.push(Node {
+            inputs,
+            input_dtypes,
+            leaf: false,
+            backward: Some(Backward::One(Box::new(backward))),
+            outputs: 1,
+        });
         Var { value, node: Some(node) }
+    }
+
+    /// Records an op with several outputs (in order); its backward receives one gradient per
+    /// output, None for an output nothing downstream used, and runs once, when every output's
+    /// gradient is complete.
+    pub(crate) fn push_many(
+        &mut self,
+        values: Vec<Tensor>,
+        inputs: &[&Var],
+        backward: impl FnOnce(Vec<Option<Tensor>>) -> Result<Vec<Option<Tensor>>> + Send + 'static,
+    ) -> Vec<Var> {
+        if !self.needs_grad(inputs) || values.is_empty() {
+            return values.into_iter().map(Var::constant).collect();
+        }
+        self.foreign_input |= inputs.iter().any(|v| v.node.is_some_and(|n| n.tape != self.id));
+        let input_dtypes = inputs.iter().map(|v| v.value().dtype()).collect();
+        let inputs = inputs.iter().map(|v| v.node.map(|n| n.index)).collect();
+        let first = self.next_node();
+        let k = values.len();
+        self.nodes.push(Node {
+            inputs,
+            input_dtypes,
+            leaf: false,
+            backward: Some(Backward::Many(Box::new(backward))),
+            outputs: k,
+        });
+        for _ in 1..k {
+            self.nodes.push(Node {
+                inputs: vec![],
+                input_dtypes: vec![],
+                leaf: false,
+                backward: None,
+                outputs: 1,
+            });
+        }
+        values
+            .into_iter()
+            .enumerate()
+            .map(|(j, value)| Var { value, node: Some(NodeRef { tape: self.id, index: first.index + j }) })
+            .collect()
     }
 
     /// Backward from a scalar (one-element) output, seeded with 1.
@@ -231,8 +300,22 @@ impl Tape {
             let Some(backward) = node.backward.take() else { continue };
             // Taking the gradient frees intermediates as soon as they are used; leaves keep theirs
             // (they have no backward and are skipped above).
-            let Some(g) = grads[i].take() else { continue };
-            let input_grads = backward(&g)?;
+            let input_grads = match backward {
+                Backward::One(f) => {
+                    let Some(g) = grads[i].take() else { continue };
+                    f(&g)?
+                }
+                Backward::Many(f) => {
+                    // Outputs i..i + k: every consumer of them was recorded after them, so each
+                    // gradient is complete here (past `top`: the backward did not reach it).
+                    let g: Vec<Option<Tensor>> =
+                        (i..i + node.outputs).map(|j| grads.get_mut(j).and_then(Option::take)).collect();
+                    if g.iter().all(Option::is_none) {
+                        continue;
+                    }
+                    f(g)?
+                }
+            };
             if input_grads.len() != node.inputs.len() {
                 return Err(Error::Msg(format!(
                     "internal: backward of node {i} returned {} gradients for {} inputs",
@@ -245,7 +328,7 @@ impl Tape {
                 let (Some(inp), Some(mut ig)) = (inp, ig) else { continue };
                 // Leaves (parameters) keep the backend's accumulation type; an intermediate's
                 // gradient flows on in the intermediate's dtype.
-                if ig.dtype() != dtype && self.nodes[inp].backward.is_some() {
+                if ig.dtype() != dtype && !self.nodes[inp].leaf {
                     ig = ig.to_dtype(dtype)?;
                 }
                 grads[inp] = Some(match grads[inp].take() {

@@ -4,6 +4,7 @@
 
 use super::divergence::Divergence;
 use super::ops::{AttnDims, CachedAttnDims, LinearDims, LinearLossSpec, LossKind, LossSpec, RopeSpec};
+use super::Layout;
 use crate::error::{shape_err, Error, Result};
 
 pub(super) fn need(op: &'static str, what: &str, len: usize, want: usize) -> Result<()> {
@@ -46,6 +47,60 @@ pub(super) fn adamw(
 
 pub(super) fn add(a: usize, b: usize) -> Result<()> {
     need("add", "b", b, a)
+}
+
+/// An elementwise op over `n` elements: every other input (`what`, length) as long.
+pub(super) fn elementwise(op: &'static str, n: usize, others: &[(&str, usize)]) -> Result<()> {
+    others.iter().try_for_each(|&(what, len)| need(op, what, len, n))
+}
+
+/// Columns `start..start + len` of rows of `width`; `elements` of the input, rows of `width`
+/// (forward) or of `len` (backward) → rows.
+pub(super) fn narrow_cols(
+    op: &'static str,
+    elements: usize,
+    width: usize,
+    start: usize,
+    len: usize,
+    backward: bool,
+) -> Result<usize> {
+    if start.checked_add(len).is_none_or(|end| end > width) {
+        return shape_err(op, format!("columns {start}..{} of {width}", start.saturating_add(len)));
+    }
+    rows_of(op, elements, if backward { len } else { width })
+}
+
+/// The key/value cache's append: `n` row indices and a source of `n` rows of `width` into a
+/// storage of `dst` elements → the storage's rows.
+pub(super) fn copy_rows(dst: usize, width: usize, n: usize, src: usize) -> Result<usize> {
+    const OP: &str = "copy_rows";
+    let total = rows_of(OP, dst, width)?;
+    need(OP, "source", src, n * width)?;
+    Ok(total)
+}
+
+/// Every row index below `total`.
+pub(super) fn rows_in_range(op: &'static str, rows: &[u32], total: usize) -> Result<()> {
+    match rows.iter().find(|&&r| r as usize >= total) {
+        Some(bad) => shape_err(op, format!("row {bad} of a storage of {total} rows")),
+        None => Ok(()),
+    }
+}
+
+/// A (possibly strided) layout's elements all inside a storage of `len` elements.
+pub(super) fn strided(op: &'static str, len: usize, layout: &Layout) -> Result<()> {
+    let dims = layout.shape().dims();
+    if dims.contains(&0) {
+        return Ok(());
+    }
+    let last = dims
+        .iter()
+        .zip(layout.strides())
+        .try_fold(layout.offset(), |acc, (&d, &s)| (d - 1).checked_mul(s).and_then(|x| acc.checked_add(x)));
+    match last {
+        Some(last) if last < len => Ok(()),
+        _ => shape_err(op, format!("a view of shape {} reaches past a storage of {len}", layout.shape())),
+    }
 }
 
 pub(super) fn linear_fwd(d: &LinearDims, x: usize, w: usize, b: Option<usize>) -> Result<()> {

@@ -138,6 +138,25 @@ pub trait BackendStorage: Sized {
         dy: View<'_, Self>,
         cols: usize,
     ) -> Result<(Self, Self)>;
+    /// The residual add fused with RMSNorm: x, r (N, C), w (C) → (sum = x + r (N, C),
+    /// y = rms_norm(sum) (N, C), rstd (N))
+    fn add_rms_norm_fwd(
+        x: View<'_, Self>,
+        r: View<'_, Self>,
+        w: View<'_, Self>,
+        cols: usize,
+        eps: f64,
+    ) -> Result<(Self, Self, Self)>;
+    /// sum, dy and dsum (N, C) → (the norm's dx + dsum (N, C): the gradient of both x and r,
+    /// dw (C))
+    fn add_rms_norm_bwd(
+        sum: View<'_, Self>,
+        w: View<'_, Self>,
+        rstd: View<'_, Self>,
+        dy: View<'_, Self>,
+        dsum: View<'_, Self>,
+        cols: usize,
+    ) -> Result<(Self, Self)>;
     /// x (N, C), w (C), b (C) → (y (N, C), mean (N), rstd (N))
     fn layer_norm_fwd(
         x: View<'_, Self>,
@@ -153,6 +172,28 @@ pub trait BackendStorage: Sized {
         mean: View<'_, Self>,
         rstd: View<'_, Self>,
         dy: View<'_, Self>,
+        cols: usize,
+    ) -> Result<(Self, Self, Self)>;
+    /// The residual add fused with LayerNorm: x, r (N, C), w, b (C) → (sum = x + r (N, C),
+    /// y = layer_norm(sum) (N, C), mean (N), rstd (N))
+    fn add_layer_norm_fwd(
+        x: View<'_, Self>,
+        r: View<'_, Self>,
+        w: View<'_, Self>,
+        b: View<'_, Self>,
+        cols: usize,
+        eps: f64,
+    ) -> Result<(Self, Self, Self, Self)>;
+    /// sum, dy and dsum (N, C) → (the norm's dx + dsum (N, C): the gradient of both x and r,
+    /// dw (C), db (C))
+    #[allow(clippy::too_many_arguments)]
+    fn add_layer_norm_bwd(
+        sum: View<'_, Self>,
+        w: View<'_, Self>,
+        mean: View<'_, Self>,
+        rstd: View<'_, Self>,
+        dy: View<'_, Self>,
+        dsum: View<'_, Self>,
         cols: usize,
     ) -> Result<(Self, Self, Self)>;
     /// x (N, H·D), positions (N) u32 → (N, H·D)

@@ -61,21 +61,37 @@ pub(super) fn forward(m: &Model, tape: &mut Tape, p: &ParamVars, x: &mut Inputs)
     let positions = Tensor::from_u32(&x.positions, m.device())?;
     let pos = tape.embedding(&positions, var("transformer.wpe.weight")?)?;
     let mut hs = tape.add(&tok, &pos)?;
+    // The norm that reads the residual stream after layer l's MLP: layer l + 1's ln_1, or ln_f.
+    let norm_after = |l: usize| -> Result<(&Var, &Var)> {
+        if l + 1 < c.num_layers {
+            Ok((var(&layer(l + 1, "ln_1.weight"))?, var(&layer(l + 1, "ln_1.bias"))?))
+        } else {
+            Ok((var("transformer.ln_f.weight")?, var("transformer.ln_f.bias")?))
+        }
+    };
+    // Only the first norm stands alone: every later one is fused with the residual add before it
+    // (add_layer_norm returns the new residual stream and its norm).
+    let mut n = match c.num_layers {
+        0 => {
+            let (w, b) = (var("transformer.ln_f.weight")?, var("transformer.ln_f.bias")?);
+            return tape.layer_norm(&hs, w, b, eps);
+        }
+        _ => tape.layer_norm(&hs, var(&layer(0, "ln_1.weight"))?, var(&layer(0, "ln_1.bias"))?, eps)?,
+    };
     for l in 0..c.num_layers {
         let v = |rest: &str| var(&layer(l, rest));
-        let n = tape.layer_norm(&hs, v("ln_1.weight")?, v("ln_1.bias")?, eps)?;
         let qkv = tape.linear(&n, v("attn.c_attn.weight")?, Some(v("attn.c_attn.bias")?), IO)?;
         let q = tape.narrow_cols(&qkv, 0, h)?;
         let k = tape.narrow_cols(&qkv, h, h)?;
         let vv = tape.narrow_cols(&qkv, 2 * h, h)?;
         let a = attend(tape, x, l, c, &q, &k, &vv)?;
         let o = tape.linear(&a, v("attn.c_proj.weight")?, Some(v("attn.c_proj.bias")?), IO)?;
-        hs = tape.add(&hs, &o)?;
-        let n = tape.layer_norm(&hs, v("ln_2.weight")?, v("ln_2.bias")?, eps)?;
+        (hs, n) = tape.add_layer_norm(&hs, &o, v("ln_2.weight")?, v("ln_2.bias")?, eps)?;
         let f = tape.linear(&n, v("mlp.c_fc.weight")?, Some(v("mlp.c_fc.bias")?), IO)?;
         let f = tape.gelu(&f)?;
         let f = tape.linear(&f, v("mlp.c_proj.weight")?, Some(v("mlp.c_proj.bias")?), IO)?;
-        hs = tape.add(&hs, &f)?;
+        let (w, b) = norm_after(l)?;
+        (hs, n) = tape.add_layer_norm(&hs, &f, w, b, eps)?;
     }
-    tape.layer_norm(&hs, var("transformer.ln_f.weight")?, var("transformer.ln_f.bias")?, eps)
+    Ok(n)
 }

@@ -90,10 +90,24 @@ pub(super) fn forward(m: &Model, tape: &mut Tape, p: &ParamVars, x: &mut Inputs)
     let freqs = inv_freq(c);
     let positions = Tensor::from_u32(&x.positions, m.device())?;
     let mut h = tape.embedding(&x.ids, m.var(p, "model.embed_tokens.weight")?)?;
+    // The norm that reads the residual stream after layer l's MLP: layer l + 1's input norm, or
+    // the final one.
+    let norm_after = |l: usize| {
+        if l + 1 < c.num_layers {
+            m.var(p, &layer(l + 1, "input_layernorm.weight"))
+        } else {
+            m.var(p, "model.norm.weight")
+        }
+    };
+    // Only the first norm stands alone: every later one is fused with the residual add before it
+    // (add_rms_norm returns the new residual stream and its norm).
+    let mut n = match c.num_layers {
+        0 => return tape.rms_norm(&h, m.var(p, "model.norm.weight")?, eps),
+        _ => tape.rms_norm(&h, m.var(p, &layer(0, "input_layernorm.weight"))?, eps)?,
+    };
     for l in 0..c.num_layers {
         let v = |rest: &str| m.var(p, &layer(l, rest));
         let b = |name: &str| m.var_opt(p, &layer(l, &format!("{name}.bias")));
-        let n = tape.rms_norm(&h, v("input_layernorm.weight")?, eps)?;
         let q = tape.linear(&n, v("self_attn.q_proj.weight")?, b("self_attn.q_proj"), OI)?;
         let k = tape.linear(&n, v("self_attn.k_proj.weight")?, b("self_attn.k_proj"), OI)?;
         let vv = tape.linear(&n, v("self_attn.v_proj.weight")?, b("self_attn.v_proj"), OI)?;
@@ -101,13 +115,12 @@ pub(super) fn forward(m: &Model, tape: &mut Tape, p: &ParamVars, x: &mut Inputs)
         let k = tape.rope(&k, &positions, freqs.clone(), c.num_kv_heads)?;
         let a = attend(tape, x, l, c, &q, &k, &vv)?;
         let o = tape.linear(&a, v("self_attn.o_proj.weight")?, b("self_attn.o_proj"), OI)?;
-        h = tape.add(&h, &o)?;
-        let n = tape.rms_norm(&h, v("post_attention_layernorm.weight")?, eps)?;
+        (h, n) = tape.add_rms_norm(&h, &o, v("post_attention_layernorm.weight")?, eps)?;
         let g = tape.linear(&n, v("mlp.gate_proj.weight")?, b("mlp.gate_proj"), OI)?;
         let u = tape.linear(&n, v("mlp.up_proj.weight")?, b("mlp.up_proj"), OI)?;
         let f = tape.swiglu(&g, &u)?;
         let f = tape.linear(&f, v("mlp.down_proj.weight")?, b("mlp.down_proj"), OI)?;
-        h = tape.add(&h, &f)?;
+        (h, n) = tape.add_rms_norm(&h, &f, norm_after(l)?, eps)?;
     }
-    tape.rms_norm(&h, m.var(p, "model.norm.weight")?, eps)
+    Ok(n)
 }

@@ -87,6 +87,12 @@ impl<A: Lift, B: Lift, C: Lift> Lift for (A, B, C) {
         (self.0.lift(), self.1.lift(), self.2.lift())
     }
 }
+impl<A: Lift, B: Lift, C: Lift, D: Lift> Lift for (A, B, C, D) {
+    type Out = (A::Out, B::Out, C::Out, D::Out);
+    fn lift(self) -> Self::Out {
+        (self.0.lift(), self.1.lift(), self.2.lift(), self.3.lift())
+    }
+}
 impl<S: Lift<Out = Storage>> Lift for LinearLossOut<S> {
     type Out = LinearLossOut<Storage>;
     fn lift(self) -> Self::Out {
@@ -366,6 +372,57 @@ impl Storage {
     ) -> Result<(Storage, Storage, Storage)> {
         dispatch!("layer_norm backward", [x, w, mean, rstd, dy], |B, v| {
             B::layer_norm_bwd(v[0], v[1], v[2], v[3], v[4], cols)
+        })
+    }
+
+    pub fn add_rms_norm_fwd(
+        x: View<'_, Storage>,
+        r: View<'_, Storage>,
+        w: View<'_, Storage>,
+        cols: usize,
+        eps: f64,
+    ) -> Result<(Storage, Storage, Storage)> {
+        dispatch!("add_rms_norm", [x, r, w], |B, v| B::add_rms_norm_fwd(v[0], v[1], v[2], cols, eps))
+    }
+
+    pub fn add_rms_norm_bwd(
+        sum: View<'_, Storage>,
+        w: View<'_, Storage>,
+        rstd: View<'_, Storage>,
+        dy: View<'_, Storage>,
+        dsum: View<'_, Storage>,
+        cols: usize,
+    ) -> Result<(Storage, Storage)> {
+        dispatch!("add_rms_norm backward", [sum, w, rstd, dy, dsum], |B, v| {
+            B::add_rms_norm_bwd(v[0], v[1], v[2], v[3], v[4], cols)
+        })
+    }
+
+    pub fn add_layer_norm_fwd(
+        x: View<'_, Storage>,
+        r: View<'_, Storage>,
+        w: View<'_, Storage>,
+        b: View<'_, Storage>,
+        cols: usize,
+        eps: f64,
+    ) -> Result<(Storage, Storage, Storage, Storage)> {
+        dispatch!("add_layer_norm", [x, r, w, b], |B, v| B::add_layer_norm_fwd(
+            v[0], v[1], v[2], v[3], cols, eps
+        ))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub fn add_layer_norm_bwd(
+        sum: View<'_, Storage>,
+        w: View<'_, Storage>,
+        mean: View<'_, Storage>,
+        rstd: View<'_, Storage>,
+        dy: View<'_, Storage>,
+        dsum: View<'_, Storage>,
+        cols: usize,
+    ) -> Result<(Storage, Storage, Storage)> {
+        dispatch!("add_layer_norm backward", [sum, w, mean, rstd, dy, dsum], |B, v| {
+            B::add_layer_norm_bwd(v[0], v[1], v[2], v[3], v[4], v[5], cols)
         })
     }
 

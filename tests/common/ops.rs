@@ -90,6 +90,51 @@ pub fn layer_norm(rows: usize, cols: usize) -> Case {
 /// largest: 2e-3, with a factor 2 of room.
 const ROPE_TOL: Tol = Tol { f32: TOL.f32, bf16: 4e-3 };
 
+/// The residual add fused with RMSNorm. The closure returns sum + gelu(y), so that both outputs
+/// carry a gradient of their own (dsum = dout, dy = dout·gelu'(y)) into the fused backward;
+/// `y_only` returns y alone (the backward without dsum, as the model's last norm).
+pub fn add_rms_norm(rows: usize, cols: usize, y_only: bool) -> Case {
+    Case::new(
+        format!("add_rms_norm_{rows}x{cols}{}", if y_only { "_y" } else { "" }),
+        vec![
+            Input::normal("x", &[rows, cols], 0.5, 3.0, 27, true),
+            Input::normal("r", &[rows, cols], -0.3, 2.0, 28, true),
+            Input::normal("w", &[cols], 1.0, 0.5, 29, true),
+        ],
+        Box::new(move |t, v, _| {
+            let (sum, y) = t.add_rms_norm(&v[0], &v[1], &v[2], 1e-5)?;
+            if y_only {
+                return Ok(y);
+            }
+            let g = t.gelu(&y)?;
+            t.add(&sum, &g)
+        }),
+    )
+    .on_cuda()
+}
+
+/// The residual add fused with LayerNorm, returning sum + gelu(y) (see `add_rms_norm`).
+pub fn add_layer_norm(rows: usize, cols: usize, y_only: bool) -> Case {
+    Case::new(
+        format!("add_layer_norm_{rows}x{cols}{}", if y_only { "_y" } else { "" }),
+        vec![
+            Input::normal("x", &[rows, cols], 0.5, 3.0, 30, true),
+            Input::normal("r", &[rows, cols], -0.3, 2.0, 31, true),
+            Input::normal("w", &[cols], 1.0, 0.5, 32, true),
+            Input::normal("b", &[cols], 0.0, 0.5, 33, true),
+        ],
+        Box::new(move |t, v, _| {
+            let (sum, y) = t.add_layer_norm(&v[0], &v[1], &v[2], &v[3], 1e-5)?;
+            if y_only {
+                return Ok(y);
+            }
+            let g = t.gelu(&y)?;
+            t.add(&sum, &g)
+        }),
+    )
+    .on_cuda()
+}
+
 pub fn rope(heads: usize, head_dim: usize, positions: Vec<u32>) -> Case {
     let inv_freq: Arc<[f64]> =
         (0..head_dim / 2).map(|i| 1.0 / 10000f64.powf(2.0 * i as f64 / head_dim as f64)).collect();
@@ -179,6 +224,7 @@ pub fn gelu(n: usize) -> Case {
         vec![Input::normal("x", &[n], 0.0, 2.0, 14, true)],
         Box::new(|t, v, _| t.gelu(&v[0])),
     )
+    .on_cuda()
 }
 
 pub fn swiglu(n: usize) -> Case {
@@ -187,6 +233,7 @@ pub fn swiglu(n: usize) -> Case {
         vec![Input::normal("gate", &[n], 0.0, 2.0, 15, true), Input::normal("up", &[n], 0.0, 1.0, 16, true)],
         Box::new(|t, v, _| t.swiglu(&v[0], &v[1])),
     )
+    .on_cuda()
 }
 
 pub fn add(n: usize) -> Case {
@@ -207,6 +254,7 @@ pub fn narrow_cols(rows: usize, width: usize, start: usize, len: usize) -> Case 
         vec![Input::normal("x", &[rows, width], 0.0, 1.0, 19, true)],
         Box::new(move |t, v, _| t.narrow_cols(&v[0], start, len)),
     )
+    .on_cuda()
 }
 
 pub fn cross_entropy(rows: usize, vocab: usize) -> Case {
@@ -316,6 +364,12 @@ pub fn small() -> Vec<Case> {
         swiglu(257),
         add(41),
         narrow_cols(6, 12, 4, 5),
+        // Width, start and length multiples of 8: whole 16-byte packs in f32 and bf16.
+        narrow_cols(5, 24, 8, 16),
+        add_rms_norm(13, 33, false),
+        add_rms_norm(7, 33, true),
+        add_layer_norm(13, 33, false),
+        add_layer_norm(7, 33, true),
         cross_entropy(7, 50),
         linear_loss(9, 12, 20, 4, None),
     ];
@@ -356,8 +410,15 @@ pub fn large() -> Vec<Case> {
         attention(vec![37, 150], 14, 2, 64, true),
         attention(vec![130, 3], 7, 1, 128, false),
         attention(vec![21, 7], 4, 1, 256, true),
+        add_rms_norm(300, 896, false),
+        add_rms_norm(1031, 129, true),
+        add_layer_norm(64, 4099, false),
+        add_layer_norm(300, 896, true),
         gelu(100_003),
         swiglu(100_003),
+        // GPT-2's q|k|v split at packed widths (16-byte packs), and one that is unaligned.
+        narrow_cols(33, 192, 64, 64),
+        narrow_cols(17, 100, 3, 50),
         cross_entropy(33, 4099),
         divergence(Divergence::Jsd { beta: 0.5 }, 6, 32000),
         divergence(Divergence::ReverseKl, 4, 151937),

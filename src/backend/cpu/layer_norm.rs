@@ -3,6 +3,8 @@
 //! Backward, with g = dy·w:
 //!   dx = rstd·(g − mean(g) − x̂·mean(g·x̂)),  dw = Σ_rows dy·x̂,  db = Σ_rows dy.
 //! RMSNorm (rms_norm.rs) shares the backward, without the mean.
+//! add_layer_norm: the residual add before it, fused: sum = x + r is an output too, and the
+//! backward's dx (the gradient of both x and r) is the norm's dx + dsum.
 
 use super::Real;
 use rayon::prelude::*;
@@ -70,6 +72,47 @@ pub fn layer_norm_bwd<T: Real>(
     assert_eq!(mean.len(), rows, "layer_norm_bwd: mean has {} elements, expected {rows}", mean.len());
     let (dx, dw, db) = norm_bwd(x, w, Some(mean), rstd, dy, cols);
     NormGrads { dx, dw, db: Some(db) }
+}
+
+/// x, r (N, C), w, b (C) → (sum = x + r (N, C), the norm of sum).
+pub fn add_layer_norm_fwd<T: Real>(
+    x: &[T],
+    r: &[T],
+    w: &[T],
+    b: &[T],
+    cols: usize,
+    eps: f64,
+) -> (Vec<T>, NormOut<T>) {
+    assert_eq!(
+        r.len(),
+        x.len(),
+        "add_layer_norm_fwd: residual has {} elements, expected {}",
+        r.len(),
+        x.len()
+    );
+    let sum: Vec<T> = x.iter().zip(r).map(|(&a, &b)| a + b).collect();
+    let out = layer_norm_fwd(&sum, w, b, cols, eps);
+    (sum, out)
+}
+
+pub fn add_layer_norm_bwd<T: Real>(
+    sum: &[T],  // (N, C)
+    w: &[T],    // (C)
+    mean: &[T], // (N)
+    rstd: &[T], // (N)
+    dy: &[T],   // (N, C)
+    dsum: &[T], // (N, C)
+    cols: usize,
+) -> NormGrads<T> {
+    let mut g = layer_norm_bwd(sum, w, mean, rstd, dy, cols);
+    add_into(&mut g.dx, dsum);
+    g
+}
+
+/// acc += x, elementwise (the fused residual's gradient added to the norm's dx).
+pub(super) fn add_into<T: Real>(acc: &mut [T], x: &[T]) {
+    assert_eq!(acc.len(), x.len(), "add_into: {} += {} elements", acc.len(), x.len());
+    acc.par_iter_mut().zip(x.par_iter()).with_min_len(4096).for_each(|(a, &b)| *a = *a + b);
 }
 
 /// Rows per partial sum of the weight gradients.

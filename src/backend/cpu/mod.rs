@@ -31,7 +31,7 @@ pub use real::Real;
 pub use softmax::{log_softmax, log_sum_exp};
 pub use storage::{CpuStorage, Element};
 
-use super::check::{self, need, rows_of};
+use super::check::{self, need};
 use super::contract::{BackendStorage, LinearLossOut, LossTarget, View};
 use super::ops::{AdamWStep, AttnDims, CachedAttnDims, LinearDims, LinearLossSpec, LossSpec, RopeSpec};
 use super::{DType, Device, Layout};
@@ -102,18 +102,7 @@ impl BackendStorage for CpuStorage {
     }
 
     fn copy_strided(&self, layout: &Layout) -> Result<Self> {
-        let n = layout.shape().numel();
-        if n > 0 {
-            let last = layout.offset()
-                + layout
-                    .shape()
-                    .dims()
-                    .iter()
-                    .zip(layout.strides())
-                    .map(|(&d, &s)| (d - 1) * s)
-                    .sum::<usize>();
-            check_range("copy_strided", self.len(), layout.offset(), last + 1 - layout.offset())?;
-        }
+        check::strided("copy_strided", CpuStorage::len(self), layout)?;
         Ok(with_elem!(self, |v: T| T::wrap(layout.storage_indices().map(|i| v[i]).collect())))
     }
 
@@ -164,12 +153,9 @@ impl BackendStorage for CpuStorage {
 
     fn copy_rows_in(&mut self, width: usize, rows: View<'_, Self>, src: View<'_, Self>) -> Result<()> {
         const OP: &str = "copy_rows";
+        let total = check::copy_rows(CpuStorage::len(self), width, rows.len, src.len)?;
+        check::rows_in_range(OP, rows.typed::<u32>(OP)?, total)?;
         let idx = indices(OP, rows)?;
-        need(OP, "source", src.len, idx.len() * width)?;
-        let total = rows_of(OP, CpuStorage::len(self), width)?;
-        if let Some(&bad) = idx.iter().find(|&&r| r >= total) {
-            return shape_err(OP, format!("row {bad} of a storage of {total} rows"));
-        }
         with_elem!(src.storage, |_s: T| {
             let s = src.typed::<T>(OP)?;
             let d = typed_mut::<T>(OP, self, 0, total * width)?;
@@ -317,6 +303,47 @@ impl BackendStorage for CpuStorage {
         })
     }
 
+    fn add_rms_norm_fwd(
+        x: View<'_, Self>,
+        r: View<'_, Self>,
+        w: View<'_, Self>,
+        cols: usize,
+        eps: f64,
+    ) -> Result<(Self, Self, Self)> {
+        const OP: &str = "add_rms_norm";
+        need(OP, "residual", r.len, x.len)?;
+        check::rms_norm_fwd(x.len, w.len, cols)?;
+        real!(OP, same_dtype(OP, &[x, r, w])?, |T| {
+            let (sum, o) =
+                rms_norm::add_rms_norm_fwd::<T>(x.typed(OP)?, r.typed(OP)?, w.typed(OP)?, cols, eps);
+            Ok((wrap(sum), wrap(o.y), wrap(o.rstd)))
+        })
+    }
+
+    fn add_rms_norm_bwd(
+        sum: View<'_, Self>,
+        w: View<'_, Self>,
+        rstd: View<'_, Self>,
+        dy: View<'_, Self>,
+        dsum: View<'_, Self>,
+        cols: usize,
+    ) -> Result<(Self, Self)> {
+        const OP: &str = "add_rms_norm backward";
+        check::rms_norm_bwd(sum.len, w.len, rstd.len, dy.len, cols)?;
+        need(OP, "dsum", dsum.len, sum.len)?;
+        real!(OP, same_dtype(OP, &[sum, w, rstd, dy, dsum])?, |T| {
+            let g = rms_norm::add_rms_norm_bwd::<T>(
+                sum.typed(OP)?,
+                w.typed(OP)?,
+                rstd.typed(OP)?,
+                dy.typed(OP)?,
+                dsum.typed(OP)?,
+                cols,
+            );
+            Ok((wrap(g.dx), wrap(g.dw)))
+        })
+    }
+
     fn layer_norm_fwd(
         x: View<'_, Self>,
         w: View<'_, Self>,
@@ -349,6 +376,57 @@ impl BackendStorage for CpuStorage {
                 mean.typed(OP)?,
                 rstd.typed(OP)?,
                 dy.typed(OP)?,
+                cols,
+            );
+            let db = g.db.ok_or_else(|| Error::Msg("internal: layer_norm_bwd returned no db".into()))?;
+            Ok((wrap(g.dx), wrap(g.dw), wrap(db)))
+        })
+    }
+
+    fn add_layer_norm_fwd(
+        x: View<'_, Self>,
+        r: View<'_, Self>,
+        w: View<'_, Self>,
+        b: View<'_, Self>,
+        cols: usize,
+        eps: f64,
+    ) -> Result<(Self, Self, Self, Self)> {
+        const OP: &str = "add_layer_norm";
+        need(OP, "residual", r.len, x.len)?;
+        check::layer_norm_fwd(x.len, w.len, b.len, cols)?;
+        real!(OP, same_dtype(OP, &[x, r, w, b])?, |T| {
+            let (sum, o) = layer_norm::add_layer_norm_fwd::<T>(
+                x.typed(OP)?,
+                r.typed(OP)?,
+                w.typed(OP)?,
+                b.typed(OP)?,
+                cols,
+                eps,
+            );
+            Ok((wrap(sum), wrap(o.y), wrap(o.mean), wrap(o.rstd)))
+        })
+    }
+
+    fn add_layer_norm_bwd(
+        sum: View<'_, Self>,
+        w: View<'_, Self>,
+        mean: View<'_, Self>,
+        rstd: View<'_, Self>,
+        dy: View<'_, Self>,
+        dsum: View<'_, Self>,
+        cols: usize,
+    ) -> Result<(Self, Self, Self)> {
+        const OP: &str = "add_layer_norm backward";
+        check::layer_norm_bwd(sum.len, w.len, mean.len, rstd.len, dy.len, cols)?;
+        need(OP, "dsum", dsum.len, sum.len)?;
+        real!(OP, same_dtype(OP, &[sum, w, mean, rstd, dy, dsum])?, |T| {
+            let g = layer_norm::add_layer_norm_bwd::<T>(
+                sum.typed(OP)?,
+                w.typed(OP)?,
+                mean.typed(OP)?,
+                rstd.typed(OP)?,
+                dy.typed(OP)?,
+                dsum.typed(OP)?,
                 cols,
             );
             let db = g.db.ok_or_else(|| Error::Msg("internal: layer_norm_bwd returned no db".into()))?;
@@ -437,13 +515,13 @@ impl BackendStorage for CpuStorage {
 
     fn gelu_bwd(x: View<'_, Self>, dy: View<'_, Self>) -> Result<Self> {
         const OP: &str = "gelu backward";
-        need(OP, "dy", dy.len, x.len)?;
+        check::elementwise(OP, x.len, &[("dy", dy.len)])?;
         real!(OP, same_dtype(OP, &[x, dy])?, |T| Ok(wrap(gelu::gelu_bwd::<T>(x.typed(OP)?, dy.typed(OP)?))))
     }
 
     fn swiglu_fwd(gate: View<'_, Self>, up: View<'_, Self>) -> Result<Self> {
         const OP: &str = "swiglu";
-        need(OP, "up", up.len, gate.len)?;
+        check::elementwise(OP, gate.len, &[("up", up.len)])?;
         real!(OP, same_dtype(OP, &[gate, up])?, |T| {
             Ok(wrap(swiglu::swiglu_fwd::<T>(gate.typed(OP)?, up.typed(OP)?)))
         })
@@ -451,8 +529,7 @@ impl BackendStorage for CpuStorage {
 
     fn swiglu_bwd(gate: View<'_, Self>, up: View<'_, Self>, dy: View<'_, Self>) -> Result<(Self, Self)> {
         const OP: &str = "swiglu backward";
-        need(OP, "up", up.len, gate.len)?;
-        need(OP, "dy", dy.len, gate.len)?;
+        check::elementwise(OP, gate.len, &[("up", up.len), ("dy", dy.len)])?;
         real!(OP, same_dtype(OP, &[gate, up, dy])?, |T| {
             let (dg, du) = swiglu::swiglu_bwd::<T>(gate.typed(OP)?, up.typed(OP)?, dy.typed(OP)?);
             Ok((wrap(dg), wrap(du)))
@@ -461,19 +538,13 @@ impl BackendStorage for CpuStorage {
 
     fn narrow_cols_fwd(x: View<'_, Self>, width: usize, start: usize, len: usize) -> Result<Self> {
         const OP: &str = "narrow_cols";
-        if start + len > width {
-            return shape_err(OP, format!("columns {start}..{} of {width}", start + len));
-        }
-        rows_of(OP, x.len, width)?;
+        check::narrow_cols(OP, x.len, width, start, len, false)?;
         real!(OP, x.dtype(), |T| Ok(wrap(narrow::narrow_cols_fwd::<T>(x.typed(OP)?, width, start, len))))
     }
 
     fn narrow_cols_bwd(dy: View<'_, Self>, width: usize, start: usize, len: usize) -> Result<Self> {
         const OP: &str = "narrow_cols backward";
-        if start + len > width {
-            return shape_err(OP, format!("columns {start}..{} of {width}", start + len));
-        }
-        rows_of(OP, dy.len, len)?;
+        check::narrow_cols(OP, dy.len, width, start, len, true)?;
         real!(OP, dy.dtype(), |T| Ok(wrap(narrow::narrow_cols_bwd::<T>(dy.typed(OP)?, width, start, len))))
     }
 

@@ -6,9 +6,11 @@
 //! returns `Error::NoCuda` with the reason; nothing here panics for lack of a GPU.
 
 pub mod abi;
+mod activation;
 mod adamw;
 mod attention;
 pub mod bandwidth;
+mod copy;
 pub mod cross_entropy;
 mod device;
 pub mod divergence;

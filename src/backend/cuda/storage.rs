@@ -1,5 +1,5 @@
-//! A tensor's storage on a GPU, and the backend contract on top of the launchers. Ops without a
-//! CUDA kernel yet return `Error::Unsupported` (the CPU backend has every op).
+//! A tensor's storage on a GPU, and the backend contract on top of the launchers: every op of
+//! the contract has CUDA kernels (f32 and bf16; the others, f16 and f64, are dtype errors).
 
 use super::adamw::WeightsOut;
 use super::cross_entropy::{cross_entropy_fwd_bwd, CePath, CrossEntropyLaunch};
@@ -9,7 +9,9 @@ use super::linear_divergence::{
     LinearCrossEntropy, LinearCrossEntropyInputs, LinearDivergence, LinearDivergenceInputs,
 };
 use super::matmul::GemmElem;
-use super::{adamw, attention, elementwise, embedding, grad_norm, layer_norm, rms_norm, rope};
+use super::{
+    activation, adamw, attention, copy, elementwise, embedding, grad_norm, layer_norm, rms_norm, rope,
+};
 use crate::backend::check;
 use crate::backend::contract::{BackendStorage, LinearLossOut, LossTarget, View};
 use crate::backend::ops::{
@@ -216,10 +218,6 @@ fn check_range(op: &'static str, total: usize, start: usize, len: usize) -> Resu
     Ok(())
 }
 
-fn unsupported<T>(op: &'static str, s: &CudaStorage) -> Result<T> {
-    Err(Error::Unsupported { op, device: s.device().to_string() })
-}
-
 impl<'a> View<'a, CudaStorage> {
     /// The elements as a device view of `T`.
     pub fn typed<T: CudaElem>(&self, op: &'static str) -> Result<CudaView<'a, T>> {
@@ -279,7 +277,13 @@ impl BackendStorage for CudaStorage {
                     Ok(CudaStorage::new(&self.dev, out))
                 })
             }
-            None => unsupported("strided copy (contiguous() of a transposed or column view)", self),
+            None => {
+                check::strided(OP, self.len(), layout)?;
+                with_buf!(&self.buf, |_s: T| {
+                    let all = View::new(self, 0, self.len()).typed::<T>(OP)?;
+                    Ok(CudaStorage::new(&self.dev, copy::copy_strided::<T>(&self.dev, &all, layout)?))
+                })
+            }
         }
     }
 
@@ -336,13 +340,17 @@ impl BackendStorage for CudaStorage {
 
     fn fill_in(&mut self, start: usize, len: usize, value: f64) -> Result<()> {
         const OP: &str = "fill";
-        if value != 0.0 {
-            return unsupported("fill with a nonzero value", self);
-        }
         let dev = self.dev.clone();
+        if value == 0.0 && value.is_sign_positive() {
+            return with_buf!(&self.buf, |_s: T| {
+                let mut d = self.typed_mut::<T>(OP, start, len)?;
+                dev.stream().memset_zeros(&mut d).map_err(cuda_err(OP))
+            });
+        }
+        // The value rounded into the element type as the CPU's `Element::from_f64` rounds it.
         with_buf!(&self.buf, |_s: T| {
-            let mut d = self.typed_mut::<T>(OP, start, len)?;
-            dev.stream().memset_zeros(&mut d).map_err(cuda_err(OP))
+            let v = <T as crate::backend::Element>::from_f64(value);
+            copy::fill::<T>(&dev, &mut self.typed_mut::<T>(OP, start, len)?, v)
         })
     }
 
@@ -356,8 +364,23 @@ impl BackendStorage for CudaStorage {
         ))
     }
 
-    fn copy_rows_in(&mut self, _width: usize, _rows: View<'_, Self>, _src: View<'_, Self>) -> Result<()> {
-        unsupported("copy_rows (the key/value cache)", self)
+    fn copy_rows_in(&mut self, width: usize, rows: View<'_, Self>, src: View<'_, Self>) -> Result<()> {
+        const OP: &str = "copy_rows";
+        let total = check::copy_rows(self.len(), width, rows.len, src.len)?;
+        let idx = rows.typed::<u32>(OP)?;
+        // The indices are checked on the host (a few per decode step) so that a bad one is an
+        // error, as on the CPU, rather than a row silently skipped by the kernel.
+        let host = self.dev.stream().clone_dtoh(&idx).map_err(cuda_err(OP))?;
+        check::rows_in_range(OP, &host, total)?;
+        let dev = self.dev.clone();
+        if src.dtype() != self.dtype() {
+            return shape_err(OP, format!("{} rows into a {} storage", src.dtype(), self.dtype()));
+        }
+        with_buf!(&src.storage.buf, |_s: T| {
+            let s = src.typed::<T>(OP)?;
+            let mut d = self.typed_mut::<T>(OP, 0, total * width)?;
+            copy::copy_rows::<T>(&dev, &mut d, &idx, &s, width)
+        })
     }
 
     fn adamw_step(
@@ -504,6 +527,59 @@ impl BackendStorage for CudaStorage {
                 &w.typed(OP)?,
                 &rstd.typed::<f32>(OP)?,
                 &dy.typed(OP)?,
+                None,
+                rows,
+                cols,
+            )?;
+            Ok((CudaStorage::new(dev, dx), CudaStorage::new(dev, dw)))
+        })
+    }
+
+    fn add_rms_norm_fwd(
+        x: View<'_, Self>,
+        r: View<'_, Self>,
+        w: View<'_, Self>,
+        cols: usize,
+        eps: f64,
+    ) -> Result<(Self, Self, Self)> {
+        const OP: &str = "add_rms_norm";
+        check::need(OP, "residual", r.len, x.len)?;
+        let rows = indexable(OP, check::rms_norm_fwd(x.len, w.len, cols)?, cols)?;
+        let dev = x.dev();
+        float!(OP, same_float(OP, &[x, r, w])?, |T| {
+            let (sum, y, rstd) = rms_norm::add_fwd::<T>(
+                dev,
+                &x.typed(OP)?,
+                &r.typed(OP)?,
+                &w.typed(OP)?,
+                rows,
+                cols,
+                eps as f32,
+            )?;
+            Ok((CudaStorage::new(dev, sum), CudaStorage::new(dev, y), CudaStorage::new(dev, rstd)))
+        })
+    }
+
+    fn add_rms_norm_bwd(
+        sum: View<'_, Self>,
+        w: View<'_, Self>,
+        rstd: View<'_, Self>,
+        dy: View<'_, Self>,
+        dsum: View<'_, Self>,
+        cols: usize,
+    ) -> Result<(Self, Self)> {
+        const OP: &str = "add_rms_norm backward";
+        let rows = indexable(OP, check::rms_norm_bwd(sum.len, w.len, rstd.len, dy.len, cols)?, cols)?;
+        check::need(OP, "dsum", dsum.len, sum.len)?;
+        let dev = sum.dev();
+        float!(OP, same_float(OP, &[sum, w, dy, dsum])?, |T| {
+            let (dx, dw) = rms_norm::bwd::<T>(
+                dev,
+                &sum.typed(OP)?,
+                &w.typed(OP)?,
+                &rstd.typed::<f32>(OP)?,
+                &dy.typed(OP)?,
+                Some(&dsum.typed(OP)?),
                 rows,
                 cols,
             )?;
@@ -555,6 +631,65 @@ impl BackendStorage for CudaStorage {
                 &mean.typed::<f32>(OP)?,
                 &rstd.typed::<f32>(OP)?,
                 &dy.typed(OP)?,
+                None,
+                rows,
+                cols,
+            )?;
+            Ok((CudaStorage::new(dev, dx), CudaStorage::new(dev, dw), CudaStorage::new(dev, db)))
+        })
+    }
+
+    fn add_layer_norm_fwd(
+        x: View<'_, Self>,
+        r: View<'_, Self>,
+        w: View<'_, Self>,
+        b: View<'_, Self>,
+        cols: usize,
+        eps: f64,
+    ) -> Result<(Self, Self, Self, Self)> {
+        const OP: &str = "add_layer_norm";
+        check::need(OP, "residual", r.len, x.len)?;
+        let rows = indexable(OP, check::layer_norm_fwd(x.len, w.len, b.len, cols)?, cols)?;
+        let dev = x.dev();
+        float!(OP, same_float(OP, &[x, r, w, b])?, |T| {
+            let (sum, y, mean, rstd) = layer_norm::add_fwd::<T>(
+                dev,
+                &x.typed(OP)?,
+                &r.typed(OP)?,
+                &w.typed(OP)?,
+                &b.typed(OP)?,
+                rows,
+                cols,
+                eps as f32,
+            )?;
+            let s = |x| CudaStorage::new(dev, x);
+            Ok((s(sum), s(y), CudaStorage::new(dev, mean), CudaStorage::new(dev, rstd)))
+        })
+    }
+
+    fn add_layer_norm_bwd(
+        sum: View<'_, Self>,
+        w: View<'_, Self>,
+        mean: View<'_, Self>,
+        rstd: View<'_, Self>,
+        dy: View<'_, Self>,
+        dsum: View<'_, Self>,
+        cols: usize,
+    ) -> Result<(Self, Self, Self)> {
+        const OP: &str = "add_layer_norm backward";
+        let rows =
+            indexable(OP, check::layer_norm_bwd(sum.len, w.len, mean.len, rstd.len, dy.len, cols)?, cols)?;
+        check::need(OP, "dsum", dsum.len, sum.len)?;
+        let dev = sum.dev();
+        float!(OP, same_float(OP, &[sum, w, dy, dsum])?, |T| {
+            let (dx, dw, db) = layer_norm::bwd::<T>(
+                dev,
+                &sum.typed(OP)?,
+                &w.typed(OP)?,
+                &mean.typed::<f32>(OP)?,
+                &rstd.typed::<f32>(OP)?,
+                &dy.typed(OP)?,
+                Some(&dsum.typed(OP)?),
                 rows,
                 cols,
             )?;
@@ -645,27 +780,62 @@ impl BackendStorage for CudaStorage {
     }
 
     fn gelu_fwd(x: View<'_, Self>) -> Result<Self> {
-        unsupported("gelu", x.storage)
+        const OP: &str = "gelu";
+        let dev = x.dev();
+        float!(OP, x.dtype(), |T| Ok(CudaStorage::new(dev, activation::gelu_fwd::<T>(dev, &x.typed(OP)?)?)))
     }
 
-    fn gelu_bwd(x: View<'_, Self>, _dy: View<'_, Self>) -> Result<Self> {
-        unsupported("gelu backward", x.storage)
+    fn gelu_bwd(x: View<'_, Self>, dy: View<'_, Self>) -> Result<Self> {
+        const OP: &str = "gelu backward";
+        check::elementwise(OP, x.len, &[("dy", dy.len)])?;
+        let dev = x.dev();
+        float!(OP, same_float(OP, &[x, dy])?, |T| {
+            Ok(CudaStorage::new(dev, activation::gelu_bwd::<T>(dev, &x.typed(OP)?, &dy.typed(OP)?)?))
+        })
     }
 
-    fn swiglu_fwd(gate: View<'_, Self>, _up: View<'_, Self>) -> Result<Self> {
-        unsupported("swiglu", gate.storage)
+    fn swiglu_fwd(gate: View<'_, Self>, up: View<'_, Self>) -> Result<Self> {
+        const OP: &str = "swiglu";
+        check::elementwise(OP, gate.len, &[("up", up.len)])?;
+        let dev = gate.dev();
+        float!(OP, same_float(OP, &[gate, up])?, |T| {
+            Ok(CudaStorage::new(dev, activation::swiglu_fwd::<T>(dev, &gate.typed(OP)?, &up.typed(OP)?)?))
+        })
     }
 
-    fn swiglu_bwd(gate: View<'_, Self>, _up: View<'_, Self>, _dy: View<'_, Self>) -> Result<(Self, Self)> {
-        unsupported("swiglu backward", gate.storage)
+    fn swiglu_bwd(gate: View<'_, Self>, up: View<'_, Self>, dy: View<'_, Self>) -> Result<(Self, Self)> {
+        const OP: &str = "swiglu backward";
+        check::elementwise(OP, gate.len, &[("up", up.len), ("dy", dy.len)])?;
+        let dev = gate.dev();
+        float!(OP, same_float(OP, &[gate, up, dy])?, |T| {
+            let (dg, du) =
+                activation::swiglu_bwd::<T>(dev, &gate.typed(OP)?, &up.typed(OP)?, &dy.typed(OP)?)?;
+            Ok((CudaStorage::new(dev, dg), CudaStorage::new(dev, du)))
+        })
     }
 
-    fn narrow_cols_fwd(x: View<'_, Self>, _width: usize, _start: usize, _len: usize) -> Result<Self> {
-        unsupported("narrow_cols", x.storage)
+    fn narrow_cols_fwd(x: View<'_, Self>, width: usize, start: usize, len: usize) -> Result<Self> {
+        const OP: &str = "narrow_cols";
+        let rows = check::narrow_cols(OP, x.len, width, start, len, false)?;
+        let dev = x.dev();
+        float!(OP, x.dtype(), |T| {
+            Ok(CudaStorage::new(
+                dev,
+                copy::narrow_cols_fwd::<T>(dev, &x.typed(OP)?, rows, width, start, len)?,
+            ))
+        })
     }
 
-    fn narrow_cols_bwd(dy: View<'_, Self>, _width: usize, _start: usize, _len: usize) -> Result<Self> {
-        unsupported("narrow_cols backward", dy.storage)
+    fn narrow_cols_bwd(dy: View<'_, Self>, width: usize, start: usize, len: usize) -> Result<Self> {
+        const OP: &str = "narrow_cols backward";
+        let rows = check::narrow_cols(OP, dy.len, width, start, len, true)?;
+        let dev = dy.dev();
+        float!(OP, dy.dtype(), |T| {
+            Ok(CudaStorage::new(
+                dev,
+                copy::narrow_cols_bwd::<T>(dev, &dy.typed(OP)?, rows, width, start, len)?,
+            ))
+        })
     }
 
     /// A target outside the vocabulary cannot be seen here without reading the targets back (a
