@@ -743,3 +743,65 @@ fn demo_runs_with_fewer_steps_than_its_warmup() {
     let stdout = ok(&["demo", "--steps", "2", "--batch-size", "2", "--eval-n", "1", "--out", s(&out)]);
     assert_eq!(metrics(&out.join("metrics.jsonl")).len(), 2, "{stdout}");
 }
+
+/// `--recompute attention|layers` changes memory, not results: the same losses and the same
+/// trained weights as without it (CPU kernels are deterministic). Catches a recomputed segment
+/// whose gradients are lost or doubled (the weights after two steps at lr 1e-2 would differ).
+#[test]
+fn sft_recompute_keeps_losses_and_weights() {
+    let f = Fixture::new("sft-recompute");
+    let common = ["--steps", "2", "--batch-size", "3", "--lr", "1e-2", "--seed", "5"];
+    f.sft("none", &common);
+    let want = losses(&f.out("none").join("metrics.jsonl"));
+    for mode in ["attention", "layers"] {
+        f.sft(mode, &[&common[..], &["--recompute", mode]].concat());
+        assert_eq!(losses(&f.out(mode).join("metrics.jsonl")), want, "--recompute {mode}");
+        assert!(tensors(&f.out(mode)) == tensors(&f.out("none")), "--recompute {mode}: other weights");
+    }
+    let e = fails(&f.sft_args(&f.out("bad"), &[&common[..], &["--recompute", "all"]].concat()));
+    assert!(e.contains("none, attention or layers"), "{e}");
+}
+
+/// `--dtype bf16` computes on a GPU only: on the CPU it is a clear error naming the way out.
+#[test]
+fn bf16_compute_on_the_cpu_is_a_clear_error() {
+    let model = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/llama");
+    let e = fails(&["score", "--model", s(&model), "--ids", "1,2,3", "--device", "cpu", "--dtype", "bf16"]);
+    assert!(e.contains("GPU") && e.contains("--dtype f32"), "{e}");
+}
+
+/// `gkd bench train` on the CPU with the tiny shape: the JSON report has every step's loss (near
+/// ln V for random weights and random tokens), positive throughput and MFU, and no GPU fields.
+#[test]
+fn bench_train_reports_a_tiny_cpu_step() {
+    let dir = scratch("flags-bench-train");
+    let json = dir.join("train.json");
+    let out = ok(&[
+        "bench",
+        "train",
+        "--shape",
+        "tiny",
+        "--batch",
+        "2",
+        "--seq",
+        "16",
+        "--warmup",
+        "1",
+        "--steps",
+        "2",
+        "--device",
+        "cpu",
+        "--json",
+        s(&json),
+    ]);
+    assert!(out.contains("| tiny |"), "{out}");
+    let r: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let losses: Vec<f64> = r["losses"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+    assert_eq!(losses.len(), 3);
+    for l in &losses {
+        assert!((l - (512f64).ln()).abs() < 0.5, "loss {l} is not near ln 512 for random weights");
+    }
+    assert!(r["tokens_per_s"].as_f64().unwrap() > 0.0 && r["mfu"].as_f64().unwrap() > 0.0);
+    assert_eq!(r["device"], "cpu");
+    assert!(r["gemm_share"].is_null() && r["peak_memory_gib"].is_null());
+}

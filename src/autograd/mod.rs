@@ -275,26 +275,49 @@ impl Tape {
     }
 
     /// Backward from any output with a given d(loss)/d(output).
-    pub fn backward_from(mut self, out: &Var, dout: Tensor) -> Result<Grads> {
-        if dout.shape() != out.value().shape() {
-            return shape_err(
-                "backward",
-                format!("gradient of shape {} for an output of shape {}", dout.shape(), out.value().shape()),
-            );
+    pub fn backward_from(self, out: &Var, dout: Tensor) -> Result<Grads> {
+        self.backward_many(vec![(out, dout)])
+    }
+
+    /// Backward from several outputs at once, each with its d(loss)/d(output) (a recomputed
+    /// segment with two outputs).
+    pub fn backward_many(mut self, seeds: Vec<(&Var, Tensor)>) -> Result<Grads> {
+        if seeds.is_empty() {
+            return Err(Error::Msg("backward: no output to start from".into()));
         }
-        let Some(top) = out.node else {
-            return Err(Error::Msg(
-                "backward: the output does not depend on anything that requires a gradient (a no-grad tape, or no parameter leaves)".into(),
-            ));
-        };
-        if top.tape != self.id || self.foreign_input {
-            return Err(Error::Msg(
-                "backward: a value recorded on another tape was used on this one; build the whole computation on one tape".into(),
-            ));
+        let mut top = 0;
+        let mut start = Vec::with_capacity(seeds.len());
+        for (out, dout) in seeds {
+            if dout.shape() != out.value().shape() {
+                return shape_err(
+                    "backward",
+                    format!(
+                        "gradient of shape {} for an output of shape {}",
+                        dout.shape(),
+                        out.value().shape()
+                    ),
+                );
+            }
+            let Some(node) = out.node else {
+                return Err(Error::Msg(
+                    "backward: the output does not depend on anything that requires a gradient (a no-grad tape, or no parameter leaves)".into(),
+                ));
+            };
+            if node.tape != self.id || self.foreign_input {
+                return Err(Error::Msg(
+                    "backward: a value recorded on another tape was used on this one; build the whole computation on one tape".into(),
+                ));
+            }
+            top = top.max(node.index);
+            start.push((node.index, dout));
         }
-        let top = top.index;
         let mut grads: Vec<Option<Tensor>> = vec![None; top + 1];
-        grads[top] = Some(dout);
+        for (i, dout) in start {
+            grads[i] = Some(match grads[i].take() {
+                None => dout,
+                Some(acc) => accumulate(acc, dout)?,
+            });
+        }
         for i in (0..=top).rev() {
             let node = &mut self.nodes[i];
             let Some(backward) = node.backward.take() else { continue };

@@ -9,7 +9,7 @@
 
 use crate::distill::trainer::micro_batch_grads;
 use crate::error::{Error, Result};
-use crate::model::{Arch, FreshConfig, Model, ModelConfig};
+use crate::model::{Arch, FreshConfig, Model, ModelConfig, Recompute};
 use crate::optim::adamw::{AdamW, AdamWConfig, ParamGroup};
 use crate::optim::clip::GradClip;
 use crate::tensor::{DType, Device, Tensor};
@@ -88,6 +88,7 @@ pub struct TrainReport {
     pub gemm_share: Option<f64>,
     pub gemm_calls: Option<usize>,
     pub peak_memory_gib: Option<f64>,
+    pub recompute: String,
 }
 
 /// `warmup` + `steps` SFT steps of `shape` at `batch` sequences of `seq` tokens on `device` in
@@ -103,6 +104,7 @@ pub struct TrainBench {
     pub warmup: usize,
     pub steps: usize,
     pub peak_tflops: f64,
+    pub recompute: Recompute,
 }
 
 pub fn run(b: &TrainBench) -> Result<TrainReport> {
@@ -114,6 +116,7 @@ pub fn run(b: &TrainBench) -> Result<TrainReport> {
     let vocab = cfg.vocab_size;
     let (layers, hidden) = (cfg.num_layers, cfg.hidden_size);
     let mut model = Model::init(cfg, 0)?.to_compute(device, dtype, true)?;
+    model.set_recompute(b.recompute);
     let n = model.num_params();
     // Each sequence is one "prompt" token and seq − 1 + 1 completion tokens: every row but the
     // last predicts the next token, as the SFT step over whole sequences does.
@@ -195,5 +198,6 @@ pub fn run(b: &TrainBench) -> Result<TrainReport> {
         gemm_share,
         gemm_calls,
         peak_memory_gib,
+        recompute: format!("{:?}", b.recompute).to_lowercase(),
     })
 }

@@ -49,6 +49,9 @@ struct TrainArgs {
     /// Timed steps (median reported).
     #[arg(long, default_value_t = 5)]
     steps: usize,
+    /// Activations recomputed in the backward: none, attention or layers.
+    #[arg(long, default_value = "none")]
+    recompute: String,
     /// The dense bf16 peak MFU divides by, TFLOP/s (H100 and H200 SXM: 989).
     #[arg(long, default_value_t = 989.0)]
     peak_tflops: f64,
@@ -108,6 +111,7 @@ fn train(a: TrainArgs) -> Result<()> {
         warmup: a.warmup,
         steps: a.steps,
         peak_tflops: a.peak_tflops,
+        recompute: a.recompute.parse()?,
     })?;
     let opt = |v: Option<f64>, f: &dyn Fn(f64) -> String| v.map(f).unwrap_or_else(|| "—".into());
     println!(

@@ -67,6 +67,10 @@ pub struct SftArgs {
     save_dtype: String,
     #[command(flatten)]
     compute: ComputeArgs,
+    /// Activations recomputed in the backward instead of kept: none, attention (each layer's
+    /// attention block) or layers (everything but each layer's input), for long sequences.
+    #[arg(long, default_value = "none")]
+    recompute: String,
     #[arg(long)]
     quiet: bool,
 }
@@ -132,7 +136,8 @@ pub fn run(a: SftArgs) -> Result<()> {
         max_grad_norm: a.max_grad_norm,
         seed: a.seed,
     };
-    let model = compute.place(&model, true)?;
+    let mut model = compute.place(&model, true)?;
+    model.set_recompute(a.recompute.parse()?);
     let mut trainer = Trainer::new(cfg, model, None, &tok, &examples)?;
     if let Some(r) = &a.resume {
         trainer.restore(r)?;

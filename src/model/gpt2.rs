@@ -7,11 +7,14 @@
 //! block(h):  a = h + c_proj(attn(split(c_attn(ln_1(h)))))
 //!            h' = a + mlp.c_proj(gelu(c_fc(ln_2(a))))
 
-use super::{attend, Init, Inputs, Model, ParamSpec, ParamVars};
+use super::{attend, need, recomputed, Init, Inputs, Lookup, Model, ParamSpec, ParamVars, Recompute};
 use crate::autograd::{Tape, Var, WeightLayout};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::model::ModelConfig;
 use crate::tensor::Tensor;
+use std::sync::Arc;
+
+const IO: WeightLayout = WeightLayout::InOut;
 
 fn layer(i: usize, rest: &str) -> String {
     format!("transformer.h.{i}.{rest}")
@@ -54,21 +57,12 @@ pub(super) fn param_specs(c: &ModelConfig) -> Vec<ParamSpec> {
 
 pub(super) fn forward(m: &Model, tape: &mut Tape, p: &ParamVars, x: &mut Inputs) -> Result<Var> {
     let c = &m.config;
-    let (h, eps) = (c.hidden_size, c.norm_eps);
+    let eps = c.norm_eps;
     let var = |name: &str| m.var(p, name);
-    const IO: WeightLayout = WeightLayout::InOut;
     let tok = tape.embedding(&x.ids, var("transformer.wte.weight")?)?;
     let positions = Tensor::from_u32(&x.positions, m.device())?;
     let pos = tape.embedding(&positions, var("transformer.wpe.weight")?)?;
     let mut hs = tape.add(&tok, &pos)?;
-    // The norm that reads the residual stream after layer l's MLP: layer l + 1's ln_1, or ln_f.
-    let norm_after = |l: usize| -> Result<(&Var, &Var)> {
-        if l + 1 < c.num_layers {
-            Ok((var(&layer(l + 1, "ln_1.weight"))?, var(&layer(l + 1, "ln_1.bias"))?))
-        } else {
-            Ok((var("transformer.ln_f.weight")?, var("transformer.ln_f.bias")?))
-        }
-    };
     // Only the first norm stands alone: every later one is fused with the residual add before it
     // (add_layer_norm returns the new residual stream and its norm).
     let mut n = match c.num_layers {
@@ -78,20 +72,95 @@ pub(super) fn forward(m: &Model, tape: &mut Tape, p: &ParamVars, x: &mut Inputs)
         }
         _ => tape.layer_norm(&hs, var(&layer(0, "ln_1.weight"))?, var(&layer(0, "ln_1.bias"))?, eps)?,
     };
+    // Recomputation applies to training forwards over packed sequences.
+    let owned = x.owned_sequences().filter(|_| tape.grad_enabled());
+    let mode = if owned.is_some() { m.recompute() } else { Recompute::None };
+    let cfg = Arc::new(c.clone());
     for l in 0..c.num_layers {
-        let v = |rest: &str| var(&layer(l, rest));
-        let qkv = tape.linear(&n, v("attn.c_attn.weight")?, Some(v("attn.c_attn.bias")?), IO)?;
-        let q = tape.narrow_cols(&qkv, 0, h)?;
-        let k = tape.narrow_cols(&qkv, h, h)?;
-        let vv = tape.narrow_cols(&qkv, 2 * h, h)?;
-        let a = attend(tape, x, l, c, &q, &k, &vv)?;
-        let o = tape.linear(&a, v("attn.c_proj.weight")?, Some(v("attn.c_proj.bias")?), IO)?;
-        (hs, n) = tape.add_layer_norm(&hs, &o, v("ln_2.weight")?, v("ln_2.bias")?, eps)?;
-        let f = tape.linear(&n, v("mlp.c_fc.weight")?, Some(v("mlp.c_fc.bias")?), IO)?;
-        let f = tape.gelu(&f)?;
-        let f = tape.linear(&f, v("mlp.c_proj.weight")?, Some(v("mlp.c_proj.bias")?), IO)?;
-        let (w, b) = norm_after(l)?;
-        (hs, n) = tape.add_layer_norm(&hs, &f, w, b, eps)?;
+        (hs, n) = match (mode, &owned) {
+            (Recompute::Layers, Some(seq)) => {
+                let names: Vec<String> = m
+                    .names()
+                    .iter()
+                    .filter(|n| n.starts_with(&layer(l, "")))
+                    .cloned()
+                    .chain(norm_after(c, l))
+                    .collect();
+                let (cfg, seq) = (cfg.clone(), seq.clone());
+                let out = recomputed(tape, m, p, &[&hs, &n], &names, move |t, s, w| {
+                    let (h, n) = block(t, &cfg, l, &mut seq.inputs(), w, &s[0], &s[1], None)?;
+                    Ok(vec![h, n])
+                })?;
+                let [h, n]: [Var; 2] =
+                    out.try_into().map_err(|_| Error::Msg("internal: a layer gave no (h, n)".into()))?;
+                (h, n)
+            }
+            _ => {
+                let attn = (mode == Recompute::Attention).then_some((m, p));
+                block(tape, &cfg, l, x, &|name| m.var_opt(p, name).cloned(), &hs, &n, attn)?
+            }
+        };
     }
     Ok(n)
+}
+
+/// The LayerNorm (weight, bias) that reads the residual stream after layer l's MLP: layer l + 1's
+/// ln_1, or ln_f.
+fn norm_after(c: &ModelConfig, l: usize) -> [String; 2] {
+    if l + 1 < c.num_layers {
+        [layer(l + 1, "ln_1.weight"), layer(l + 1, "ln_1.bias")]
+    } else {
+        ["transformer.ln_f.weight".into(), "transformer.ln_f.bias".into()]
+    }
+}
+
+/// Layer l from the residual stream hs and its norm n to the next (hs, n). With `recompute_attn`
+/// (the model and its bound parameters), the attention block is a recomputed segment.
+#[allow(clippy::too_many_arguments)]
+fn block(
+    tape: &mut Tape,
+    c: &Arc<ModelConfig>,
+    l: usize,
+    x: &mut Inputs,
+    w: Lookup,
+    hs: &Var,
+    n: &Var,
+    recompute_attn: Option<(&Model, &ParamVars)>,
+) -> Result<(Var, Var)> {
+    let eps = c.norm_eps;
+    let v = |rest: &str| need(w, &layer(l, rest));
+    let a = match (recompute_attn, x.owned_sequences()) {
+        (Some((m, p)), Some(seq)) => {
+            let names = [layer(l, "attn.c_attn.weight"), layer(l, "attn.c_attn.bias")];
+            let c = c.clone();
+            let out = recomputed(tape, m, p, &[n], &names, move |t, s, w| {
+                Ok(vec![attention(t, &c, l, &mut seq.inputs(), w, &s[0])?])
+            })?;
+            out.into_iter().next().ok_or_else(|| Error::Msg("internal: attention gave no output".into()))?
+        }
+        _ => attention(tape, c, l, x, w, n)?,
+    };
+    let o = tape.linear(&a, &v("attn.c_proj.weight")?, Some(&v("attn.c_proj.bias")?), IO)?;
+    let (hs, n) = tape.add_layer_norm(hs, &o, &v("ln_2.weight")?, &v("ln_2.bias")?, eps)?;
+    let f = tape.linear(&n, &v("mlp.c_fc.weight")?, Some(&v("mlp.c_fc.bias")?), IO)?;
+    let f = tape.gelu(&f)?;
+    let f = tape.linear(&f, &v("mlp.c_proj.weight")?, Some(&v("mlp.c_proj.bias")?), IO)?;
+    let [nw, nb] = norm_after(c, l);
+    tape.add_layer_norm(&hs, &f, &need(w, &nw)?, &need(w, &nb)?, eps)
+}
+
+/// Layer l's attention before its output projection: the fused q|k|v projection of the normed
+/// input n, split, attention over what `x` says.
+fn attention(tape: &mut Tape, c: &ModelConfig, l: usize, x: &mut Inputs, w: Lookup, n: &Var) -> Result<Var> {
+    let h = c.hidden_size;
+    let qkv = tape.linear(
+        n,
+        &need(w, &layer(l, "attn.c_attn.weight"))?,
+        Some(&need(w, &layer(l, "attn.c_attn.bias"))?),
+        IO,
+    )?;
+    let q = tape.narrow_cols(&qkv, 0, h)?;
+    let k = tape.narrow_cols(&qkv, h, h)?;
+    let vv = tape.narrow_cols(&qkv, 2 * h, h)?;
+    attend(tape, x, l, c, &q, &k, &vv)
 }

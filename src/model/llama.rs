@@ -7,12 +7,14 @@
 //! block(h):  a = h + o_proj(attn(rope(q_proj(n)), rope(k_proj(n)), v_proj(n))),  n = rms(h)
 //!            h' = a + down_proj(silu(gate_proj(rms(a))) · up_proj(rms(a)))
 
-use super::{attend, Init, Inputs, Model, ParamSpec, ParamVars};
+use super::{attend, need, recomputed, Init, Inputs, Lookup, Model, ParamSpec, ParamVars, Recompute};
 use crate::autograd::{Tape, Var, WeightLayout};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::model::{ModelConfig, RopeScaling};
 use crate::tensor::Tensor;
 use std::sync::Arc;
+
+const OI: WeightLayout = WeightLayout::OutIn;
 
 fn layer(i: usize, rest: &str) -> String {
     format!("model.layers.{i}.{rest}")
@@ -86,41 +88,114 @@ pub fn inv_freq(c: &ModelConfig) -> Arc<[f64]> {
 pub(super) fn forward(m: &Model, tape: &mut Tape, p: &ParamVars, x: &mut Inputs) -> Result<Var> {
     let c = &m.config;
     let eps = c.norm_eps;
-    const OI: WeightLayout = WeightLayout::OutIn;
     let freqs = inv_freq(c);
     let positions = Tensor::from_u32(&x.positions, m.device())?;
     let mut h = tape.embedding(&x.ids, m.var(p, "model.embed_tokens.weight")?)?;
-    // The norm that reads the residual stream after layer l's MLP: layer l + 1's input norm, or
-    // the final one.
-    let norm_after = |l: usize| {
-        if l + 1 < c.num_layers {
-            m.var(p, &layer(l + 1, "input_layernorm.weight"))
-        } else {
-            m.var(p, "model.norm.weight")
-        }
-    };
     // Only the first norm stands alone: every later one is fused with the residual add before it
     // (add_rms_norm returns the new residual stream and its norm).
     let mut n = match c.num_layers {
         0 => return tape.rms_norm(&h, m.var(p, "model.norm.weight")?, eps),
         _ => tape.rms_norm(&h, m.var(p, &layer(0, "input_layernorm.weight"))?, eps)?,
     };
+    // Recomputation applies to training forwards over packed sequences.
+    let owned = x.owned_sequences().filter(|_| tape.grad_enabled());
+    let mode = if owned.is_some() { m.recompute() } else { Recompute::None };
+    let ctx = Arc::new(Ctx { c: c.clone(), positions, freqs });
     for l in 0..c.num_layers {
-        let v = |rest: &str| m.var(p, &layer(l, rest));
-        let b = |name: &str| m.var_opt(p, &layer(l, &format!("{name}.bias")));
-        let q = tape.linear(&n, v("self_attn.q_proj.weight")?, b("self_attn.q_proj"), OI)?;
-        let k = tape.linear(&n, v("self_attn.k_proj.weight")?, b("self_attn.k_proj"), OI)?;
-        let vv = tape.linear(&n, v("self_attn.v_proj.weight")?, b("self_attn.v_proj"), OI)?;
-        let q = tape.rope(&q, &positions, freqs.clone(), c.num_heads)?;
-        let k = tape.rope(&k, &positions, freqs.clone(), c.num_kv_heads)?;
-        let a = attend(tape, x, l, c, &q, &k, &vv)?;
-        let o = tape.linear(&a, v("self_attn.o_proj.weight")?, b("self_attn.o_proj"), OI)?;
-        (h, n) = tape.add_rms_norm(&h, &o, v("post_attention_layernorm.weight")?, eps)?;
-        let g = tape.linear(&n, v("mlp.gate_proj.weight")?, b("mlp.gate_proj"), OI)?;
-        let u = tape.linear(&n, v("mlp.up_proj.weight")?, b("mlp.up_proj"), OI)?;
-        let f = tape.swiglu(&g, &u)?;
-        let f = tape.linear(&f, v("mlp.down_proj.weight")?, b("mlp.down_proj"), OI)?;
-        (h, n) = tape.add_rms_norm(&h, &f, norm_after(l)?, eps)?;
+        (h, n) = match (mode, &owned) {
+            (Recompute::Layers, Some(seq)) => {
+                let names: Vec<String> = m
+                    .names()
+                    .iter()
+                    .filter(|n| n.starts_with(&layer(l, "")))
+                    .cloned()
+                    .chain([norm_after(c, l)])
+                    .collect();
+                let (ctx, seq) = (ctx.clone(), seq.clone());
+                let out = recomputed(tape, m, p, &[&h, &n], &names, move |t, s, w| {
+                    let mut x = seq.inputs();
+                    let (h, n) = block(t, &ctx, l, &mut x, w, &s[0], &s[1], None)?;
+                    Ok(vec![h, n])
+                })?;
+                let [h, n]: [Var; 2] =
+                    out.try_into().map_err(|_| Error::Msg("internal: a layer gave no (h, n)".into()))?;
+                (h, n)
+            }
+            _ => {
+                let attn = (mode == Recompute::Attention).then_some((m, p));
+                block(tape, &ctx, l, x, &|name| m.var_opt(p, name).cloned(), &h, &n, attn)?
+            }
+        };
     }
     Ok(n)
+}
+
+/// What every layer shares: the configuration, each row's position, the rotary frequencies.
+struct Ctx {
+    c: ModelConfig,
+    positions: Tensor,
+    freqs: Arc<[f64]>,
+}
+
+/// The norm that reads the residual stream after layer l's MLP: layer l + 1's input norm, or the
+/// final one.
+fn norm_after(c: &ModelConfig, l: usize) -> String {
+    if l + 1 < c.num_layers {
+        layer(l + 1, "input_layernorm.weight")
+    } else {
+        "model.norm.weight".into()
+    }
+}
+
+/// Layer l from the residual stream h and its norm n to the next (h, n). With `recompute_attn`
+/// (the model and its bound parameters), the attention block is a recomputed segment.
+#[allow(clippy::too_many_arguments)]
+fn block(
+    tape: &mut Tape,
+    ctx: &Arc<Ctx>,
+    l: usize,
+    x: &mut Inputs,
+    w: Lookup,
+    h: &Var,
+    n: &Var,
+    recompute_attn: Option<(&Model, &ParamVars)>,
+) -> Result<(Var, Var)> {
+    let (c, eps) = (&ctx.c, ctx.c.norm_eps);
+    let v = |rest: &str| need(w, &layer(l, rest));
+    let b = |name: &str| w(&layer(l, &format!("{name}.bias")));
+    let a = match (recompute_attn, x.owned_sequences()) {
+        (Some((m, p)), Some(seq)) => {
+            let names: Vec<String> = ["q_proj", "k_proj", "v_proj"]
+                .iter()
+                .flat_map(|pr| ["weight", "bias"].map(|t| layer(l, &format!("self_attn.{pr}.{t}"))))
+                .collect();
+            let ctx = ctx.clone();
+            let out = recomputed(tape, m, p, &[n], &names, move |t, s, w| {
+                Ok(vec![attention(t, &ctx, l, &mut seq.inputs(), w, &s[0])?])
+            })?;
+            out.into_iter().next().ok_or_else(|| Error::Msg("internal: attention gave no output".into()))?
+        }
+        _ => attention(tape, ctx, l, x, w, n)?,
+    };
+    let o = tape.linear(&a, &v("self_attn.o_proj.weight")?, b("self_attn.o_proj").as_ref(), OI)?;
+    let (h, n) = tape.add_rms_norm(h, &o, &v("post_attention_layernorm.weight")?, eps)?;
+    let g = tape.linear(&n, &v("mlp.gate_proj.weight")?, b("mlp.gate_proj").as_ref(), OI)?;
+    let u = tape.linear(&n, &v("mlp.up_proj.weight")?, b("mlp.up_proj").as_ref(), OI)?;
+    let f = tape.swiglu(&g, &u)?;
+    let f = tape.linear(&f, &v("mlp.down_proj.weight")?, b("mlp.down_proj").as_ref(), OI)?;
+    tape.add_rms_norm(&h, &f, &need(w, &norm_after(c, l))?, eps)
+}
+
+/// Layer l's attention before its output projection: q, k, v from the normed input n, the rotary
+/// embedding, attention over what `x` says.
+fn attention(tape: &mut Tape, ctx: &Ctx, l: usize, x: &mut Inputs, w: Lookup, n: &Var) -> Result<Var> {
+    let c = &ctx.c;
+    let v = |rest: &str| need(w, &layer(l, rest));
+    let b = |name: &str| w(&layer(l, &format!("{name}.bias")));
+    let q = tape.linear(n, &v("self_attn.q_proj.weight")?, b("self_attn.q_proj").as_ref(), OI)?;
+    let k = tape.linear(n, &v("self_attn.k_proj.weight")?, b("self_attn.k_proj").as_ref(), OI)?;
+    let vv = tape.linear(n, &v("self_attn.v_proj.weight")?, b("self_attn.v_proj").as_ref(), OI)?;
+    let q = tape.rope(&q, &ctx.positions, ctx.freqs.clone(), c.num_heads)?;
+    let k = tape.rope(&k, &ctx.positions, ctx.freqs.clone(), c.num_kv_heads)?;
+    attend(tape, x, l, c, &q, &k, &vv)
 }

@@ -18,7 +18,9 @@ pub use kv_cache::{CacheStep, KvCache};
 pub use llama::inv_freq as rope_inv_freq;
 pub use params::{ParamEntry, ParamStore, ParamVars};
 
-use crate::autograd::{CachedAttnDims, LinearLoss, LinearLossTarget, LossKind, Tape, Var, WeightLayout};
+use crate::autograd::{
+    CachedAttnDims, LinearLoss, LinearLossTarget, LossKind, Segment, Tape, Var, WeightLayout,
+};
 use crate::backend::ops::{AttnDims, IGNORE};
 use crate::error::{Error, Result};
 use crate::tensor::{CpuStorage, DType, Device, Element, Tensor};
@@ -125,6 +127,20 @@ impl Inputs<'_> {
         self.positions.len()
     }
 
+    /// An owned copy of inputs over packed sequences (what a recomputed segment runs on again in
+    /// the backward); None over a key/value cache.
+    pub(crate) fn owned_sequences(&self) -> Option<SeqInputs> {
+        match &self.attend {
+            Attend::Sequences { starts, lengths } => Some(SeqInputs {
+                ids: self.ids.clone(),
+                positions: self.positions.clone(),
+                starts: starts.clone(),
+                lengths: lengths.clone(),
+            }),
+            Attend::Cache { .. } => None,
+        }
+    }
+
     /// The longest sequence the rows reach (the model's length limit applies to it).
     fn longest(&self) -> usize {
         self.positions.iter().map(|&p| p as usize + 1).max().unwrap_or(0)
@@ -134,6 +150,31 @@ impl Inputs<'_> {
 pub struct Model {
     pub config: ModelConfig,
     params: ParamStore,
+    recompute: Recompute,
+}
+
+/// Which activations a training forward keeps for the backward (`--recompute`): all of them, all
+/// but each layer's attention block (its projections, rotary embedding and attention run again in
+/// the backward), or only each layer's input (the whole layer runs again). Forwards without a
+/// gradient ignore it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Recompute {
+    #[default]
+    None,
+    Attention,
+    Layers,
+}
+
+impl std::str::FromStr for Recompute {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Recompute> {
+        match s {
+            "none" => Ok(Recompute::None),
+            "attention" => Ok(Recompute::Attention),
+            "layers" => Ok(Recompute::Layers),
+            _ => Err(Error::Msg(format!("unknown --recompute `{s}`: use none, attention or layers"))),
+        }
+    }
 }
 
 /// Box–Muller normal draws.
@@ -207,7 +248,7 @@ impl Model {
             let CpuStorage::F32(v) = host else { return Err(Error::Msg("internal: f32 parameters".into())) };
             ck.read_f32_into(name, &e.shape, &mut v[at..at + e.numel()])
         })?;
-        Ok(Model { config, params })
+        Ok(Model { config, params, recompute: Recompute::None })
     }
 
     /// A fresh model, initialized as `transformers` initializes one, from a seed.
@@ -227,7 +268,7 @@ impl Model {
         let params = ParamStore::build(&Model::shapes(&config), DType::F32, Device::Cpu, |e, host, at| {
             write_host(host, at, &values[&e.name])
         })?;
-        Ok(Model { config, params })
+        Ok(Model { config, params, recompute: Recompute::None })
     }
 
     /// A model from named tensors: exactly the names and shapes `param_specs` lists, all f32 or
@@ -260,7 +301,7 @@ impl Model {
                 other => write_host(host, at, &other.to_f32_vec()),
             }
         })?;
-        Ok(Model { config, params })
+        Ok(Model { config, params, recompute: Recompute::None })
     }
 
     /// Writes `config.json`, `generation_config.json` and the weights in `dtype`, in Hugging Face
@@ -343,13 +384,30 @@ impl Model {
     }
 
     pub fn to_device(&self, device: Device) -> Result<Model> {
-        Ok(Model { config: self.config.clone(), params: self.params.to_device(device)? })
+        Ok(Model {
+            config: self.config.clone(),
+            params: self.params.to_device(device)?,
+            recompute: self.recompute,
+        })
     }
 
     /// The model on `device` computing in `dtype` (bf16 on a GPU); with `train`, f32 master
     /// weights are kept beside a bf16 compute copy for the optimizer (see `params.rs`).
     pub fn to_compute(&self, device: Device, dtype: DType, train: bool) -> Result<Model> {
-        Ok(Model { config: self.config.clone(), params: self.params.to_compute(device, dtype, train)? })
+        Ok(Model {
+            config: self.config.clone(),
+            params: self.params.to_compute(device, dtype, train)?,
+            recompute: self.recompute,
+        })
+    }
+
+    /// Sets which activations training forwards keep (see `Recompute`).
+    pub fn set_recompute(&mut self, r: Recompute) {
+        self.recompute = r;
+    }
+
+    pub fn recompute(&self) -> Recompute {
+        self.recompute
     }
 
     /// Records every parameter as a leaf of `tape`.
@@ -476,6 +534,60 @@ impl Model {
         let h_last = tape.embedding(&Tensor::from_u32(&last, device)?, &h)?;
         Ok(self.logits(&mut tape, &p, &h_last)?.into_value())
     }
+}
+
+/// Inputs over packed sequences, owned (tensors shared): a recomputed segment keeps them.
+#[derive(Clone)]
+pub(crate) struct SeqInputs {
+    ids: Tensor,
+    positions: Vec<u32>,
+    starts: Tensor,
+    lengths: Tensor,
+}
+
+impl SeqInputs {
+    pub(crate) fn inputs(&self) -> Inputs<'static> {
+        Inputs {
+            ids: self.ids.clone(),
+            positions: self.positions.clone(),
+            attend: Attend::Sequences { starts: self.starts.clone(), lengths: self.lengths.clone() },
+        }
+    }
+}
+
+/// A parameter by its Hugging Face name: one of the model's bound vars, or a recomputed
+/// segment's input.
+pub(crate) type Lookup<'a> = &'a dyn Fn(&str) -> Option<Var>;
+
+/// `body(state, lookup)` recorded as a recomputed segment (`Tape::checkpoint`): its inputs are the
+/// `state` vars and every bound parameter among `names`, and only they and the outputs are kept.
+pub(crate) fn recomputed(
+    tape: &mut Tape,
+    m: &Model,
+    p: &ParamVars,
+    state: &[&Var],
+    names: &[String],
+    body: impl Fn(&mut Tape, &[Var], Lookup) -> Result<Vec<Var>> + Send + Sync + 'static,
+) -> Result<Vec<Var>> {
+    let mut inputs: Vec<&Var> = state.to_vec();
+    let mut index: HashMap<String, usize> = HashMap::new();
+    for name in names {
+        if let Some(v) = m.var_opt(p, name) {
+            index.insert(name.clone(), inputs.len());
+            inputs.push(v);
+        }
+    }
+    let k = state.len();
+    let seg: Segment = std::sync::Arc::new(move |t: &mut Tape, vars: &[Var]| {
+        let lookup = |name: &str| index.get(name).map(|&i| vars[i].clone());
+        body(t, &vars[..k], &lookup)
+    });
+    tape.checkpoint(&inputs, seg)
+}
+
+/// A bound parameter by name, or an error naming it.
+pub(crate) fn need(w: Lookup, name: &str) -> Result<Var> {
+    w(name).ok_or_else(|| Error::Msg(format!("internal: parameter `{name}` is not bound")))
 }
 
 /// Attention of one layer over what `x` says: q (N, Hq·D), k and v (N, Hkv·D) → (N, Hq·D).
