@@ -1,4 +1,5 @@
 //! Benchmark workloads shared by `gkd bench` and the criterion benches.
 
+pub mod cross_entropy;
 pub mod divergence;
 pub mod train;

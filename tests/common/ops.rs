@@ -266,6 +266,7 @@ pub fn cross_entropy(rows: usize, vocab: usize) -> Case {
         vec![Input::normal("logits", &[rows, vocab], 0.0, 2.0, 20, true)],
         Box::new(move |t, v, d| Ok(t.cross_entropy(&v[0], &u32s(&targets, d)?, 0.2)?.0)),
     )
+    .on_cuda()
 }
 
 pub const DIVERGENCES: [Divergence; 7] = [
@@ -314,7 +315,7 @@ pub fn linear_loss(rows: usize, h: usize, vocab: usize, chunk: usize, teacher: O
     };
     let targets: Vec<u32> =
         (0..rows).map(|r| if r % 4 == 2 { IGNORE } else { (r * 31 % vocab) as u32 }).collect();
-    let case = Case::new(
+    Case::new(
         name,
         inputs,
         Box::new(move |t, v, d| {
@@ -333,13 +334,8 @@ pub fn linear_loss(rows: usize, h: usize, vocab: usize, chunk: usize, teacher: O
             let spec = LinearLoss { kind, vocab, scale: 0.125, chunk_rows: chunk };
             Ok(t.linear_loss(&v[0], &v[1], target, &spec)?.0)
         }),
-    );
-    // The CUDA backend fuses the head with a divergence only (no cross-entropy kernel yet).
-    if teacher.is_some() {
-        case.on_cuda()
-    } else {
-        case
-    }
+    )
+    .on_cuda()
 }
 
 /// The small cases: every op, at shapes a finite-difference check in f64 can afford.
@@ -420,9 +416,15 @@ pub fn large() -> Vec<Case> {
         narrow_cols(33, 192, 64, 64),
         narrow_cols(17, 100, 3, 50),
         cross_entropy(33, 4099),
+        // One warp per row at its largest V on CUDA; an odd V past every kernel's vector width.
+        cross_entropy(19, 2048),
+        cross_entropy(4, 151937),
         divergence(Divergence::Jsd { beta: 0.5 }, 6, 32000),
         divergence(Divergence::ReverseKl, 4, 151937),
         linear_loss(70, 64, 3001, 16, Some(Divergence::Jsd { beta: 0.5 })),
         linear_loss(70, 64, 3001, 0, None),
+        // Cross-entropy heads at odd vocabularies, in chunks that do not divide the rows.
+        linear_loss(37, 32, 4099, 8, None),
+        linear_loss(23, 16, 151937, 5, None),
     ]
 }
