@@ -74,7 +74,11 @@ fn bench(c: &mut Criterion) {
     g.bench_function("adamw_bf16_copy", |b| b.iter_custom(|i| timed(&dev, i, || s.step().unwrap())));
     g.throughput(Throughput::Bytes((4 * n) as u64));
     g.bench_function("grad_norm_f32", |b| {
-        b.iter_custom(|i| timed(&dev, i, || drop(s.grads.sum_squares().unwrap())))
+        b.iter_custom(|i| {
+            timed(&dev, i, || {
+                std::hint::black_box(s.grads.sum_squares().unwrap());
+            })
+        })
     });
     g.finish();
     let adamw = time_ms(&dev, 10, || s.step()).unwrap();
