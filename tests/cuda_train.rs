@@ -18,10 +18,15 @@ use gkd::{DType, Device, Tensor};
 use model_common::{fixture, reference, FAMILIES};
 use std::path::PathBuf;
 
-/// (prompt, completion) pairs from a fixture's reference sequences: the first three tokens are
-/// the prompt, so every other position is trained on.
+/// (prompt, completion) pairs from a fixture's reference sequences: the first token is the
+/// prompt, so every other position is trained on.
 fn pairs(family: &str) -> Vec<(Vec<u32>, Vec<u32>)> {
-    reference(family).sequences.iter().map(|s| (s[..3].to_vec(), s[3..].to_vec())).collect()
+    reference(family)
+        .sequences
+        .iter()
+        .filter(|s| s.len() >= 2)
+        .map(|s| (s[..1].to_vec(), s[1..].to_vec()))
+        .collect()
 }
 
 /// One SFT micro-batch's loss and flat f32 gradient of `model` placed on `device` in `dtype`.

@@ -23,8 +23,12 @@ fn loss_and_grads(model: &Model, pairs: &[(Vec<u32>, Vec<u32>)]) -> (f64, Vec<f3
 fn recomputation_gives_the_same_loss_and_gradients() {
     for family in FAMILIES {
         let mut model = Model::load(&fixture(family)).unwrap();
-        let pairs: Vec<(Vec<u32>, Vec<u32>)> =
-            reference(family).sequences.iter().map(|s| (s[..3].to_vec(), s[3..].to_vec())).collect();
+        let pairs: Vec<(Vec<u32>, Vec<u32>)> = reference(family)
+            .sequences
+            .iter()
+            .filter(|s| s.len() >= 2)
+            .map(|s| (s[..1].to_vec(), s[1..].to_vec()))
+            .collect();
         let (loss, grads) = loss_and_grads(&model, &pairs);
         assert!(
             grads.iter().filter(|g| g.abs() > 1e-6).count() > grads.len() / 2,

@@ -5,7 +5,7 @@
 //! one element per step when a pointer is not 16-byte aligned (a view at an odd offset).
 
 use super::device::{cuda_err, CudaDevice};
-use super::norm_launch::kernel;
+use super::storage::kernel;
 use super::storage::CudaElem;
 use crate::error::{shape_err, Result};
 use cudarc::driver::{CudaSlice, CudaView, LaunchConfig, PushKernelArg};
@@ -36,7 +36,7 @@ pub fn gelu_fwd<T: CudaElem>(dev: &CudaDevice, x: &CudaView<'_, T>) -> Result<Cu
     // SAFETY: the kernel writes all n elements.
     let mut y = unsafe { dev.alloc_of::<T>(n, OP)? };
     if n > 0 {
-        let f = dev.function(MODULE, kernel::<T>("gelu_fwd_f32", "gelu_fwd_bf16"))?;
+        let f = dev.function(MODULE, kernel::<T>("gelu_fwd_f32", "gelu_fwd_bf16")?)?;
         let n64 = n as i64;
         // SAFETY: argument types match gelu_fwd_<dtype>(x, y, n); both hold n elements.
         unsafe { dev.stream().launch_builder(&f).arg(x).arg(&mut y).arg(&n64).launch(cfg::<T>(dev, n)) }
@@ -57,7 +57,7 @@ pub fn gelu_bwd<T: CudaElem>(
     // SAFETY: the kernel writes all n elements.
     let mut dx = unsafe { dev.alloc_of::<T>(n, OP)? };
     if n > 0 {
-        let f = dev.function(MODULE, kernel::<T>("gelu_bwd_f32", "gelu_bwd_bf16"))?;
+        let f = dev.function(MODULE, kernel::<T>("gelu_bwd_f32", "gelu_bwd_bf16")?)?;
         let n64 = n as i64;
         // SAFETY: argument types match gelu_bwd_<dtype>(x, dy, dx, n); all hold n elements.
         unsafe {
@@ -80,7 +80,7 @@ pub fn swiglu_fwd<T: CudaElem>(
     // SAFETY: the kernel writes all n elements.
     let mut y = unsafe { dev.alloc_of::<T>(n, OP)? };
     if n > 0 {
-        let f = dev.function(MODULE, kernel::<T>("swiglu_fwd_f32", "swiglu_fwd_bf16"))?;
+        let f = dev.function(MODULE, kernel::<T>("swiglu_fwd_f32", "swiglu_fwd_bf16")?)?;
         let n64 = n as i64;
         // SAFETY: argument types match swiglu_fwd_<dtype>(gate, up, y, n); all hold n elements.
         unsafe {
@@ -104,7 +104,7 @@ pub fn swiglu_bwd<T: CudaElem>(
     // SAFETY: the kernel writes all n elements of both.
     let (mut dg, mut du) = unsafe { (dev.alloc_of::<T>(n, OP)?, dev.alloc_of::<T>(n, OP)?) };
     if n > 0 {
-        let f = dev.function(MODULE, kernel::<T>("swiglu_bwd_f32", "swiglu_bwd_bf16"))?;
+        let f = dev.function(MODULE, kernel::<T>("swiglu_bwd_f32", "swiglu_bwd_bf16")?)?;
         let n64 = n as i64;
         // SAFETY: argument types match swiglu_bwd_<dtype>(gate, up, dy, dgate, dup, n); all hold
         // n elements.

@@ -13,6 +13,7 @@
 //! sequence) for dQ, each summing in a fixed order.
 
 use super::device::{cuda_err, CudaDevice};
+use super::storage::kernel;
 use super::storage::CudaElem;
 use crate::backend::ops::{AttnDims, CachedAttnDims};
 use crate::backend::DType;
@@ -76,15 +77,6 @@ enum Path {
 
 fn is_bf16<T: CudaElem>() -> bool {
     T::DTYPE == DType::BF16
-}
-
-/// `f32_name` or `bf16_name` by T.
-fn kernel<T: CudaElem>(f32_name: &'static str, bf16_name: &'static str) -> &'static str {
-    if is_bf16::<T>() {
-        bf16_name
-    } else {
-        f32_name
-    }
 }
 
 fn aligned16<T>(dev: &CudaDevice, v: &CudaView<'_, T>) -> bool {
@@ -256,7 +248,7 @@ pub fn fwd<T: CudaElem>(
                 .map_err(cuda_err(OP))?;
             }
             Path::Scalar => {
-                let name = kernel::<T>("attention_fwd_scalar_f32", "attention_fwd_scalar_bf16");
+                let name = kernel::<T>("attention_fwd_scalar_f32", "attention_fwd_scalar_bf16")?;
                 let smem = scalar_fwd_smem(dh);
                 let f = prepare(dev, name, smem)?;
                 let cfg = tiles_cfg(longest, SC_BM, hq, batch, SC_THREADS, smem);
@@ -281,7 +273,7 @@ pub fn fwd<T: CudaElem>(
             }
         }
     }
-    let f = dev.function(MODULE, kernel::<T>("attention_zero_fwd_f32", "attention_zero_fwd_bf16"))?;
+    let f = dev.function(MODULE, kernel::<T>("attention_zero_fwd_f32", "attention_zero_fwd_bf16")?)?;
     let (width, batch_i) = ((hq * dh) as i64, batch as i32);
     // SAFETY: attention_zero_fwd_<dtype>(out, width, lse, hq, starts, lengths, batch), one CTA per
     // row of out (N, width) and lse (N, hq).
@@ -337,7 +329,7 @@ pub fn bwd<T: CudaElem>(
     let s = dev.stream();
     let (hq_i, hkv_i, dh_i, scale) = (hq as i32, hkv as i32, dh as i32, d.scale as f32);
     let (longest, batch) = (seqs.longest(), seqs.batch());
-    let fdelta = dev.function(MODULE, kernel::<T>("attention_bwd_delta_f32", "attention_bwd_delta_bf16"))?;
+    let fdelta = dev.function(MODULE, kernel::<T>("attention_bwd_delta_f32", "attention_bwd_delta_bf16")?)?;
     let rows_i = rows as i64;
     // SAFETY: attention_bwd_delta_<dtype>(out, dout, delta, rows, hq, d): one warp per (row, head)
     // of out, dout (N, Hq·D) and delta (N, Hq).
@@ -373,8 +365,8 @@ pub fn bwd<T: CudaElem>(
             }
             Path::Scalar => {
                 let smem = scalar_bwd_smem(dh);
-                let kv_name = kernel::<T>("attention_bwd_dkdv_scalar_f32", "attention_bwd_dkdv_scalar_bf16");
-                let q_name = kernel::<T>("attention_bwd_dq_scalar_f32", "attention_bwd_dq_scalar_bf16");
+                let kv_name = kernel::<T>("attention_bwd_dkdv_scalar_f32", "attention_bwd_dkdv_scalar_bf16")?;
+                let q_name = kernel::<T>("attention_bwd_dq_scalar_f32", "attention_bwd_dq_scalar_bf16")?;
                 (
                     prepare(dev, kv_name, smem)?,
                     prepare(dev, q_name, smem)?,
@@ -428,7 +420,7 @@ pub fn bwd<T: CudaElem>(
         }
         .map_err(cuda_err(OP))?;
     }
-    let fz = dev.function(MODULE, kernel::<T>("attention_zero_bwd_f32", "attention_zero_bwd_bf16"))?;
+    let fz = dev.function(MODULE, kernel::<T>("attention_zero_bwd_f32", "attention_zero_bwd_bf16")?)?;
     let (wq, wk, batch_i) = ((hq * dh) as i64, (hkv * dh) as i64, batch as i32);
     // SAFETY: attention_zero_bwd_<dtype>(dq, wq, dk, dv, wk, starts, lengths, batch), one CTA per
     // row of dq (N, wq), dk and dv (N, wk).
@@ -473,7 +465,7 @@ pub fn cached_fwd<T: CudaElem>(
     if rows == 0 {
         return Ok(out);
     }
-    let f = dev.function(MODULE, kernel::<T>("attention_cached_fwd_f32", "attention_cached_fwd_bf16"))?;
+    let f = dev.function(MODULE, kernel::<T>("attention_cached_fwd_f32", "attention_cached_fwd_bf16")?)?;
     let (rows_i, cap_i, hq_i, hkv_i, dh_i, scale) =
         (rows as i64, d.capacity as i32, hq as i32, hkv as i32, dh as i32, d.scale as f32);
     // SAFETY: attention_cached_fwd_<dtype>(q, kc, vc, seq, pos, out, rows, capacity, hq, hkv, d,

@@ -27,6 +27,8 @@ pub struct CudaDevice {
     pool: Option<PoolHandle>,
     /// Vectors of ones per element type (the bias products), grown on demand and kept.
     ones: Mutex<HashMap<std::any::TypeId, Arc<dyn std::any::Any + Send + Sync>>>,
+    /// cuBLASLt's scratch, allocated on first use and kept.
+    lt_workspace: Mutex<Option<Arc<CudaSlice<u8>>>>,
     /// While `time_gemms` is on: a (start, end) event pair around every cuBLAS product.
     gemm_events: Mutex<Option<Vec<(CudaEvent, CudaEvent)>>>,
 }
@@ -138,6 +140,7 @@ impl CudaDevice {
             functions: Mutex::new(HashMap::new()),
             pool,
             ones: Mutex::new(HashMap::new()),
+            lt_workspace: Mutex::new(None),
             gemm_events: Mutex::new(None),
         });
         map.insert(ordinal, dev.clone());
@@ -343,6 +346,17 @@ impl CudaDevice {
         // SAFETY: `ptr` addresses `bytes` bytes of a live allocation of this stream.
         unsafe { cudarc::driver::result::memset_d8_async(ptr, 0xFF, bytes, self.stream.cu_stream()) }
             .map_err(cuda_err("filling a buffer with NaN"))
+    }
+
+    /// cuBLASLt's scratch (`lt::WORKSPACE_BYTES`), allocated on first use and kept.
+    pub(crate) fn lt_workspace(&self) -> Result<Arc<CudaSlice<u8>>> {
+        let mut w = self.lt_workspace.lock().map_err(|_| Error::Msg("cuBLASLt workspace poisoned".into()))?;
+        if let Some(ws) = &*w {
+            return Ok(ws.clone());
+        }
+        let ws = Arc::new(self.zeros_of::<u8>(super::lt::WORKSPACE_BYTES, "the cuBLASLt workspace")?);
+        *w = Some(ws.clone());
+        Ok(ws)
     }
 
     /// At least `n` ones of `T`, made once per size class and kept (no upload per call).

@@ -2,6 +2,7 @@
 //! the bf16 ↔ f32 casts. Grid-stride loops: at most 1024 blocks of 256 threads.
 
 use super::device::{cuda_err, CudaDevice};
+use super::storage::kernel;
 use super::storage::CudaElem;
 use crate::error::{shape_err, Result};
 use cudarc::driver::{
@@ -18,15 +19,6 @@ fn cfg(n: usize) -> LaunchConfig {
     }
 }
 
-/// The kernel name of `op` for element type T (f32 or bf16).
-fn name<T: CudaElem>(f32_name: &'static str, bf16_name: &'static str) -> &'static str {
-    if T::DTYPE == crate::backend::DType::BF16 {
-        bf16_name
-    } else {
-        f32_name
-    }
-}
-
 /// a + b into a new buffer.
 pub fn add<T: CudaElem>(dev: &CudaDevice, a: &CudaView<'_, T>, b: &CudaView<'_, T>) -> Result<CudaSlice<T>> {
     const OP: &str = "add (cuda)";
@@ -39,7 +31,7 @@ pub fn add<T: CudaElem>(dev: &CudaDevice, a: &CudaView<'_, T>, b: &CudaView<'_, 
     if n == 0 {
         return Ok(out);
     }
-    let f = dev.function(MODULE, name::<T>("add_f32", "add_bf16"))?;
+    let f = dev.function(MODULE, kernel::<T>("add_f32", "add_bf16")?)?;
     let n64 = n as i64;
     // SAFETY: argument types match add_<dtype>(a, b, out, n) in elementwise.cu.
     unsafe { dev.stream().launch_builder(&f).arg(a).arg(b).arg(&mut out).arg(&n64).launch(cfg(n)) }
@@ -60,7 +52,7 @@ pub fn add_in_place<T: CudaElem>(
     if acc.is_empty() {
         return Ok(());
     }
-    let f = dev.function(MODULE, name::<T>("add_f32", "add_bf16"))?;
+    let f = dev.function(MODULE, kernel::<T>("add_f32", "add_bf16")?)?;
     let stream = dev.stream();
     let n = acc.len();
     let n64 = n as i64;
@@ -79,7 +71,7 @@ pub fn scale_in_place<T: CudaElem>(dev: &CudaDevice, x: &mut CudaViewMut<'_, T>,
     if x.is_empty() {
         return Ok(());
     }
-    let f = dev.function(MODULE, name::<T>("scale_f32", "scale_bf16"))?;
+    let f = dev.function(MODULE, kernel::<T>("scale_f32", "scale_bf16")?)?;
     let n = x.len();
     let n64 = n as i64;
     // SAFETY: argument types match scale_<dtype>(x, c, n), n elements of x.

@@ -8,8 +8,8 @@
 //! dimension).
 
 use super::device::{cuda_err, CudaDevice};
+use super::storage::kernel;
 use super::storage::CudaElem;
-use crate::backend::DType;
 use crate::error::{shape_err, Result};
 use cudarc::driver::{CudaSlice, CudaView, DevicePtr, LaunchConfig, PushKernelArg};
 
@@ -26,14 +26,6 @@ const SCAN_THREADS: u32 = 1024;
 const HISTOGRAM_BLOCKS: u32 = 1024;
 /// Backward sums: at most this many threads per vocabulary row's block.
 const SUM_MAX_THREADS: u32 = 256;
-
-fn kernel<T: CudaElem>(f32_name: &'static str, bf16_name: &'static str) -> &'static str {
-    if T::DTYPE == DType::BF16 {
-        bf16_name
-    } else {
-        f32_name
-    }
-}
 
 /// N rows, V vocabulary rows and C columns within the kernels' 32-bit indexing (the scan covers
 /// V + 1 entries) and the rank grid's `MAX_RANK_TILES`.
@@ -77,7 +69,7 @@ pub fn fwd<T: CudaElem>(
             && aligned(out.device_ptr(stream).0, 16)
             && row_bytes % 16 == 0,
     );
-    let f = dev.function(MODULE, kernel::<T>("embedding_fwd_f32", "embedding_fwd_bf16"))?;
+    let f = dev.function(MODULE, kernel::<T>("embedding_fwd_f32", "embedding_fwd_bf16")?)?;
     let (r, v, c) = (rows as i32, vocab as i32, cols as i32);
     let cfg = LaunchConfig {
         grid_dim: ((rows as u32).div_ceil(FWD_ROWS_PER_BLOCK), 1, 1),
@@ -178,7 +170,7 @@ pub fn bwd<T: CudaElem>(
     let elem = std::mem::size_of::<T>() as u64;
     let vec = i32::from(cols % 4 == 0 && aligned(dout.device_ptr(stream).0, 4 * elem));
     let steps = if vec == 1 { cols / 4 } else { cols } as u32;
-    let sum = dev.function(MODULE, kernel::<T>("embedding_bwd_sum_f32", "embedding_bwd_sum_bf16"))?;
+    let sum = dev.function(MODULE, kernel::<T>("embedding_bwd_sum_f32", "embedding_bwd_sum_bf16")?)?;
     let cfg = LaunchConfig {
         grid_dim: (vocab as u32, 1, 1),
         block_dim: (steps.div_ceil(32).clamp(1, SUM_MAX_THREADS / 32) * 32, 1, 1),

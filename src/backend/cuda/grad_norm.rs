@@ -5,8 +5,8 @@
 //! values give the same bits on every GPU and every run.
 
 use super::device::{cuda_err, CudaDevice};
+use super::storage::kernel;
 use super::storage::CudaElem;
-use crate::backend::DType;
 use crate::error::Result;
 use cudarc::driver::{CudaSlice, CudaView, LaunchConfig, PushKernelArg};
 
@@ -24,7 +24,7 @@ pub fn sum_squares<T: CudaElem>(dev: &CudaDevice, x: &CudaView<'_, T>) -> Result
     if n == 0 {
         return Ok(0.0);
     }
-    let name = if T::DTYPE == DType::BF16 { "sum_squares_bf16" } else { "sum_squares_f32" };
+    let name = kernel::<T>("sum_squares_f32", "sum_squares_bf16")?;
     let partial = dev.function(MODULE, name)?;
     let finish = dev.function(MODULE, "sum_squares_finish")?;
     // SAFETY: stage 1 writes one partial per block (BLOCKS of them), stage 2 the one result.

@@ -2,7 +2,8 @@
 //! (configuration in `norm_launch.rs`). mean, rstd and the weight and bias gradients are f32.
 
 use super::device::{cuda_err, CudaDevice};
-use super::norm_launch::{kernel, params, row_cfg, wgrad};
+use super::norm_launch::{params, row_cfg, wgrad};
+use super::storage::kernel;
 use super::storage::CudaElem;
 use crate::error::Result;
 use cudarc::driver::{CudaSlice, CudaView, PushKernelArg};
@@ -74,8 +75,8 @@ fn launch_fwd<T: CudaElem>(
     };
     if rows > 0 {
         let name = match r {
-            Some(_) => kernel::<T>("add_layer_norm_fwd_f32", "add_layer_norm_fwd_bf16"),
-            None => kernel::<T>("layer_norm_fwd_f32", "layer_norm_fwd_bf16"),
+            Some(_) => kernel::<T>("add_layer_norm_fwd_f32", "add_layer_norm_fwd_bf16")?,
+            None => kernel::<T>("layer_norm_fwd_f32", "layer_norm_fwd_bf16")?,
         };
         let f = dev.function(MODULE, name)?;
         let p = params(rows, cols, eps);
@@ -126,11 +127,11 @@ pub fn bwd<T: CudaElem>(
     let fdx = dev.function(
         MODULE,
         match dsum {
-            Some(_) => kernel::<T>("add_layer_norm_bwd_dx_f32", "add_layer_norm_bwd_dx_bf16"),
-            None => kernel::<T>("layer_norm_bwd_dx_f32", "layer_norm_bwd_dx_bf16"),
+            Some(_) => kernel::<T>("add_layer_norm_bwd_dx_f32", "add_layer_norm_bwd_dx_bf16")?,
+            None => kernel::<T>("layer_norm_bwd_dx_f32", "layer_norm_bwd_dx_bf16")?,
         },
     )?;
-    let fwg = dev.function(MODULE, kernel::<T>("layer_norm_bwd_wgrad_f32", "layer_norm_bwd_wgrad_bf16"))?;
+    let fwg = dev.function(MODULE, kernel::<T>("layer_norm_bwd_wgrad_f32", "layer_norm_bwd_wgrad_bf16")?)?;
     let ffin = dev.function(MODULE, "layer_norm_bwd_wgrad_finish")?;
     let p = params(rows, cols, 0.0);
     if rows > 0 {

@@ -1,5 +1,7 @@
-//! The fully connected layer through cuBLAS (`matmul.rs`), with no kernel of its own:
-//!   fwd: y = x·op(W) (+ b: first y = 1·bᵀ as a rank-1 product, then the product with beta = 1)
+//! The fully connected layer through cuBLAS (`matmul.rs`) and cuBLASLt (`lt.rs`), with no kernel
+//! of its own:
+//!   fwd: y = x·op(W) (+ b: in the product's epilogue through cuBLASLt; where it has no algorithm,
+//!        first y = 1·bᵀ as a rank-1 product, then the product with beta = 1)
 //!   bwd: dx = dy·op(W)ᵀ, dW = dyᵀ·x or xᵀ·dy (f32), db = 1ᵀ·dy (f32, a 1 × N product)
 //! W is stored (Dout, Din) (`nn.Linear`) or (Din, Dout) (`Conv1D`, `w_in_out`).
 
@@ -9,7 +11,7 @@ use super::storage::CudaElem;
 use crate::backend::ops::LinearDims;
 use crate::backend::Element;
 use crate::error::Result;
-use cudarc::driver::{CudaSlice, CudaView};
+use cudarc::driver::{CudaSlice, CudaView, DevicePtr};
 use std::sync::Arc;
 
 /// What a float type of the linear layer needs.
@@ -39,6 +41,13 @@ pub fn linear_fwd<T: LinearElem>(
     let LinearDims { n, d_in, d_out, w_in_out } = d;
     // SAFETY: the products below write every element (beta = 0 first).
     let mut y: CudaSlice<T> = unsafe { dev.alloc_of(n * d_out, OP)? };
+    // The bias in the product's epilogue (cuBLASLt) when the bias is 16-byte aligned and an
+    // algorithm exists for the shape; else as a rank-1 product first.
+    if let Some(b) = b.filter(|b| b.device_ptr(dev.stream()).0 % 16 == 0) {
+        if super::lt::linear_bias(dev, d, x, w, b, &mut y.slice_mut(..n * d_out))? {
+            return Ok(y);
+        }
+    }
     let mut beta = 0.0;
     if let Some(b) = b {
         let one = ones::<T>(dev, n, OP)?;

@@ -4,8 +4,6 @@
 //! then a sum), so they come out in fp32 whatever the input dtype.
 
 use super::abi::{NormParams, NormWgradParams};
-use super::storage::CudaElem;
-use crate::backend::DType;
 use cudarc::driver::LaunchConfig;
 
 const ROWS_PER_BLOCK: u32 = 8;
@@ -44,13 +42,4 @@ pub(super) fn wgrad(rows: usize, cols: usize) -> (NormWgradParams, LaunchConfig,
         shared_mem_bytes: 0,
     };
     (p, partial, finish)
-}
-
-/// `<base>_f32` or `<base>_bf16`.
-pub(super) fn kernel<T: CudaElem>(f32_name: &'static str, bf16_name: &'static str) -> &'static str {
-    if T::DTYPE == DType::BF16 {
-        bf16_name
-    } else {
-        f32_name
-    }
 }

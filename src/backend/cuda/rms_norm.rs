@@ -2,7 +2,8 @@
 //! in `norm_launch.rs`). rstd and the weight gradient are f32.
 
 use super::device::{cuda_err, CudaDevice};
-use super::norm_launch::{kernel, params, row_cfg, wgrad};
+use super::norm_launch::{params, row_cfg, wgrad};
+use super::storage::kernel;
 use super::storage::CudaElem;
 use crate::error::Result;
 use cudarc::driver::{CudaSlice, CudaView, PushKernelArg};
@@ -60,8 +61,8 @@ fn launch_fwd<T: CudaElem>(
     };
     if rows > 0 {
         let name = match r {
-            Some(_) => kernel::<T>("add_rms_norm_fwd_f32", "add_rms_norm_fwd_bf16"),
-            None => kernel::<T>("rms_norm_fwd_f32", "rms_norm_fwd_bf16"),
+            Some(_) => kernel::<T>("add_rms_norm_fwd_f32", "add_rms_norm_fwd_bf16")?,
+            None => kernel::<T>("rms_norm_fwd_f32", "rms_norm_fwd_bf16")?,
         };
         let f = dev.function(MODULE, name)?;
         let p = params(rows, cols, eps);
@@ -108,11 +109,11 @@ pub fn bwd<T: CudaElem>(
     let fdx = dev.function(
         MODULE,
         match dsum {
-            Some(_) => kernel::<T>("add_rms_norm_bwd_dx_f32", "add_rms_norm_bwd_dx_bf16"),
-            None => kernel::<T>("rms_norm_bwd_dx_f32", "rms_norm_bwd_dx_bf16"),
+            Some(_) => kernel::<T>("add_rms_norm_bwd_dx_f32", "add_rms_norm_bwd_dx_bf16")?,
+            None => kernel::<T>("rms_norm_bwd_dx_f32", "rms_norm_bwd_dx_bf16")?,
         },
     )?;
-    let fwg = dev.function(MODULE, kernel::<T>("rms_norm_bwd_wgrad_f32", "rms_norm_bwd_wgrad_bf16"))?;
+    let fwg = dev.function(MODULE, kernel::<T>("rms_norm_bwd_wgrad_f32", "rms_norm_bwd_wgrad_bf16")?)?;
     let ffin = dev.function(MODULE, "rms_norm_bwd_wgrad_finish")?;
     let p = params(rows, cols, 0.0);
     if rows > 0 {

@@ -5,8 +5,8 @@
 
 use super::abi::{RopeParams, ROPE_MAX_HALF};
 use super::device::{cuda_err, CudaDevice};
+use super::storage::kernel;
 use super::storage::CudaElem;
-use crate::backend::DType;
 use crate::error::{shape_err, Result};
 use cudarc::driver::{CudaSlice, CudaView, LaunchConfig, PushKernelArg};
 
@@ -52,11 +52,10 @@ pub fn rotate<T: CudaElem>(
     if rows == 0 {
         return Ok(y);
     }
-    let name = match (T::DTYPE == DType::BF16, inverse) {
-        (false, false) => "rope_fwd_f32",
-        (false, true) => "rope_bwd_f32",
-        (true, false) => "rope_fwd_bf16",
-        (true, true) => "rope_bwd_bf16",
+    let name = if inverse {
+        kernel::<T>("rope_bwd_f32", "rope_bwd_bf16")?
+    } else {
+        kernel::<T>("rope_fwd_f32", "rope_fwd_bf16")?
     };
     let f = dev.function(MODULE, name)?;
     let threads = (rows * inv_freq.len()) as u32;

@@ -70,6 +70,16 @@ macro_rules! cuda_elem {
         }
     };
 }
+/// The f32 or bf16 entry point of a kernel for element type T (the kernels exist for these two):
+/// any other type is an error, never a launch that would read it as another width.
+pub(crate) fn kernel<T: CudaElem>(f32_name: &'static str, bf16_name: &'static str) -> Result<&'static str> {
+    match T::DTYPE {
+        DType::F32 => Ok(f32_name),
+        DType::BF16 => Ok(bf16_name),
+        d => Err(dtype_err("cuda kernel", d, "f32, bf16")),
+    }
+}
+
 cuda_elem!(f32, F32);
 cuda_elem!(bf16, BF16);
 cuda_elem!(f16, F16);
