@@ -1,58 +1,131 @@
-//! RMSNorm forward + backward: the CPU reference at a small size, and on a GPU the CUDA kernels at
-//! a training-sized activation (8192 × 4096 bf16), reported as bytes moved per second against the
-//! minimal traffic (read x, dy; write y, dx — weights and statistics are negligible).
+//! The norms, forward + backward through the tape: RMSNorm, LayerNorm and RMSNorm with the residual
+//! add fused, at a training-sized activation (8192 × 4096 bf16) on the GPU; the CPU reference at a
+//! small size without one. Bandwidth-bound, so after criterion's numbers each one's ratio to its
+//! memory floor (the minimal traffic at the copy bandwidth measured in this same run) is printed:
+//!   rms_norm, layer_norm: forward reads x, writes y; backward reads x, dy, writes dx (weights and
+//!                         statistics are negligible): 5 tensors
+//!   add_rms_norm:         forward reads x, r, writes sum, y; backward reads sum, dy, dsum, writes
+//!                         dx (= dr): 8 tensors
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use gkd::autograd::Tape;
-use gkd::backend::cuda;
+use gkd::backend::cuda::bandwidth::{measure_copy_bandwidth, time_ms};
+use gkd::backend::cuda::{self, CudaDevice};
 use gkd::{DType, Device, Tensor};
 use std::time::{Duration, Instant};
 
-fn inputs(rows: usize, cols: usize, dtype: DType, device: Device) -> (Tensor, Tensor, Tensor) {
-    let x: Vec<f32> = (0..rows * cols).map(|i| ((i * 7919 % 1013) as f32 / 506.0) - 1.0).collect();
-    let dy: Vec<f32> = (0..rows * cols).map(|i| ((i * 104729 % 997) as f32 / 498.0) - 1.0).collect();
-    let w = vec![1.0f32; cols];
+#[derive(Clone, Copy)]
+enum Norm {
+    Rms,
+    Layer,
+    AddRms,
+}
+
+impl Norm {
+    fn name(self) -> &'static str {
+        match self {
+            Norm::Rms => "rms_norm",
+            Norm::Layer => "layer_norm",
+            Norm::AddRms => "add_rms_norm",
+        }
+    }
+
+    fn floor_tensors(self) -> usize {
+        match self {
+            Norm::Rms | Norm::Layer => 5,
+            Norm::AddRms => 8,
+        }
+    }
+}
+
+struct Inputs {
+    x: Tensor,
+    r: Tensor,
+    w: Tensor,
+    b: Tensor,
+    dy: Tensor,
+}
+
+fn inputs(rows: usize, cols: usize, dtype: DType, device: Device) -> Inputs {
+    let v = |mul: usize, m: usize| -> Vec<f32> {
+        (0..rows * cols).map(|i| ((i * mul % m) as f32 / (m / 2) as f32) - 1.0).collect()
+    };
     let t = |v: Vec<f32>, s: Vec<usize>| {
         Tensor::from_vec(v, s).unwrap().to_dtype(dtype).unwrap().to_device(device).unwrap()
     };
-    (t(x, vec![rows, cols]), t(w, vec![cols]), t(dy, vec![rows, cols]))
+    Inputs {
+        x: t(v(7919, 1013), vec![rows, cols]),
+        r: t(v(6007, 1019), vec![rows, cols]),
+        w: t(vec![1.0f32; cols], vec![cols]),
+        b: t(vec![0.5f32; cols], vec![cols]),
+        dy: t(v(104729, 997), vec![rows, cols]),
+    }
 }
 
-fn fwd_bwd(x: &Tensor, w: &Tensor, dy: &Tensor) {
+fn fwd_bwd(norm: Norm, x: &Inputs) -> gkd::Result<()> {
     let mut tape = Tape::new();
-    let xv = tape.leaf(x.clone(), true);
-    let wv = tape.leaf(w.clone(), true);
-    let y = tape.rms_norm(&xv, &wv, 1e-6).unwrap();
-    tape.backward_from(&y, dy.clone()).unwrap();
+    let xv = tape.leaf(x.x.clone(), true);
+    let wv = tape.leaf(x.w.clone(), true);
+    let y = match norm {
+        Norm::Rms => tape.rms_norm(&xv, &wv, 1e-6)?,
+        Norm::Layer => {
+            let bv = tape.leaf(x.b.clone(), true);
+            tape.layer_norm(&xv, &wv, &bv, 1e-5)?
+        }
+        Norm::AddRms => {
+            let rv = tape.leaf(x.r.clone(), true);
+            let (sum, y) = tape.add_rms_norm(&xv, &rv, &wv, 1e-6)?;
+            return tape.backward_many(vec![(&sum, x.dy.clone()), (&y, x.dy.clone())]).map(drop);
+        }
+    };
+    tape.backward_from(&y, x.dy.clone()).map(drop)
 }
 
 fn bench(c: &mut Criterion) {
-    let mut g = c.benchmark_group("rms_norm_fwd_bwd");
-    let (rows, cols) = (256, 896);
-    let (x, w, dy) = inputs(rows, cols, DType::F32, Device::Cpu);
-    g.throughput(Throughput::Bytes((4 * rows * cols * 4) as u64));
-    g.bench_function("cpu_f32_256x896", |b| b.iter(|| fwd_bwd(&x, &w, &dy)));
-
+    let all = [Norm::Rms, Norm::Layer, Norm::AddRms];
+    let mut g = c.benchmark_group("norms_fwd_bwd");
     if cuda::probe().usable_devices() == 0 {
-        eprintln!("rms_norm_fwd_bwd: no GPU, CUDA cases skipped");
+        let (rows, cols) = (256, 896);
+        let x = inputs(rows, cols, DType::F32, Device::Cpu);
+        for n in all {
+            g.throughput(Throughput::Bytes((n.floor_tensors() * rows * cols * 4) as u64));
+            g.bench_function(format!("cpu_f32_{}_{rows}x{cols}", n.name()), |b| b.iter(|| fwd_bwd(n, &x).unwrap()));
+        }
+        g.finish();
+        eprintln!("rms_norm: no GPU, only the CPU reference was timed");
         return;
     }
-    let dev = cuda::CudaDevice::get(0).unwrap();
+    let dev = CudaDevice::get(0).unwrap();
+    let bw = measure_copy_bandwidth(&dev, 1 << 31, 10).unwrap();
     let (rows, cols) = (8192, 4096);
-    let (x, w, dy) = inputs(rows, cols, DType::BF16, Device::Cuda(0));
-    g.throughput(Throughput::Bytes((4 * rows * cols * 2) as u64));
-    g.bench_function("cuda_bf16_8192x4096", |b| {
-        b.iter_custom(|iters| {
-            dev.synchronize().unwrap();
-            let t0 = Instant::now();
-            for _ in 0..iters {
-                fwd_bwd(&x, &w, &dy);
-            }
-            dev.synchronize().unwrap();
-            t0.elapsed()
-        })
-    });
+    let x = inputs(rows, cols, DType::BF16, Device::Cuda(dev.ordinal()));
+    let mut ratios = vec![format!("copy bandwidth {:.2} TB/s", bw / 1e12)];
+    for n in all {
+        let bytes = n.floor_tensors() * rows * cols * 2;
+        g.throughput(Throughput::Bytes(bytes as u64));
+        g.bench_function(format!("cuda_bf16_{}_{rows}x{cols}", n.name()), |b| {
+            b.iter_custom(|iters| {
+                dev.synchronize().unwrap();
+                let t0 = Instant::now();
+                for _ in 0..iters {
+                    fwd_bwd(n, &x).unwrap();
+                }
+                dev.synchronize().unwrap();
+                t0.elapsed()
+            })
+        });
+        let ms = time_ms(&dev, 20, || fwd_bwd(n, &x)).unwrap();
+        let floor = bytes as f64 / bw * 1e3;
+        ratios.push(format!(
+            "{} fwd+bwd {rows}x{cols} bf16: {ms:.3} ms = {:.2}x the floor ({floor:.3} ms)",
+            n.name(),
+            ms / floor
+        ));
+    }
     g.finish();
+    for r in ratios {
+        eprintln!("rms_norm: {r}");
+    }
 }
 
 criterion_group! {
