@@ -453,8 +453,9 @@ fn adamw_against_the_cpu(gpu: Device) {
     assert!(max_ulps(&v(gm), &v(cm)) <= 1, "first moments");
     assert!(max_ulps(&v(gv), &v(cv)) <= 1, "second moments");
 
-    // The gradient one element off the weights' alignment (all elements on the scalar path), and
-    // no decay (the multiply skipped), on a range from 5.
+    // The weights' range from element 5 with the gradient from element 2 of its buffer: they
+    // reach 16-byte alignment at different elements (5 + 3 vs 2 + 2), so every element takes the
+    // scalar path; and no decay (the multiply skipped).
     let h = AdamWStep {
         decay: 1.0,
         one_minus_beta1: 0.1,
@@ -469,7 +470,7 @@ fn adamw_against_the_cpu(gpu: Device) {
     let run = |device: Device| {
         let d = |x: &[f32]| t(x).to_device(device).unwrap();
         let (mut p, mut m, mut s) = (d(&p0), d(&f32s(&normals(n, 0.0, 0.1, 41))), d(&vec![1e-4; n]));
-        let g = d(&wide).narrow(0, 1, len).unwrap();
+        let g = d(&wide).narrow(0, 2, len).unwrap();
         let mut w = Tensor::full([n], 3.0, DType::BF16, device).unwrap();
         p.adamw_step_at(5, &g, &mut m, &mut s, &h, Some(&mut w)).unwrap();
         (v(&p), v(&m), v(&s), v(&w))
@@ -482,8 +483,16 @@ fn adamw_against_the_cpu(gpu: Device) {
     assert_eq!(gw[5 + len..], [3.0; 4], "after the range: untouched");
     let want: Vec<f32> = gp[5..5 + len].iter().map(|&x| bf16_rne(x)).collect();
     assert!(gw[5..5 + len] == want[..], "unaligned gradient: the bf16 copy");
-    assert_eq!(cw[5..5 + len], want[..], "the CPU's copy too");
+    let cpu_want: Vec<f32> = cp[5..5 + len].iter().map(|&x| bf16_rne(x)).collect();
+    assert_eq!(cw[5..5 + len], cpu_want[..], "the CPU's copy too");
     assert_ne!(gp[5], p0[5]);
+
+    // A copy that is not f32 or bf16 is refused by the backend.
+    let d = |x: &[f32]| t(x).to_device(gpu).unwrap();
+    let (mut p, mut m, mut s) = (d(&p0), d(&vec![0.0; n]), d(&vec![0.0; n]));
+    let mut ids = Tensor::from_u32(&vec![0; n], gpu).unwrap();
+    let e = p.adamw_step_at(0, &d(&wide), &mut m, &mut s, &h, Some(&mut ids)).unwrap_err();
+    assert!(e.to_string().contains("u32"), "{e}");
 }
 
 /// Σ x² in f64 of the values as stored.
