@@ -216,6 +216,13 @@ fn in_place_operations_match_the_cpu() {
             .adamw_step_at(200, &t(&b[..600]), &mut m, &mut v, &h, None)
             .and_then(|()| Ok([p.to_vec_f64()?, m.to_vec_f64()?, v.to_vec_f64()?].concat()));
         out.push(("adamw", r));
+        // The same step writing the updated weights into a bf16 copy.
+        let (mut p, mut m, mut v) = (t(&a), t(&vec![0.0; n]), t(&vec![0.0; n]));
+        let r = t(&a).to_dtype(DType::BF16).and_then(|mut w| {
+            p.adamw_step_at(200, &t(&b[..600]), &mut m, &mut v, &h, Some(&mut w))?;
+            Ok([p.to_vec_f64()?, w.to_vec_f64()?].concat())
+        });
+        out.push(("adamw_bf16_copy", r));
         out.push((
             "cast",
             t(&a).to_dtype(DType::BF16).and_then(|x| x.to_dtype(DType::F32)).and_then(|x| x.to_vec_f64()),
@@ -249,6 +256,10 @@ fn in_place_operations_match_the_cpu() {
     let adam = w("adamw");
     assert_eq!(adam[199], f32v(a[199]), "outside the range: untouched");
     assert_ne!(adam[200], f32v(a[200]));
+    let copy = w("adamw_bf16_copy");
+    assert_eq!(copy[..n], adam[..n], "the copy does not change the update");
+    assert_eq!(copy[n + 199], half::bf16::from_f32(a[199] as f32).to_f64(), "outside: untouched");
+    assert_eq!(copy[n + 200], half::bf16::from_f32(adam[200] as f32).to_f64());
     assert!(w("cast").iter().zip(&a).all(|(c, x)| (c - x).abs() <= x.abs() / 256.0));
 
     let Some(dev) = cuda_or_skip("device_ops::in_place_operations_match_the_cpu") else { return };
