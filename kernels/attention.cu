@@ -43,6 +43,10 @@ __device__ __forceinline__ Seq seq_of(const unsigned *starts, const unsigned *le
     return s;
 }
 
+// The first row of this CTA's query tile, the last tiles first: under the causal mask tile x
+// reads x + 1 key tiles, so the longest CTAs start first and the short ones fill in behind them.
+__device__ __forceinline__ int heavy_first(int rows) { return (gridDim.x - 1 - blockIdx.x) * rows; }
+
 // =============================================================================================
 // Scalar kernels (f32 and bf16, any D ≤ ATTN_MAX_D)
 // =============================================================================================
@@ -58,7 +62,7 @@ __device__ void attn_fwd_scalar(const T *q, const T *k, const T *v, // (N, Hq·D
                                 T *out, float *lse,                               // (N, Hq·D), (N, Hq)
                                 int hq, int hkv, int D, float scale) {
     const Seq sq = seq_of(starts, lengths, blockIdx.z);
-    const int h = blockIdx.y, r0 = blockIdx.x * SC_BM;
+    const int h = blockIdx.y, r0 = heavy_first(SC_BM);
     if (r0 >= sq.len) return;
     const int g = h / (hq / hkv), kp = odd_pitch(D), tid = threadIdx.x;
     const long ldq = (long)hq * D, ldk = (long)hkv * D;
@@ -261,7 +265,7 @@ __device__ void attn_bwd_dq_scalar(const T *q, const T *k, const T *v, const T *
                                    T *dq,                                            // (N, Hq·D)
                                    int hq, int hkv, int D, float scale) {
     const Seq sq = seq_of(starts, lengths, blockIdx.z);
-    const int h = blockIdx.y, r0 = blockIdx.x * SC_BM;
+    const int h = blockIdx.y, r0 = heavy_first(SC_BM);
     if (r0 >= sq.len) return;
     const int g = h / (hq / hkv), kp = odd_pitch(D), tid = threadIdx.x;
     const ScalarBwdSmem s = scalar_bwd_smem(D, kp);
@@ -446,7 +450,7 @@ __device__ void attn_fwd_mma(const bf16 *q, const bf16 *k, const bf16 *v, const 
                              const unsigned *lengths, bf16 *out, float *lse, int hq, int hkv, float scale) {
     constexpr int BM = 64, BN = 64, P = D + 8, DT = D / 8, KS = D / 16, NT = BN / 8;
     const Seq sq = seq_of(starts, lengths, blockIdx.z);
-    const int h = blockIdx.y, r0 = blockIdx.x * BM;
+    const int h = blockIdx.y, r0 = heavy_first(BM);
     if (r0 >= sq.len) return;
     const int kvh = h / (hq / hkv), warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int gid = lane >> 2, tig = lane & 3;
@@ -624,7 +628,7 @@ __device__ void attn_bwd_dq_mma(const bf16 *q, const bf16 *k, const bf16 *v, con
                                 const unsigned *lengths, bf16 *dq, int hq, int hkv, float scale) {
     constexpr int BM = 64, P = D + 8, DT = D / 8, KS = D / 16, NT = BN / 8;
     const Seq sq = seq_of(starts, lengths, blockIdx.z);
-    const int h = blockIdx.y, r0 = blockIdx.x * BM;
+    const int h = blockIdx.y, r0 = heavy_first(BM);
     if (r0 >= sq.len) return;
     const int kvh = h / (hq / hkv), warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int gid = lane >> 2, tig = lane & 3;
