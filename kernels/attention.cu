@@ -43,6 +43,10 @@ __device__ __forceinline__ Seq seq_of(const unsigned *starts, const unsigned *le
     return s;
 }
 
+// The first row of this CTA's query tile, the last tiles first: under the causal mask tile x
+// reads x + 1 key tiles, so the longest CTAs start first and the short ones fill in behind them.
+__device__ __forceinline__ int heavy_first(int rows) { return (gridDim.x - 1 - blockIdx.x) * rows; }
+
 // =============================================================================================
 // Scalar kernels (f32 and bf16, any D ≤ ATTN_MAX_D)
 // =============================================================================================
@@ -58,7 +62,7 @@ __device__ void attn_fwd_scalar(const T *q, const T *k, const T *v, // (N, Hq·D
                                 T *out, float *lse,                               // (N, Hq·D), (N, Hq)
                                 int hq, int hkv, int D, float scale) {
     const Seq sq = seq_of(starts, lengths, blockIdx.z);
-    const int h = blockIdx.y, r0 = blockIdx.x * SC_BM;
+    const int h = blockIdx.y, r0 = heavy_first(SC_BM);
     if (r0 >= sq.len) return;
     const int g = h / (hq / hkv), kp = odd_pitch(D), tid = threadIdx.x;
     const long ldq = (long)hq * D, ldk = (long)hkv * D;
@@ -261,7 +265,7 @@ __device__ void attn_bwd_dq_scalar(const T *q, const T *k, const T *v, const T *
                                    T *dq,                                            // (N, Hq·D)
                                    int hq, int hkv, int D, float scale) {
     const Seq sq = seq_of(starts, lengths, blockIdx.z);
-    const int h = blockIdx.y, r0 = blockIdx.x * SC_BM;
+    const int h = blockIdx.y, r0 = heavy_first(SC_BM);
     if (r0 >= sq.len) return;
     const int g = h / (hq / hkv), kp = odd_pitch(D), tid = threadIdx.x;
     const ScalarBwdSmem s = scalar_bwd_smem(D, kp);
@@ -403,6 +407,40 @@ __device__ __forceinline__ void stage_rows(bf16 *dst, const bf16 *x, long ld, Se
     }
 }
 
+// stage_rows with cp.async (sm_80+): the copies run while the warps compute on the other buffer.
+// Rows at or past `len` are zero-filled (src-size 0; the source address stays a valid row).
+__device__ __forceinline__ void cp_async16(bf16 *dst, const bf16 *src, bool valid) {
+#if ATTN_HAS_MMA
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_addr(dst)), "l"(src),
+                 "r"(valid ? 16 : 0));
+#else
+    *(uint4 *)dst = valid ? *(const uint4 *)src : make_uint4(0u, 0u, 0u, 0u);
+#endif
+}
+
+__device__ __forceinline__ void cp_async_commit() {
+#if ATTN_HAS_MMA
+    asm volatile("cp.async.commit_group;\n" ::);
+#endif
+}
+
+// Waits until at most N of this thread's committed groups are still in flight.
+template <int N> __device__ __forceinline__ void cp_async_wait() {
+#if ATTN_HAS_MMA
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+#endif
+}
+
+template <int D, int ROWS>
+__device__ __forceinline__ void stage_rows_async(bf16 *dst, const bf16 *x, long ld, Seq sq, int j0, int head) {
+    constexpr int P = D + 8, CHUNKS = D / 8;
+    for (int c = threadIdx.x; c < ROWS * CHUNKS; c += MMA_THREADS) {
+        const int j = c / CHUNKS, col = (c - j * CHUNKS) * 8;
+        const bool valid = j0 + j < sq.len;
+        cp_async16(dst + j * P + col, x + (sq.start + (valid ? j0 + j : 0)) * ld + (long)head * D + col, valid);
+    }
+}
+
 // S (16 × 8·NT) += A · Mᵀ over D: A fragments af[D/16], M rows n (keys) in shared memory.
 template <int D, int NT>
 __device__ __forceinline__ void mma_abt(float s[NT][4], const unsigned af[D / 16][4], const bf16 *m, int lane) {
@@ -437,8 +475,57 @@ __device__ __forceinline__ void mma_cm(float acc[D / 8][4], const float c[2 * KT
     }
 }
 
+// One key tile of the forward for one warp: S = Q·Kᵀ, mask, online softmax, O += P·V.
+template <int D, int NT>
+__device__ __forceinline__ void attn_fwd_tile(float o[D / 8][4], float m[2], float l[2],
+                                              const unsigned qf[D / 16][4], const bf16 *Ks, const bf16 *Vs,
+                                              int j0, int ra, int rb, float sl2, int lane) {
+    constexpr int DT = D / 8, BN = NT * 8;
+    const int tig = lane & 3;
+    float s[NT][4];
+#pragma unroll
+    for (int i = 0; i < NT; i++) s[i][0] = s[i][1] = s[i][2] = s[i][3] = 0.0f;
+    mma_abt<D, NT>(s, qf, Ks, lane);
+    // Mask (key after row: −∞) and scale. Key 0 is unmasked for every row in tile 0, so the
+    // running max is finite from then on and a fully masked row of a later tile gives α = 1.
+    float mx[2] = {m[0], m[1]};
+#pragma unroll
+    for (int nt = 0; nt < NT; nt++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) {
+            const int key = j0 + nt * 8 + 2 * tig + (e & 1), row = e < 2 ? ra : rb;
+            s[nt][e] = key <= row ? s[nt][e] * sl2 : GKD_NEG_INF;
+            mx[e >> 1] = fmaxf(mx[e >> 1], s[nt][e]);
+        }
+    float alpha[2];
+#pragma unroll
+    for (int x = 0; x < 2; x++) {
+        mx[x] = fmaxf(mx[x], __shfl_xor_sync(0xffffffffu, mx[x], 1));
+        mx[x] = fmaxf(mx[x], __shfl_xor_sync(0xffffffffu, mx[x], 2));
+        alpha[x] = exp2f(m[x] - mx[x]);
+        m[x] = mx[x];
+        l[x] *= alpha[x];
+    }
+#pragma unroll
+    for (int nt = 0; nt < NT; nt++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) {
+            s[nt][e] = exp2f(s[nt][e] - m[e >> 1]);
+            l[e >> 1] += s[nt][e];
+        }
+#pragma unroll
+    for (int i = 0; i < DT; i++) {
+        o[i][0] *= alpha[0];
+        o[i][1] *= alpha[0];
+        o[i][2] *= alpha[1];
+        o[i][3] *= alpha[1];
+    }
+    mma_cm<D, BN / 16>(o, s, Vs);
+}
+
 // Forward: one CTA per (64 query rows, query head, sequence), warp w owns rows r0+16w..r0+16w+15;
-// keys in tiles of 64 staged in shared memory (K, V: 2·64·(D+8) bf16). Scores in log2 units
+// keys in tiles of 64 staged in shared memory, two buffers (K, V: 2·2·64·(D+8) bf16): tile t+1 is
+// copied (cp.async) while tile t is computed on. Scores in log2 units
 // (s·scale·log2 e) so that exp2 is the exponential; each thread keeps its two rows' running max
 // and a partial row sum (its quad's 16 of the 64 columns), summed over the quad at the end.
 template <int D>
@@ -446,13 +533,13 @@ __device__ void attn_fwd_mma(const bf16 *q, const bf16 *k, const bf16 *v, const 
                              const unsigned *lengths, bf16 *out, float *lse, int hq, int hkv, float scale) {
     constexpr int BM = 64, BN = 64, P = D + 8, DT = D / 8, KS = D / 16, NT = BN / 8;
     const Seq sq = seq_of(starts, lengths, blockIdx.z);
-    const int h = blockIdx.y, r0 = blockIdx.x * BM;
+    const int h = blockIdx.y, r0 = heavy_first(BM);
     if (r0 >= sq.len) return;
     const int kvh = h / (hq / hkv), warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int gid = lane >> 2, tig = lane & 3;
     const long ldq = (long)hq * D, ldk = (long)hkv * D;
     const float sl2 = scale * LOG2E;
-    bf16 *Ks = (bf16 *)attn_smem, *Vs = Ks + BN * P;
+    bf16 *buf = (bf16 *)attn_smem; // [2][K, V][BN][P]
     const int wrow = r0 + warp * 16; // the warp's first row (sequence position)
     const int ra = wrow + gid, rb = ra + 8;
     unsigned qf[KS][4];
@@ -463,52 +550,27 @@ __device__ void attn_fwd_mma(const bf16 *q, const bf16 *k, const bf16 *v, const 
 #pragma unroll
     for (int i = 0; i < DT; i++) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.0f;
     float m[2] = {GKD_NEG_INF, GKD_NEG_INF}, l[2] = {0.0f, 0.0f};
-    const int kend = min(r0 + BM, sq.len); // causal: keys 0..kend−1
-    for (int j0 = 0; j0 < kend; j0 += BN) {
-        __syncthreads();
-        stage_rows<D, BN>(Ks, k, ldk, sq, j0, kvh);
-        stage_rows<D, BN>(Vs, v, ldk, sq, j0, kvh);
-        __syncthreads();
-        if (j0 > wrow + 15) continue; // every key of the tile is after every row of this warp
-        float s[NT][4];
-#pragma unroll
-        for (int i = 0; i < NT; i++) s[i][0] = s[i][1] = s[i][2] = s[i][3] = 0.0f;
-        mma_abt<D, NT>(s, qf, Ks, lane);
-        // Mask (key after row: −∞) and scale. Key 0 is unmasked for every row in tile 0, so the
-        // running max is finite from then on and a fully masked row of a later tile gives α = 1.
-        float mx[2] = {m[0], m[1]};
-#pragma unroll
-        for (int nt = 0; nt < NT; nt++)
-#pragma unroll
-            for (int e = 0; e < 4; e++) {
-                const int key = j0 + nt * 8 + 2 * tig + (e & 1), row = e < 2 ? ra : rb;
-                s[nt][e] = key <= row ? s[nt][e] * sl2 : GKD_NEG_INF;
-                mx[e >> 1] = fmaxf(mx[e >> 1], s[nt][e]);
-            }
-        float alpha[2];
-#pragma unroll
-        for (int x = 0; x < 2; x++) {
-            mx[x] = fmaxf(mx[x], __shfl_xor_sync(0xffffffffu, mx[x], 1));
-            mx[x] = fmaxf(mx[x], __shfl_xor_sync(0xffffffffu, mx[x], 2));
-            alpha[x] = exp2f(m[x] - mx[x]);
-            m[x] = mx[x];
-            l[x] *= alpha[x];
+    const int tiles = (min(r0 + BM, sq.len) + BN - 1) / BN; // causal: keys 0..r0+BM−1
+    stage_rows_async<D, BN>(buf, k, ldk, sq, 0, kvh);
+    stage_rows_async<D, BN>(buf + BN * P, v, ldk, sq, 0, kvh);
+    cp_async_commit();
+    for (int t = 0; t < tiles; t++) {
+        const int j0 = t * BN;
+        const bf16 *Ks = buf + (t & 1) * 2 * BN * P, *Vs = Ks + BN * P;
+        if (t + 1 < tiles) {
+            // Buffer (t+1) & 1 was last read in iteration t−1, which ended with a barrier.
+            bf16 *next = buf + ((t + 1) & 1) * 2 * BN * P;
+            stage_rows_async<D, BN>(next, k, ldk, sq, j0 + BN, kvh);
+            stage_rows_async<D, BN>(next + BN * P, v, ldk, sq, j0 + BN, kvh);
+            cp_async_commit();
+            cp_async_wait<1>(); // tile t's group has landed (this thread's copies)
+        } else {
+            cp_async_wait<0>();
         }
-#pragma unroll
-        for (int nt = 0; nt < NT; nt++)
-#pragma unroll
-            for (int e = 0; e < 4; e++) {
-                s[nt][e] = exp2f(s[nt][e] - m[e >> 1]);
-                l[e >> 1] += s[nt][e];
-            }
-#pragma unroll
-        for (int i = 0; i < DT; i++) {
-            o[i][0] *= alpha[0];
-            o[i][1] *= alpha[0];
-            o[i][2] *= alpha[1];
-            o[i][3] *= alpha[1];
-        }
-        mma_cm<D, BN / 16>(o, s, Vs);
+        __syncthreads(); // everyone's copies of tile t are visible
+        // Skip a tile whose every key is after every row of this warp.
+        if (j0 <= wrow + 15) attn_fwd_tile<D, NT>(o, m, l, qf, Ks, Vs, j0, ra, rb, sl2, lane);
+        __syncthreads(); // tile t is consumed before iteration t+1 refills its buffer
     }
 #pragma unroll
     for (int x = 0; x < 2; x++) {
@@ -624,7 +686,7 @@ __device__ void attn_bwd_dq_mma(const bf16 *q, const bf16 *k, const bf16 *v, con
                                 const unsigned *lengths, bf16 *dq, int hq, int hkv, float scale) {
     constexpr int BM = 64, P = D + 8, DT = D / 8, KS = D / 16, NT = BN / 8;
     const Seq sq = seq_of(starts, lengths, blockIdx.z);
-    const int h = blockIdx.y, r0 = blockIdx.x * BM;
+    const int h = blockIdx.y, r0 = heavy_first(BM);
     if (r0 >= sq.len) return;
     const int kvh = h / (hq / hkv), warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int gid = lane >> 2, tig = lane & 3;

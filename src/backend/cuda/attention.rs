@@ -226,7 +226,8 @@ pub fn fwd<T: CudaElem>(
             Path::Mma(dm) => {
                 let name =
                     if dm == 64 { "attention_fwd_mma_d64_bf16" } else { "attention_fwd_mma_d128_bf16" };
-                let smem = mma_tiles(2 * MMA_ROWS, dm);
+                // Two buffers of K and V tiles (cp.async double buffering).
+                let smem = mma_tiles(4 * MMA_ROWS, dm);
                 let f = prepare(dev, name, smem)?;
                 let cfg = tiles_cfg(longest, MMA_ROWS, hq, batch, MMA_THREADS, smem);
                 // SAFETY: attention_fwd_mma_d<D>_bf16(q, k, v, starts, lengths, out, lse, hq, hkv,
