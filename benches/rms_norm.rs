@@ -89,7 +89,9 @@ fn bench(c: &mut Criterion) {
         let x = inputs(rows, cols, DType::F32, Device::Cpu);
         for n in all {
             g.throughput(Throughput::Bytes((n.floor_tensors() * rows * cols * 4) as u64));
-            g.bench_function(format!("cpu_f32_{}_{rows}x{cols}", n.name()), |b| b.iter(|| fwd_bwd(n, &x).unwrap()));
+            g.bench_function(format!("cpu_f32_{}_{rows}x{cols}", n.name()), |b| {
+                b.iter(|| fwd_bwd(n, &x).unwrap())
+            });
         }
         g.finish();
         eprintln!("rms_norm: no GPU, only the CPU reference was timed");

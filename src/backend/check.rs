@@ -254,14 +254,14 @@ fn heads(op: &'static str, q_heads: usize, kv_heads: usize, head_dim: usize) -> 
 }
 
 /// Attention: q, k, v of `q`, `k`, `v` elements fit `d`, and the sequences (start, len) are
-/// disjoint runs of rows.
+/// disjoint runs of rows (when they are on the host: else `d.longest` must fit the rows).
 pub(super) fn attention(
     op: &'static str,
     d: &AttnDims,
     q: usize,
     k: usize,
     v: usize,
-    spans: &[(usize, usize)],
+    spans: Option<&[(usize, usize)]>,
 ) -> Result<()> {
     let AttnDims { rows, batch, q_heads, kv_heads, head_dim, .. } = *d;
     heads(op, q_heads, kv_heads, head_dim)?;
@@ -270,6 +270,12 @@ pub(super) fn attention(
             return shape_err(op, format!("{name} has {len} elements, expected {rows}×{heads}×{head_dim}"));
         }
     }
+    let Some(spans) = spans else {
+        return match d.longest {
+            Some(l) if l <= rows => Ok(()),
+            l => shape_err(op, format!("the longest sequence {l:?} is not within the {rows} rows")),
+        };
+    };
     if spans.len() != batch {
         return shape_err(op, format!("{} sequences for a batch of {batch}", spans.len()));
     }

@@ -35,12 +35,30 @@ pub struct AttnDims {
     pub kv_heads: usize, // Hkv
     pub head_dim: usize, // D
     pub scale: f64,
+    /// The longest sequence, when the caller made the starts and lengths itself on the host and
+    /// vouches for them (the model's packed batches): a GPU backend then sizes its grids from it
+    /// instead of reading the bounds back to check them (a synchronization per call). None: the
+    /// backend reads and checks them.
+    pub longest: Option<usize>,
 }
 
 impl AttnDims {
     /// With the usual scale 1/√D.
     pub fn new(rows: usize, batch: usize, q_heads: usize, kv_heads: usize, head_dim: usize) -> AttnDims {
-        AttnDims { rows, batch, q_heads, kv_heads, head_dim, scale: 1.0 / (head_dim as f64).sqrt() }
+        AttnDims {
+            rows,
+            batch,
+            q_heads,
+            kv_heads,
+            head_dim,
+            scale: 1.0 / (head_dim as f64).sqrt(),
+            longest: None,
+        }
+    }
+
+    /// The same, with the longest sequence vouched for (see `longest`).
+    pub fn with_longest(self, longest: usize) -> AttnDims {
+        AttnDims { longest: Some(longest), ..self }
     }
 }
 

@@ -601,9 +601,12 @@ pub(crate) fn attend(
     v: &Var,
 ) -> Result<Var> {
     let rows = x.rows();
+    let longest = x.longest();
     match &mut x.attend {
         Attend::Sequences { starts, lengths } => {
-            let d = AttnDims::new(rows, starts.numel(), c.num_heads, c.num_kv_heads, c.head_dim);
+            // The batch's own starts and lengths (made by TokenBatch): the longest vouched for.
+            let d = AttnDims::new(rows, starts.numel(), c.num_heads, c.num_kv_heads, c.head_dim)
+                .with_longest(longest);
             tape.attention(q, k, v, d, starts, lengths)
         }
         Attend::Cache { cache, step } => {

@@ -99,7 +99,7 @@ pub fn attention_fwd<T: Real>(
     spans: &[(usize, usize)], // (B) (start, len)
 ) -> Result<AttnOut<T>> {
     // The blocks below write through raw pointers at offsets from `d` and `spans`: check first.
-    check::attention("attention", d, q.len(), k.len(), v.len(), spans)?;
+    check::attention("attention", d, q.len(), k.len(), v.len(), Some(spans))?;
     let AttnDims { q_heads: hq, kv_heads: hkv, head_dim: dh, .. } = *d;
     let group = hq / hkv;
     let scale = T::from_f64(d.scale);
@@ -142,7 +142,7 @@ pub fn attention_bwd<T: Real>(
     dout: &[T],               // (N, Hq, D)
 ) -> Result<AttnGrads<T>> {
     const OP: &str = "attention backward";
-    check::attention(OP, d, q.len(), k.len(), v.len(), spans)?;
+    check::attention(OP, d, q.len(), k.len(), v.len(), Some(spans))?;
     need(OP, "out", out.len(), q.len())?;
     need(OP, "dout", dout.len(), q.len())?;
     need(OP, "lse", lse.len(), d.rows * d.q_heads)?;

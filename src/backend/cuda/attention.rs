@@ -15,6 +15,7 @@
 use super::device::{cuda_err, CudaDevice};
 use super::storage::kernel;
 use super::storage::CudaElem;
+use crate::backend::check;
 use crate::backend::ops::{AttnDims, CachedAttnDims};
 use crate::backend::DType;
 use crate::error::{shape_err, Error, Result};
@@ -37,33 +38,57 @@ const MMA_ROWS: usize = 64;
 /// Shared memory a kernel may use without opting in.
 const DEFAULT_SMEM: usize = 48 << 10;
 
-/// The sequences of an attention call, read back from the device (their bounds are checked on
-/// the host before any kernel indexes with them, and the longest sizes the grids).
+/// The sequences of an attention call. Where the caller vouches for them (`AttnDims::longest`,
+/// the model's own packed batches) the longest sizes the grids and nothing is read back; else
+/// the bounds are read back and checked on the host before any kernel indexes with them (a
+/// synchronization per call).
 pub struct Sequences<'a> {
     pub starts: CudaView<'a, u32>,  // (B)
     pub lengths: CudaView<'a, u32>, // (B)
-    /// (start, len) per sequence, on the host.
-    pub spans: Vec<(usize, usize)>,
+    batch: usize,
+    longest: usize,
 }
 
 impl<'a> Sequences<'a> {
-    pub fn read(dev: &CudaDevice, starts: CudaView<'a, u32>, lengths: CudaView<'a, u32>) -> Result<Self> {
+    /// The sequences of `d`, checked with q, k and v's lengths (`check::attention`).
+    pub fn new(
+        dev: &CudaDevice,
+        d: &AttnDims,
+        starts: CudaView<'a, u32>,
+        lengths: CudaView<'a, u32>,
+        qkv: (usize, usize, usize),
+    ) -> Result<Self> {
         const OP: &str = "attention (reading the sequence bounds)";
-        if starts.len() != lengths.len() {
-            return shape_err("attention", format!("{} starts and {} lengths", starts.len(), lengths.len()));
+        if starts.len() != d.batch || lengths.len() != d.batch {
+            return shape_err(
+                "attention",
+                format!("{} starts and {} lengths for a batch of {}", starts.len(), lengths.len(), d.batch),
+            );
         }
-        let s = dev.stream().clone_dtoh(&starts).map_err(cuda_err(OP))?;
-        let l = dev.stream().clone_dtoh(&lengths).map_err(cuda_err(OP))?;
-        let spans = s.into_iter().zip(l).map(|(s, l)| (s as usize, l as usize)).collect();
-        Ok(Sequences { starts, lengths, spans })
+        let (q, k, v) = qkv;
+        let longest = match d.longest {
+            Some(l) => {
+                check::attention("attention", d, q, k, v, None)?;
+                l
+            }
+            None => {
+                let s = dev.stream().clone_dtoh(&starts).map_err(cuda_err(OP))?;
+                let l = dev.stream().clone_dtoh(&lengths).map_err(cuda_err(OP))?;
+                let spans: Vec<(usize, usize)> =
+                    s.into_iter().zip(l).map(|(s, l)| (s as usize, l as usize)).collect();
+                check::attention("attention", d, q, k, v, Some(&spans))?;
+                spans.iter().map(|s| s.1).max().unwrap_or(0)
+            }
+        };
+        Ok(Sequences { starts, lengths, batch: d.batch, longest })
     }
 
     fn batch(&self) -> usize {
-        self.spans.len()
+        self.batch
     }
 
     fn longest(&self) -> usize {
-        self.spans.iter().map(|s| s.1).max().unwrap_or(0)
+        self.longest
     }
 }
 

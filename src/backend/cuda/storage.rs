@@ -725,8 +725,8 @@ impl BackendStorage for CudaStorage {
     ) -> Result<(Self, Self)> {
         const OP: &str = "attention";
         let dev = q.dev();
-        let seqs = attention::Sequences::read(dev, starts.typed(OP)?, lengths.typed(OP)?)?;
-        check::attention(OP, d, q.len, k.len, v.len, &seqs.spans)?;
+        let seqs =
+            attention::Sequences::new(dev, d, starts.typed(OP)?, lengths.typed(OP)?, (q.len, k.len, v.len))?;
         float!(OP, same_float(OP, &[q, k, v])?, |T| {
             let (out, lse) = attention::fwd::<T>(dev, d, &q.typed(OP)?, &k.typed(OP)?, &v.typed(OP)?, &seqs)?;
             Ok((CudaStorage::new(dev, out), CudaStorage::new(dev, lse)))
@@ -746,8 +746,8 @@ impl BackendStorage for CudaStorage {
     ) -> Result<(Self, Self, Self)> {
         const OP: &str = "attention backward";
         let dev = q.dev();
-        let seqs = attention::Sequences::read(dev, starts.typed(OP)?, lengths.typed(OP)?)?;
-        check::attention(OP, d, q.len, k.len, v.len, &seqs.spans)?;
+        let seqs =
+            attention::Sequences::new(dev, d, starts.typed(OP)?, lengths.typed(OP)?, (q.len, k.len, v.len))?;
         check::need(OP, "out", out.len, q.len)?;
         check::need(OP, "dout", dout.len, q.len)?;
         check::need(OP, "lse", lse.len, d.rows * d.q_heads)?;
