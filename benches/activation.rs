@@ -8,10 +8,10 @@
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use gkd::autograd::Tape;
-use gkd::backend::cuda::bandwidth::{measure_copy_bandwidth, time_ms};
+use gkd::backend::cuda::bandwidth::{measure_copy_bandwidth, time_iters, time_ms};
 use gkd::backend::cuda::{self, CudaDevice};
 use gkd::{DType, Device, Tensor};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 #[derive(Clone, Copy)]
 enum Act {
@@ -71,16 +71,6 @@ fn fwd_bwd(act: Act, x: &Inputs) -> gkd::Result<()> {
     Ok(())
 }
 
-fn timed(dev: &CudaDevice, iters: u64, mut f: impl FnMut()) -> Duration {
-    dev.synchronize().unwrap();
-    let t0 = Instant::now();
-    for _ in 0..iters {
-        f();
-    }
-    dev.synchronize().unwrap();
-    t0.elapsed()
-}
-
 fn bench(c: &mut Criterion) {
     if cuda::probe().usable_devices() == 0 {
         let n = 1 << 20;
@@ -104,7 +94,9 @@ fn bench(c: &mut Criterion) {
     for act in [Act::Swiglu, Act::Gelu] {
         let bytes = act.floor_tensors() * n * 2;
         g.throughput(Throughput::Bytes(bytes as u64));
-        g.bench_function(act.name(), |b| b.iter_custom(|i| timed(&dev, i, || fwd_bwd(act, &x).unwrap())));
+        g.bench_function(act.name(), |b| {
+            b.iter_custom(|i| time_iters(&dev, i, || fwd_bwd(act, &x).unwrap()))
+        });
         let ms = time_ms(&dev, 20, || fwd_bwd(act, &x)).unwrap();
         let floor = bytes as f64 / bw * 1e3;
         ratios.push(format!(

@@ -7,11 +7,11 @@
 //! CPU reference at 1M parameters.
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use gkd::backend::cuda::bandwidth::{measure_copy_bandwidth, time_ms};
+use gkd::backend::cuda::bandwidth::{measure_copy_bandwidth, time_iters, time_ms};
 use gkd::backend::cuda::{self, CudaDevice};
 use gkd::optim::{AdamW, AdamWConfig, ParamGroup};
 use gkd::{DType, Device, Tensor};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const PARAMS: usize = 494_032_768;
 /// Bytes one AdamW step moves per parameter with the bf16 copy: 4 reads and 3 writes of f32, one
@@ -31,16 +31,6 @@ fn pattern(n: usize, scale: f32, device: Device) -> Tensor {
         out.copy_at(at, &src.narrow(0, 0, len).unwrap()).unwrap();
     }
     out
-}
-
-fn timed(dev: &CudaDevice, iters: u64, mut f: impl FnMut()) -> Duration {
-    dev.synchronize().unwrap();
-    let t0 = Instant::now();
-    for _ in 0..iters {
-        f();
-    }
-    dev.synchronize().unwrap();
-    t0.elapsed()
 }
 
 fn bench(c: &mut Criterion) {
@@ -76,11 +66,11 @@ fn bench(c: &mut Criterion) {
     group.sample_size(10);
     group.throughput(Throughput::Bytes((n * ADAMW_BYTES) as u64));
     group.bench_function("fused_bf16_copy", |b| {
-        b.iter_custom(|i| timed(&dev, i, || opt.step(&mut p, &g, &groups, 1e-4, Some(&mut w)).unwrap()))
+        b.iter_custom(|i| time_iters(&dev, i, || opt.step(&mut p, &g, &groups, 1e-4, Some(&mut w)).unwrap()))
     });
     group.bench_function("step_then_cast", |b| {
         b.iter_custom(|i| {
-            timed(&dev, i, || {
+            time_iters(&dev, i, || {
                 opt.step(&mut p, &g, &groups, 1e-4, None).unwrap();
                 drop(p.to_dtype(DType::BF16).unwrap());
             })
@@ -89,7 +79,7 @@ fn bench(c: &mut Criterion) {
     group.throughput(Throughput::Bytes((n * 4) as u64));
     group.bench_function("sum_squares_f32", |b| {
         b.iter_custom(|i| {
-            timed(&dev, i, || {
+            time_iters(&dev, i, || {
                 std::hint::black_box(g.sum_squares().unwrap());
             })
         })

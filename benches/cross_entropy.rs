@@ -10,27 +10,17 @@
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use gkd::backend::cpu::cross_entropy_fwd_bwd;
-use gkd::backend::cuda::bandwidth::{measure_copy_bandwidth, time_ms};
+use gkd::backend::cuda::bandwidth::{measure_copy_bandwidth, time_iters, time_ms};
 use gkd::backend::cuda::cross_entropy::CePath;
 use gkd::backend::cuda::linear_divergence::LinearCrossEntropy;
 use gkd::backend::cuda::{self, CudaDevice};
 use gkd::bench::cross_entropy::{CeMode, CrossEntropyCase, LinearCeCase};
 use gkd::bench::divergence::{random_values, LinearVariant};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const ROWS: usize = 8192;
 const VOCAB: usize = 151936;
 const HIDDEN: usize = 896;
-
-fn timed(dev: &CudaDevice, iters: u64, mut f: impl FnMut()) -> Duration {
-    dev.synchronize().unwrap();
-    let t0 = Instant::now();
-    for _ in 0..iters {
-        f();
-    }
-    dev.synchronize().unwrap();
-    t0.elapsed()
-}
 
 fn bench(c: &mut Criterion) {
     if cuda::probe().usable_devices() == 0 {
@@ -57,7 +47,7 @@ fn bench(c: &mut Criterion) {
         g.throughput(Throughput::Bytes(case.floor_bytes(mode) as u64));
         g.bench_function(name, |b| {
             b.iter_custom(|i| {
-                timed(&dev, i, || {
+                time_iters(&dev, i, || {
                     case.run(&dev, mode).unwrap();
                 })
             })
@@ -94,7 +84,7 @@ fn bench(c: &mut Criterion) {
     for (name, variant) in variants {
         g.bench_function(name, |b| {
             b.iter_custom(|i| {
-                timed(&dev, i, || {
+                time_iters(&dev, i, || {
                     lc.run(&dev, variant).unwrap();
                 })
             })

@@ -6,25 +6,15 @@
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use gkd::backend::cpu::divergence_fwd_bwd;
-use gkd::backend::cuda::bandwidth::{measure_copy_bandwidth, time_ms};
+use gkd::backend::cuda::bandwidth::{measure_copy_bandwidth, time_iters, time_ms};
 use gkd::backend::cuda::divergence::KernelPath;
 use gkd::backend::cuda::linear_divergence::LinearDivergence;
 use gkd::backend::cuda::{self, CudaDevice};
 use gkd::backend::Divergence;
 use gkd::bench::divergence::{random_values, DivergenceCase, LinearCase, LinearVariant};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const DIV: Divergence = Divergence::Jsd { beta: 0.5 };
-
-fn timed(dev: &CudaDevice, iters: u64, mut f: impl FnMut()) -> Duration {
-    dev.synchronize().unwrap();
-    let t0 = Instant::now();
-    for _ in 0..iters {
-        f();
-    }
-    dev.synchronize().unwrap();
-    t0.elapsed()
-}
 
 fn bench(c: &mut Criterion) {
     if cuda::probe().usable_devices() == 0 {
@@ -47,9 +37,11 @@ fn bench(c: &mut Criterion) {
         let mut g = c.benchmark_group(format!("divergence_{n}x{v}"));
         g.throughput(Throughput::Bytes(case.floor_bytes() as u64));
         g.bench_function("fused", |b| {
-            b.iter_custom(|i| timed(&dev, i, || drop(case.fused(&dev, KernelPath::Auto).unwrap())))
+            b.iter_custom(|i| time_iters(&dev, i, || drop(case.fused(&dev, KernelPath::Auto).unwrap())))
         });
-        g.bench_function("unfused", |b| b.iter_custom(|i| timed(&dev, i, || case.unfused(&dev).unwrap())));
+        g.bench_function("unfused", |b| {
+            b.iter_custom(|i| time_iters(&dev, i, || case.unfused(&dev).unwrap()))
+        });
         g.finish();
         let fused = time_ms(&dev, 20, || case.fused(&dev, KernelPath::Auto).map(drop)).unwrap();
         let unfused = time_ms(&dev, 10, || case.unfused(&dev)).unwrap();
@@ -79,7 +71,7 @@ fn bench(c: &mut Criterion) {
         {
             g.bench_function(name, |b| {
                 b.iter_custom(|i| {
-                    timed(&dev, i, || {
+                    time_iters(&dev, i, || {
                         lc.run(&dev, variant).unwrap();
                     })
                 })

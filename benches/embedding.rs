@@ -9,13 +9,13 @@
 //! Without a GPU: the CPU reference at a small size.
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use gkd::backend::cuda::bandwidth::{measure_copy_bandwidth, time_ms};
+use gkd::backend::cuda::bandwidth::{measure_copy_bandwidth, time_iters, time_ms};
 use gkd::backend::cuda::{self, CudaDevice, CudaStorage};
 use gkd::backend::ops::RopeSpec;
 use gkd::backend::{BackendStorage, CpuStorage, View};
 use gkd::Result;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 fn values(n: usize, seed: usize) -> Vec<f32> {
     (0..n).map(|i| ((i * 7919 + seed) % 1013) as f32 / 506.0 - 1.0).collect()
@@ -62,16 +62,6 @@ fn rope_fwd_bwd<S: BackendStorage>(x: &S, pos: &S, dy: &S, spec: &RopeSpec) -> R
     let dx = S::rope_bwd(whole(dy), whole(pos), spec)?;
     drop((y, dx));
     Ok(())
-}
-
-fn timed(dev: &CudaDevice, iters: u64, mut f: impl FnMut()) -> Duration {
-    dev.synchronize().unwrap();
-    let t0 = Instant::now();
-    for _ in 0..iters {
-        f();
-    }
-    dev.synchronize().unwrap();
-    t0.elapsed()
 }
 
 fn bench_cpu(c: &mut Criterion) {
@@ -123,7 +113,7 @@ fn bench(c: &mut Criterion) {
     let mut g = c.benchmark_group("embedding_8192x896_v151936_bf16");
     g.throughput(Throughput::Bytes((fwd_bytes + bwd_bytes) as u64));
     g.bench_function("cuda_fwd_bwd", |b| {
-        b.iter_custom(|i| timed(&dev, i, || embedding_fwd_bwd(&table, &id, &dout, vocab, dim).unwrap()))
+        b.iter_custom(|i| time_iters(&dev, i, || embedding_fwd_bwd(&table, &id, &dout, vocab, dim).unwrap()))
     });
     g.finish();
     let fwd =
@@ -152,7 +142,7 @@ fn bench(c: &mut Criterion) {
     let mut g = c.benchmark_group("rope_8192x14x64_bf16");
     g.throughput(Throughput::Bytes((2 * one_way) as u64));
     g.bench_function("cuda_fwd_bwd", |b| {
-        b.iter_custom(|i| timed(&dev, i, || rope_fwd_bwd(&x, &pos, &dy, &spec).unwrap()))
+        b.iter_custom(|i| time_iters(&dev, i, || rope_fwd_bwd(&x, &pos, &dy, &spec).unwrap()))
     });
     g.finish();
     let fwd = time_ms(&dev, 50, || CudaStorage::rope_fwd(whole(&x), whole(&pos), &spec).map(drop)).unwrap();

@@ -9,10 +9,10 @@
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use gkd::autograd::Tape;
-use gkd::backend::cuda::bandwidth::{measure_copy_bandwidth, time_ms};
+use gkd::backend::cuda::bandwidth::{measure_copy_bandwidth, time_iters, time_ms};
 use gkd::backend::cuda::{self, CudaDevice};
 use gkd::{DType, Device, Tensor};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 #[derive(Clone, Copy)]
 enum Norm {
@@ -106,15 +106,7 @@ fn bench(c: &mut Criterion) {
         let bytes = n.floor_tensors() * rows * cols * 2;
         g.throughput(Throughput::Bytes(bytes as u64));
         g.bench_function(format!("cuda_bf16_{}_{rows}x{cols}", n.name()), |b| {
-            b.iter_custom(|iters| {
-                dev.synchronize().unwrap();
-                let t0 = Instant::now();
-                for _ in 0..iters {
-                    fwd_bwd(n, &x).unwrap();
-                }
-                dev.synchronize().unwrap();
-                t0.elapsed()
-            })
+            b.iter_custom(|iters| time_iters(&dev, iters, || fwd_bwd(n, &x).unwrap()))
         });
         let ms = time_ms(&dev, 20, || fwd_bwd(n, &x)).unwrap();
         let floor = bytes as f64 / bw * 1e3;

@@ -7,9 +7,12 @@
 //! block(h):  a = h + c_proj(attn(split(c_attn(ln_1(h)))))
 //!            h' = a + mlp.c_proj(gelu(c_fc(ln_2(a))))
 
-use super::{attend, need, recomputed, Init, Inputs, Lookup, Model, ParamSpec, ParamVars, Recompute};
+use super::{
+    attend, need, recomputed_attention, recomputed_layer, Init, Inputs, Lookup, Model, ParamSpec, ParamVars,
+    Recompute,
+};
 use crate::autograd::{Tape, Var, WeightLayout};
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::model::ModelConfig;
 use crate::tensor::Tensor;
 use std::sync::Arc;
@@ -79,21 +82,11 @@ pub(super) fn forward(m: &Model, tape: &mut Tape, p: &ParamVars, x: &mut Inputs)
     for l in 0..c.num_layers {
         (hs, n) = match (mode, &owned) {
             (Recompute::Layers, Some(seq)) => {
-                let names: Vec<String> = m
-                    .names()
-                    .iter()
-                    .filter(|n| n.starts_with(&layer(l, "")))
-                    .cloned()
-                    .chain(norm_after(c, l))
-                    .collect();
-                let (cfg, seq) = (cfg.clone(), seq.clone());
-                let out = recomputed(tape, m, p, &[&hs, &n], &names, move |t, s, w| {
-                    let (h, n) = block(t, &cfg, l, &mut seq.inputs(), w, &s[0], &s[1], None)?;
-                    Ok(vec![h, n])
-                })?;
-                let [h, n]: [Var; 2] =
-                    out.try_into().map_err(|_| Error::Msg("internal: a layer gave no (h, n)".into()))?;
-                (h, n)
+                let cfg = cfg.clone();
+                let (prefix, next) = (layer(l, ""), norm_after(c, l));
+                recomputed_layer(tape, m, p, (&hs, &n), (&prefix, &next), seq, move |t, x, w, h, n| {
+                    block(t, &cfg, l, x, w, h, n, None)
+                })?
             }
             _ => {
                 let attn = (mode == Recompute::Attention).then_some((m, p));
@@ -133,10 +126,7 @@ fn block(
         (Some((m, p)), Some(seq)) => {
             let names = [layer(l, "attn.c_attn.weight"), layer(l, "attn.c_attn.bias")];
             let c = c.clone();
-            let out = recomputed(tape, m, p, &[n], &names, move |t, s, w| {
-                Ok(vec![attention(t, &c, l, &mut seq.inputs(), w, &s[0])?])
-            })?;
-            out.into_iter().next().ok_or_else(|| Error::Msg("internal: attention gave no output".into()))?
+            recomputed_attention(tape, m, p, n, &names, seq, move |t, x, w, n| attention(t, &c, l, x, w, n))?
         }
         _ => attention(tape, c, l, x, w, n)?,
     };

@@ -7,9 +7,12 @@
 //! block(h):  a = h + o_proj(attn(rope(q_proj(n)), rope(k_proj(n)), v_proj(n))),  n = rms(h)
 //!            h' = a + down_proj(silu(gate_proj(rms(a))) · up_proj(rms(a)))
 
-use super::{attend, need, recomputed, Init, Inputs, Lookup, Model, ParamSpec, ParamVars, Recompute};
+use super::{
+    attend, need, recomputed_attention, recomputed_layer, Init, Inputs, Lookup, Model, ParamSpec, ParamVars,
+    Recompute,
+};
 use crate::autograd::{Tape, Var, WeightLayout};
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::model::{ModelConfig, RopeScaling};
 use crate::tensor::Tensor;
 use std::sync::Arc;
@@ -104,22 +107,11 @@ pub(super) fn forward(m: &Model, tape: &mut Tape, p: &ParamVars, x: &mut Inputs)
     for l in 0..c.num_layers {
         (h, n) = match (mode, &owned) {
             (Recompute::Layers, Some(seq)) => {
-                let names: Vec<String> = m
-                    .names()
-                    .iter()
-                    .filter(|n| n.starts_with(&layer(l, "")))
-                    .cloned()
-                    .chain([norm_after(c, l)])
-                    .collect();
-                let (ctx, seq) = (ctx.clone(), seq.clone());
-                let out = recomputed(tape, m, p, &[&h, &n], &names, move |t, s, w| {
-                    let mut x = seq.inputs();
-                    let (h, n) = block(t, &ctx, l, &mut x, w, &s[0], &s[1], None)?;
-                    Ok(vec![h, n])
-                })?;
-                let [h, n]: [Var; 2] =
-                    out.try_into().map_err(|_| Error::Msg("internal: a layer gave no (h, n)".into()))?;
-                (h, n)
+                let ctx = ctx.clone();
+                let (prefix, next) = (layer(l, ""), [norm_after(c, l)]);
+                recomputed_layer(tape, m, p, (&h, &n), (&prefix, &next), seq, move |t, x, w, h, n| {
+                    block(t, &ctx, l, x, w, h, n, None)
+                })?
             }
             _ => {
                 let attn = (mode == Recompute::Attention).then_some((m, p));
@@ -170,10 +162,9 @@ fn block(
                 .flat_map(|pr| ["weight", "bias"].map(|t| layer(l, &format!("self_attn.{pr}.{t}"))))
                 .collect();
             let ctx = ctx.clone();
-            let out = recomputed(tape, m, p, &[n], &names, move |t, s, w| {
-                Ok(vec![attention(t, &ctx, l, &mut seq.inputs(), w, &s[0])?])
-            })?;
-            out.into_iter().next().ok_or_else(|| Error::Msg("internal: attention gave no output".into()))?
+            recomputed_attention(tape, m, p, n, &names, seq, move |t, x, w, n| {
+                attention(t, &ctx, l, x, w, n)
+            })?
         }
         _ => attention(tape, ctx, l, x, w, n)?,
     };

@@ -585,6 +585,46 @@ pub(crate) fn recomputed(
     tape.checkpoint(&inputs, seg)
 }
 
+/// Layer `layer_prefix` as a recomputed segment from the residual stream h and its norm n: its
+/// inputs are h, n, every parameter named with the prefix and the `next_norm` ones (the norm fused
+/// into its last residual add); `block(tape, x, lookup, h, n)` runs the layer on `seq` again.
+pub(crate) fn recomputed_layer(
+    tape: &mut Tape,
+    m: &Model,
+    p: &ParamVars,
+    (h, n): (&Var, &Var),
+    (layer_prefix, next_norm): (&str, &[String]),
+    seq: &SeqInputs,
+    block: impl Fn(&mut Tape, &mut Inputs, Lookup, &Var, &Var) -> Result<(Var, Var)> + Send + Sync + 'static,
+) -> Result<(Var, Var)> {
+    let names: Vec<String> =
+        m.names().iter().filter(|n| n.starts_with(layer_prefix)).chain(next_norm).cloned().collect();
+    let seq = seq.clone();
+    let out = recomputed(tape, m, p, &[h, n], &names, move |t, s, w| {
+        let (h, n) = block(t, &mut seq.inputs(), w, &s[0], &s[1])?;
+        Ok(vec![h, n])
+    })?;
+    let [h, n]: [Var; 2] =
+        out.try_into().map_err(|_| Error::Msg("internal: a layer gave no (h, n)".into()))?;
+    Ok((h, n))
+}
+
+/// A layer's attention block (from its normed input n) as a recomputed segment over n and the
+/// parameters `names`; `attn(tape, x, lookup, n)` runs it on `seq` again.
+pub(crate) fn recomputed_attention(
+    tape: &mut Tape,
+    m: &Model,
+    p: &ParamVars,
+    n: &Var,
+    names: &[String],
+    seq: SeqInputs,
+    attn: impl Fn(&mut Tape, &mut Inputs, Lookup, &Var) -> Result<Var> + Send + Sync + 'static,
+) -> Result<Var> {
+    let out =
+        recomputed(tape, m, p, &[n], names, move |t, s, w| Ok(vec![attn(t, &mut seq.inputs(), w, &s[0])?]))?;
+    out.into_iter().next().ok_or_else(|| Error::Msg("internal: attention gave no output".into()))
+}
+
 /// A bound parameter by name, or an error naming it.
 pub(crate) fn need(w: Lookup, name: &str) -> Result<Var> {
     w(name).ok_or_else(|| Error::Msg(format!("internal: parameter `{name}` is not bound")))

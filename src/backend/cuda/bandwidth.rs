@@ -53,3 +53,16 @@ pub fn time_ms(dev: &CudaDevice, reps: usize, mut f: impl FnMut() -> Result<()>)
     times.sort_by(|x, y| x.total_cmp(y));
     Ok(times[times.len() / 2])
 }
+
+/// Wall time of `iters` calls of `f`, the device synchronized before and after (criterion's
+/// `iter_custom` for work queued on the GPU).
+pub fn time_iters(dev: &CudaDevice, iters: u64, mut f: impl FnMut()) -> std::time::Duration {
+    // A failed synchronization shows up in the next launch's error; timing goes on regardless.
+    let _ = dev.synchronize();
+    let t0 = std::time::Instant::now();
+    for _ in 0..iters {
+        f();
+    }
+    let _ = dev.synchronize();
+    t0.elapsed()
+}
