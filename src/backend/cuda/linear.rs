@@ -12,6 +12,7 @@ use crate::backend::ops::LinearDims;
 use crate::backend::Element;
 use crate::error::Result;
 use cudarc::driver::{CudaSlice, CudaView, DevicePtr};
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
 
 /// What a float type of the linear layer needs.
@@ -23,6 +24,9 @@ pub struct LinearGrads<T> {
     pub dw: CudaSlice<f32>,         // like W
     pub db: Option<CudaSlice<f32>>, // (Dout)
 }
+
+/// Set when a cuBLASLt product failed: the process keeps to the cuBLAS path after that.
+static LT_OFF: AtomicBool = AtomicBool::new(false);
 
 /// At least N ones of type T (the rank-1 products of the bias), kept on the device.
 fn ones<T: LinearElem + Send + Sync>(dev: &CudaDevice, n: usize, op: &str) -> Result<Arc<CudaSlice<T>>> {
@@ -43,9 +47,18 @@ pub fn linear_fwd<T: LinearElem>(
     let mut y: CudaSlice<T> = unsafe { dev.alloc_of(n * d_out, OP)? };
     // The bias in the product's epilogue (cuBLASLt) when the bias is 16-byte aligned and an
     // algorithm exists for the shape; else as a rank-1 product first.
-    if let Some(b) = b.filter(|b| b.device_ptr(dev.stream()).0 % 16 == 0) {
-        if super::lt::linear_bias(dev, d, x, w, b, &mut y.slice_mut(..n * d_out))? {
-            return Ok(y);
+    if let Some(b) = b.filter(|b| b.device_ptr(dev.stream()).0 % 16 == 0 && !LT_OFF.load(Relaxed)) {
+        match super::lt::linear_bias(dev, d, x, w, b, &mut y.slice_mut(..n * d_out)) {
+            Ok(true) => return Ok(y),
+            Ok(false) => {}
+            // A cuBLASLt failure is not the user's problem: say so once, then keep to cuBLAS.
+            Err(e) => {
+                if !LT_OFF.swap(true, Relaxed) {
+                    eprintln!(
+                        "note: the cuBLASLt bias epilogue failed ({e}); biases go through cuBLAS from now on"
+                    );
+                }
+            }
         }
     }
     let mut beta = 0.0;
