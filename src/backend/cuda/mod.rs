@@ -21,7 +21,7 @@ mod grad_norm;
 mod layer_norm;
 mod linear;
 pub mod linear_divergence;
-mod lt;
+pub mod lt;
 pub mod matmul;
 mod modules;
 mod norm_launch;
