@@ -1,16 +1,16 @@
 //! Every op of the backend contract on every backend, through the tape, against the CPU f32
 //! reference: values and gradients (the harness in tests/common/harness.rs, the cases listed once
 //! in tests/common/ops.rs). The CUDA half runs wherever a GPU exists and prints SKIPPED elsewhere;
-//! an op the CUDA backend has no kernel for yet prints UNSUPPORTED. Also here: the harness rejects
+//! every op has CUDA kernels, so an Unsupported error there is a failure. Also here: the harness rejects
 //! wrong outputs, the cached attention equals the full one, and the in-place memory operations.
 
 mod common;
 
 use common::harness::{check, compare, corrupt, run, Corruption};
-use common::{cuda_or_skip, ops, visible};
+use common::{cuda_or_skip, ops};
 use gkd::autograd::{CachedAttnDims, Tape, Var};
 use gkd::backend::ops::{AdamWStep, AttnDims};
-use gkd::{DType, Device, Error, Tensor};
+use gkd::{DType, Device, Tensor};
 
 #[test]
 fn every_op_small_shapes() {
@@ -272,10 +272,7 @@ fn in_place_operations_match_the_cpu() {
                 let err = g.iter().zip(want).fold(0.0f64, |m, (x, y)| m.max((x - y).abs() / scale));
                 assert!(err <= 1e-6, "{device} {name}: error {err:.2e}");
             }
-            // The optimizer's two ops have no CUDA kernel yet; every other one must run.
-            Err(Error::Unsupported { op, .. }) if matches!(name, "adamw" | "sum_squares") => {
-                visible(&format!("UNSUPPORTED device_ops::{name} on {device}: {op}"))
-            }
+            // Every op has a CUDA kernel now: Unsupported is a failure too.
             Err(e) => panic!("{device} {name}: {e}"),
         }
     }
