@@ -209,4 +209,71 @@ fn checkpointed_segment_equals_direct_recording() {
     let y = tape.checkpoint(&[&vars[0], &vars[1], &vars[2]], seg.clone()).unwrap();
     let direct_y = seg(&mut Tape::no_grad(), &vars).unwrap();
     assert_eq!(y[0].value().to_vec_f64().unwrap(), direct_y[0].value().to_vec_f64().unwrap());
+
+/// The fused residual add + norm has two outputs: a backward from either one alone reaches the
+/// inputs through the right path (sum only: dx = dr = dsum and no weight gradient; y only: the
+/// norm's backward), and from both it equals the unfused add followed by the norm.
+#[test]
+fn fused_add_norm_outputs_backpropagate_separately_and_together() {
+    let (rows, cols) = (3usize, 5usize);
+    let vals = |seed: u64, n: usize| -> Vec<f64> {
+        let mut rng = StdRng::seed_from_u64(seed);
+        (0..n).map(|_| rng.random::<f64>() * 2.0 - 1.0).collect()
+    };
+    let (x, r, w) = (vals(1, rows * cols), vals(2, rows * cols), vals(3, cols));
+    let (ds, dy) = (vals(4, rows * cols), vals(5, rows * cols));
+    let t = |v: &[f64], s: &[usize]| Tensor::from_vec(v.to_vec(), s.to_vec()).unwrap();
+    // (dx, dr, dw) from the fused op, seeded on the chosen outputs.
+    let fused = |seed_sum: bool, seed_y: bool| -> (Vec<f64>, Vec<f64>, Option<Vec<f64>>) {
+        let mut tape = Tape::new();
+        let (xv, rv, wv) = (
+            tape.leaf(t(&x, &[rows, cols]), true),
+            tape.leaf(t(&r, &[rows, cols]), true),
+            tape.leaf(t(&w, &[cols]), true),
+        );
+        let (sum, y) = tape.add_rms_norm(&xv, &rv, &wv, 1e-6).unwrap();
+        let out = tape.add(&sum, &y).unwrap();
+        let g = match (seed_sum, seed_y) {
+            (true, true) => tape.backward_from(&out, t(&ds, &[rows, cols])).unwrap(),
+            (true, false) => tape.backward_from(&sum, t(&ds, &[rows, cols])).unwrap(),
+            (false, true) => tape.backward_from(&y, t(&dy, &[rows, cols])).unwrap(),
+            (false, false) => unreachable!(),
+        };
+        let v = |x: &Var| g.get(x).map(|t| t.to_vec_f64().unwrap());
+        (v(&xv).unwrap(), v(&rv).unwrap(), v(&wv))
+    };
+    // The unfused reference: add, then rms_norm, seeded the same way.
+    let unfused = |seed_sum: bool, seed_y: bool| -> (Vec<f64>, Vec<f64>, Option<Vec<f64>>) {
+        let mut tape = Tape::new();
+        let (xv, rv, wv) = (
+            tape.leaf(t(&x, &[rows, cols]), true),
+            tape.leaf(t(&r, &[rows, cols]), true),
+            tape.leaf(t(&w, &[cols]), true),
+        );
+        let sum = tape.add(&xv, &rv).unwrap();
+        let y = tape.rms_norm(&sum, &wv, 1e-6).unwrap();
+        let out = tape.add(&sum, &y).unwrap();
+        let g = match (seed_sum, seed_y) {
+            (true, true) => tape.backward_from(&out, t(&ds, &[rows, cols])).unwrap(),
+            (true, false) => tape.backward_from(&sum, t(&ds, &[rows, cols])).unwrap(),
+            (false, true) => tape.backward_from(&y, t(&dy, &[rows, cols])).unwrap(),
+            (false, false) => unreachable!(),
+        };
+        let v = |x: &Var| g.get(x).map(|t| t.to_vec_f64().unwrap());
+        (v(&xv).unwrap(), v(&rv).unwrap(), v(&wv))
+    };
+    for (s, y) in [(true, false), (false, true), (true, true)] {
+        let (fx, fr, fw) = fused(s, y);
+        let (ux, ur, uw) = unfused(s, y);
+        let close =
+            |a: &[f64], b: &[f64]| a.iter().zip(b).all(|(p, q)| (p - q).abs() <= 1e-12 * (1.0 + q.abs()));
+        assert!(close(&fx, &ux) && close(&fr, &ur), "seeds (sum {s}, y {y}): dx or dr differ");
+        assert_eq!(fw.is_some(), uw.is_some(), "seeds (sum {s}, y {y}): weight gradient presence");
+        if let (Some(f), Some(u)) = (fw, uw) {
+            assert!(close(&f, &u), "seeds (sum {s}, y {y}): dw differs");
+        }
+        if s && !y {
+            assert_eq!(fx, ds, "from sum alone, dx is dsum");
+        }
+    }
 }

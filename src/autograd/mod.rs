@@ -5,7 +5,9 @@
 //! A `Var` holds its value; the tape holds, per op that needs a gradient, the indices of its
 //! inputs and a backward closure with the tensors it saved. Ops are recorded in execution order,
 //! so the tape is already topologically sorted: `backward` consumes it, walking it once in
-//! reverse and freeing each op's saved tensors as soon as they are used.
+//! reverse and freeing each op's saved tensors as soon as they are used. An op with several
+//! outputs (the fused residual add + norm: the new residual stream and its norm) takes one node
+//! per output and runs its backward once, with all their gradients.
 //!
 //! `Tape::no_grad()` records nothing: every op runs its forward only, and an intermediate value is
 //! freed as soon as the caller drops its `Var` (the teacher's forward, scoring, generation).

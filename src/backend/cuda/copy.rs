@@ -2,9 +2,9 @@
 //! append and the strided gather behind `contiguous()`. The kernels move elements by size (1, 2,
 //! 4 bytes, or 16-byte packs when every row and pointer allows), so one launcher serves every dtype.
 //!
-//! Launch configuration: 256-thread blocks; rows on grid.y (at most 65 535, a grid-stride loop
-//! beyond), columns on grid.x (at most 64 blocks, a grid-stride loop beyond); fill is a 1-D
-//! grid-stride loop of at most 1024 blocks.
+//! Launch configuration: blocks of 32 to 256 threads (the row's width rounded up to whole warps);
+//! rows on grid.y (at most 65 535, a grid-stride loop beyond), columns on grid.x (at most 64
+//! blocks, a grid-stride loop beyond); fill is a 1-D grid-stride loop of at most 1024 blocks of 256.
 
 use super::device::{cuda_err, CudaDevice};
 use super::storage::CudaElem;
@@ -19,11 +19,13 @@ const MAX_Y_BLOCKS: usize = 65_535;
 /// Dimensions the strided gather takes (after merging and dropping size-1 dimensions).
 pub const MAX_DIMS: usize = 6;
 
-/// `rows` rows of `cols` kernel elements.
+/// `rows` rows of `cols` kernel elements: blocks of up to 256 threads, narrower for short rows
+/// (whole warps), so that a row of a few packs (a q|k|v split) does not leave most threads idle.
 fn cfg_2d(rows: usize, cols: usize) -> LaunchConfig {
-    let x = cols.div_ceil(THREADS as usize).clamp(1, MAX_X_BLOCKS) as u32;
+    let threads = cols.next_multiple_of(32).clamp(32, THREADS as usize);
+    let x = cols.div_ceil(threads).clamp(1, MAX_X_BLOCKS) as u32;
     let y = rows.clamp(1, MAX_Y_BLOCKS) as u32;
-    LaunchConfig { grid_dim: (x, y, 1), block_dim: (THREADS, 1, 1), shared_mem_bytes: 0 }
+    LaunchConfig { grid_dim: (x, y, 1), block_dim: (threads as u32, 1, 1), shared_mem_bytes: 0 }
 }
 
 /// The entry point `<op>_b<bytes>`.
