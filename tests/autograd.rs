@@ -209,6 +209,7 @@ fn checkpointed_segment_equals_direct_recording() {
     let y = tape.checkpoint(&[&vars[0], &vars[1], &vars[2]], seg.clone()).unwrap();
     let direct_y = seg(&mut Tape::no_grad(), &vars).unwrap();
     assert_eq!(y[0].value().to_vec_f64().unwrap(), direct_y[0].value().to_vec_f64().unwrap());
+}
 
 /// The fused residual add + norm has two outputs: a backward from either one alone reaches the
 /// inputs through the right path (sum only: dx = dr = dsum and no weight gradient; y only: the
