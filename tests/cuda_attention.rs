@@ -83,6 +83,7 @@ fn cached_attention_matches_the_cpu() {
         kv_heads: hkv,
         head_dim: dh,
         scale: 1.0 / (dh as f64).sqrt(),
+        vouched: false,
     };
     let run = |dtype: DType, device: Device, round: DType| {
         let t = |x: &[f64], rows: usize, w: usize| {

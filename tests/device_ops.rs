@@ -104,6 +104,7 @@ fn cached_attention_equals_full_attention() {
                 kv_heads: hkv,
                 head_dim: dh,
                 scale: 1.0 / (dh as f64).sqrt(),
+                vouched: false,
             };
             let out = tape
                 .attention_cached(
@@ -131,6 +132,7 @@ fn cached_attention_equals_full_attention() {
             kv_heads: hkv,
             head_dim: dh,
             scale: 1.0,
+            vouched: false,
         };
         let zero = Tensor::from_u32(&[0], device).unwrap();
         let (kc, vc) = (tensor(&kc, 2 * capacity, kv), tensor(&vc, 2 * capacity, kv));

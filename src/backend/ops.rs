@@ -74,6 +74,12 @@ pub struct CachedAttnDims {
     pub kv_heads: usize, // Hkv
     pub head_dim: usize, // D
     pub scale: f64,
+    /// The caller computed seq and pos on the device itself and vouches that seq < B and
+    /// pos < L (the generation loop's own state): a GPU backend then launches without reading
+    /// them back (a synchronization per layer, and impossible inside a CUDA graph); its kernel
+    /// still clamps them so that a wrong index cannot read outside the cache. false: the backend
+    /// reads and checks them.
+    pub vouched: bool,
 }
 
 /// Rotary position embedding (Hugging Face "rotate_half"), per head of a (N, H·D) input, with

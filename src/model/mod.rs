@@ -660,6 +660,7 @@ pub(crate) fn attend(
                 kv_heads: c.num_kv_heads,
                 head_dim: c.head_dim,
                 scale: 1.0 / (c.head_dim as f64).sqrt(),
+                vouched: false,
             };
             tape.attention_cached(q, kc, vc, &step.seq, &step.pos, d)
         }
