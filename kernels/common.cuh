@@ -1,4 +1,4 @@
-// Shared device helpers: bf16 <-> f32 conversion, warp and block reductions.
+// Shared device helpers: bf16 <-> f32 conversion, warp and block reductions, Philox4x32-10.
 // Header-free on purpose (no cuda_bf16.h, no <cstdint>): the same text compiles under nvcc and
 // under NVRTC at run time, where no system headers are available.
 #ifndef GKD_COMMON_CUH
@@ -61,6 +61,23 @@ __device__ __forceinline__ float block_max(float v, float *scratch) {
     v = warp_max(v);
     __syncthreads();
     return v;
+}
+
+// Philox4x32-10 (Salmon et al., SC 2011; Random123's philox4x32): four random words per
+// (counter, key), ten rounds of two 32x32->64 products, the key bumped by the Weyl constants between
+// rounds. The Rust twin, tested against Random123's known answers: src/backend/cpu/sampling.rs.
+__device__ __forceinline__ uint4 philox4x32_10(uint4 c, uint2 k) {
+#pragma unroll
+    for (int round = 0; round < 10; ++round) {
+        if (round > 0) {
+            k.x += 0x9E3779B9u;
+            k.y += 0xBB67AE85u;
+        }
+        const unsigned int lo0 = 0xD2511F53u * c.x, hi0 = __umulhi(0xD2511F53u, c.x);
+        const unsigned int lo1 = 0xCD9E8D57u * c.z, hi1 = __umulhi(0xCD9E8D57u, c.z);
+        c = make_uint4(hi1 ^ c.y ^ k.x, lo1, hi0 ^ c.w ^ k.y, lo0);
+    }
+    return c;
 }
 
 #endif

@@ -26,7 +26,7 @@ mod rms_norm;
 mod rope;
 mod swiglu;
 
-pub use crate::backend::ops::{AttnDims, CachedAttnDims, LossKind};
+pub use crate::backend::ops::{AttnDims, CachedAttnDims, LossKind, SampleSpec};
 pub use checkpoint::Segment;
 pub use linear::WeightLayout;
 pub use loss::{LinearLoss, LinearLossTarget};

@@ -3,7 +3,9 @@
 //! with the same message. A backend adds what only it needs (CUDA's 32-bit indexing).
 
 use super::divergence::Divergence;
-use super::ops::{AttnDims, CachedAttnDims, LinearDims, LinearLossSpec, LossKind, LossSpec, RopeSpec};
+use super::ops::{
+    AttnDims, CachedAttnDims, LinearDims, LinearLossSpec, LossKind, LossSpec, RopeSpec, SampleSpec,
+};
 use super::Layout;
 use crate::error::{shape_err, Error, Result};
 
@@ -333,4 +335,26 @@ pub(super) fn cached_attention(
         );
     }
     Ok(())
+}
+
+/// Sampling: logits (N, V) of `logits` elements with `seq` and `pos` of N each, V ≥ 1, a finite
+/// temperature ≥ 0 and top-p in (0, 1] → N.
+pub(super) fn sample(spec: &SampleSpec, logits: usize, seq: usize, pos: usize) -> Result<usize> {
+    const OP: &str = "sample";
+    if spec.vocab == 0 {
+        return shape_err(OP, "the vocabulary is empty");
+    }
+    let rows = rows_of(OP, logits, spec.vocab)?;
+    need(OP, "seq (the rows' sequence indices)", seq, rows)?;
+    need(OP, "pos (the rows' positions)", pos, rows)?;
+    if !(spec.temperature.is_finite() && spec.temperature >= 0.0) {
+        return Err(Error::Msg(format!(
+            "{OP}: the temperature must be finite and ≥ 0 (0 is greedy), got {}",
+            spec.temperature
+        )));
+    }
+    if !(spec.top_p > 0.0 && spec.top_p <= 1.0) {
+        return Err(Error::Msg(format!("{OP}: top-p must be in (0, 1] (1 is off), got {}", spec.top_p)));
+    }
+    Ok(rows)
 }

@@ -13,7 +13,9 @@
 //! CPU; so are the weight gradients on CUDA (linear dw and db, norm weights, the fused output
 //! head, the embedding table), which the optimizer's f32 gradient buffer adds up.
 
-use super::ops::{AdamWStep, AttnDims, CachedAttnDims, LinearDims, LinearLossSpec, LossSpec, RopeSpec};
+use super::ops::{
+    AdamWStep, AttnDims, CachedAttnDims, LinearDims, LinearLossSpec, LossSpec, RopeSpec, SampleSpec,
+};
 use super::{CpuStorage, DType, Device, Layout};
 use crate::error::Result;
 
@@ -263,4 +265,14 @@ pub trait BackendStorage: Sized {
         target: LossTarget<'_, Self>,
         spec: &LinearLossSpec,
     ) -> Result<LinearLossOut<Self>>;
+    /// One token per row, drawn per `spec` (the function is `backend/cpu/sampling.rs`): logits
+    /// (N, V) f32 or bf16, seq and pos (N) u32 (each row's random-number key: its sequence's
+    /// index in the run and the position the token will take) → (tokens (N) u32, logprobs (N, 2)
+    /// f32: ln q(token) under the sampling distribution, ln softmax(logits)[token]); no backward.
+    fn sample(
+        logits: View<'_, Self>,
+        seq: View<'_, Self>,
+        pos: View<'_, Self>,
+        spec: &SampleSpec,
+    ) -> Result<(Self, Self)>;
 }

@@ -145,3 +145,39 @@ pub struct AdamWStep {
     pub bc2_sqrt: f32,
     pub eps: f32,
 }
+
+/// How `sample` draws one token per row of (N, V) logits z (see `backend/cpu/sampling.rs` for
+/// the exact function every backend computes):
+/// - `temperature` 0: greedy, the lowest id of the largest logit;
+/// - else from softmax(z / T) restricted to the top-k logits (ties at the k-th stay; 0 = off),
+///   then to the top-p nucleus of those (1 = off), by the Gumbel-max trick with Philox4x32-10
+///   noise keyed by (`seed`, the row's sequence index and position): the same key gives the same
+///   token whatever the batch.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct SampleSpec {
+    pub vocab: usize, // V
+    /// 0 = greedy.
+    pub temperature: f64,
+    /// 0 = off.
+    pub top_k: usize,
+    /// 1 = off.
+    pub top_p: f64,
+    pub seed: u64,
+}
+
+impl SampleSpec {
+    /// Whether the draw is the argmax (temperature 0).
+    pub fn is_greedy(&self) -> bool {
+        self.temperature == 0.0
+    }
+
+    /// The top-k restriction, when it removes anything from a row of `vocab` (0 < k < V).
+    pub fn active_top_k(&self) -> Option<usize> {
+        (self.top_k > 0 && self.top_k < self.vocab).then_some(self.top_k)
+    }
+
+    /// The nucleus restriction, when it can remove anything (p < 1).
+    pub fn active_top_p(&self) -> Option<f64> {
+        (self.top_p < 1.0).then_some(self.top_p)
+    }
+}

@@ -11,6 +11,8 @@ mod storage;
 pub use crate::backend::{CpuStorage, DType, Device, DeviceRequest, Element, Layout, Shape};
 pub use storage::Storage;
 
+pub use crate::backend::ops::SampleSpec;
+
 use crate::backend::ops::AdamWStep;
 use crate::backend::View;
 use crate::error::{shape_err, Error, Result};
@@ -318,6 +320,38 @@ impl Tensor {
             );
         }
         ps.adamw_step(pb + start, grad.view()?, ms, vs, h, out.map(|(os, _)| os))
+    }
+
+    // ---- sampling -------------------------------------------------------------------------------
+
+    /// One token per row of these logits (N, V) (f32 or bf16 on the GPU), drawn per `spec` on
+    /// their device; `seq` and `pos` (N) u32 key each row's random numbers (its sequence's index
+    /// in the run and the position the token will take). → (tokens (N) u32, logprobs (N, 2) f32:
+    /// ln q(token) under the sampling distribution, ln softmax(logits)[token]). No tape, no
+    /// gradient. The function is `backend/cpu/sampling.rs`.
+    pub fn sample(&self, seq: &Tensor, pos: &Tensor, spec: &SampleSpec) -> Result<(Tensor, Tensor)> {
+        const OP: &str = "sample";
+        let &[rows, vocab] = self.dims() else {
+            return shape_err(OP, format!("logits must be (rows, vocab), got {}", self.shape()));
+        };
+        if vocab != spec.vocab {
+            return shape_err(OP, format!("logits {} for a vocabulary of {}", self.shape(), spec.vocab));
+        }
+        for (what, t) in [("seq", seq), ("pos", pos)] {
+            if t.dims() != [rows] || t.dtype() != DType::U32 {
+                return shape_err(
+                    OP,
+                    format!(
+                        "{what} must be ({rows}) u32 (one per row of logits), got {} {}",
+                        t.shape(),
+                        t.dtype()
+                    ),
+                );
+            }
+        }
+        let (z, seq, pos) = (self.contiguous()?, seq.contiguous()?, pos.contiguous()?);
+        let (tokens, logprobs) = Storage::sample(z.view()?, seq.view()?, pos.view()?, spec)?;
+        Ok((Tensor::from_storage(tokens, [rows])?, Tensor::from_storage(logprobs, [rows, 2])?))
     }
 }
 

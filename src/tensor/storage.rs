@@ -4,7 +4,7 @@
 
 use crate::backend::cuda::{CudaDevice, CudaStorage};
 use crate::backend::ops::{
-    AdamWStep, AttnDims, CachedAttnDims, LinearDims, LinearLossSpec, LossSpec, RopeSpec,
+    AdamWStep, AttnDims, CachedAttnDims, LinearDims, LinearLossSpec, LossSpec, RopeSpec, SampleSpec,
 };
 use crate::backend::{BackendStorage, CpuStorage, DType, Device, Layout, LinearLossOut, LossTarget, View};
 use crate::error::{Error, Result};
@@ -550,5 +550,14 @@ impl Storage {
                 B::linear_loss(v[0], v[1], LossTarget::Teacher { hidden: v[2], head: v[3] }, spec)
             }),
         }
+    }
+
+    pub fn sample(
+        logits: View<'_, Storage>,
+        seq: View<'_, Storage>,
+        pos: View<'_, Storage>,
+        spec: &SampleSpec,
+    ) -> Result<(Storage, Storage)> {
+        dispatch!("sample", [logits, seq, pos], |B, v| B::sample(v[0], v[1], v[2], spec))
     }
 }

@@ -19,6 +19,7 @@ mod narrow;
 mod real;
 mod rms_norm;
 mod rope;
+mod sampling;
 mod softmax;
 mod storage;
 mod swiglu;
@@ -28,12 +29,17 @@ pub use cross_entropy::cross_entropy_fwd_bwd;
 pub use divergence::{divergence_fwd_bwd, DivergenceOut};
 pub use gemm::{matmul, MatmulSpec};
 pub use real::Real;
+pub use sampling::{
+    argmax, draw_row, gumbel, gumbel_of_word, kept_threshold, philox4x32_10, sample_rows, RowDraw,
+};
 pub use softmax::{log_softmax, log_sum_exp};
 pub use storage::{CpuStorage, Element};
 
 use super::check::{self, need};
 use super::contract::{BackendStorage, LinearLossOut, LossTarget, View};
-use super::ops::{AdamWStep, AttnDims, CachedAttnDims, LinearDims, LinearLossSpec, LossSpec, RopeSpec};
+use super::ops::{
+    AdamWStep, AttnDims, CachedAttnDims, LinearDims, LinearLossSpec, LossSpec, RopeSpec, SampleSpec,
+};
 use super::{DType, Device, Layout};
 use crate::error::{shape_err, Error, Result};
 use storage::{check_range, typed_mut, with_elem};
@@ -631,6 +637,33 @@ impl BackendStorage for CpuStorage {
                 d_head: o.d_head.map(wrap),
             })
         })
+    }
+
+    /// Any float dtype (the logits are widened to f64; bf16 and f16 take their exact values).
+    fn sample(
+        logits: View<'_, Self>,
+        seq: View<'_, Self>,
+        pos: View<'_, Self>,
+        spec: &SampleSpec,
+    ) -> Result<(Self, Self)> {
+        const OP: &str = "sample";
+        check::sample(spec, logits.len, seq.len, pos.len)?;
+        let (seq, pos) = (seq.typed::<u32>(OP)?, pos.typed::<u32>(OP)?);
+        let z = match logits.dtype() {
+            DType::F32 | DType::F64 | DType::BF16 | DType::F16 => {
+                logits.storage.slice_copy(logits.start, logits.len)?.to_f64_vec()
+            }
+            d => {
+                return Err(Error::DType {
+                    op: OP,
+                    dtype: d.name(),
+                    device: "cpu".into(),
+                    supported: "f32, f64, bf16, f16",
+                })
+            }
+        };
+        let (tokens, logprobs) = sampling::sample_rows(&z, seq, pos, spec);
+        Ok((wrap(tokens), wrap(logprobs)))
     }
 }
 

@@ -28,6 +28,7 @@ mod norm_launch;
 mod probe;
 mod rms_norm;
 mod rope;
+pub mod sampling;
 mod storage;
 
 pub use device::{set_poison_allocations, CudaDevice, MemoryStats};

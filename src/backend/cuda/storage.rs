@@ -11,11 +11,12 @@ use super::linear_divergence::{
 use super::matmul::GemmElem;
 use super::{
     activation, adamw, attention, copy, elementwise, embedding, grad_norm, layer_norm, rms_norm, rope,
+    sampling,
 };
 use crate::backend::check;
 use crate::backend::contract::{BackendStorage, LinearLossOut, LossTarget, View};
 use crate::backend::ops::{
-    AdamWStep, AttnDims, CachedAttnDims, LinearDims, LinearLossSpec, LossKind, LossSpec, RopeSpec,
+    AdamWStep, AttnDims, CachedAttnDims, LinearDims, LinearLossSpec, LossKind, LossSpec, RopeSpec, SampleSpec,
 };
 use crate::backend::{CpuStorage, DType, Device, Layout};
 use crate::error::{shape_err, Error, Result};
@@ -986,6 +987,22 @@ impl BackendStorage for CudaStorage {
                 "{OP}: cross-entropy takes token targets, a divergence the teacher's hidden states"
             ))),
         }
+    }
+
+    fn sample(
+        logits: View<'_, Self>,
+        seq: View<'_, Self>,
+        pos: View<'_, Self>,
+        spec: &SampleSpec,
+    ) -> Result<(Self, Self)> {
+        const OP: &str = "sample";
+        let rows = check::sample(spec, logits.len, seq.len, pos.len)?;
+        let dev = logits.dev();
+        let (seq, pos) = (seq.typed::<u32>(OP)?, pos.typed::<u32>(OP)?);
+        float!(OP, logits.dtype(), |T| {
+            let (tokens, logprobs) = sampling::sample::<T>(dev, &logits.typed(OP)?, &seq, &pos, rows, spec)?;
+            Ok((CudaStorage::new(dev, tokens), CudaStorage::new(dev, logprobs)))
+        })
     }
 }
 
