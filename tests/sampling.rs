@@ -215,6 +215,9 @@ fn log_probabilities_against_a_direct_log_softmax() {
     }
 }
 
+/// (row, T, k, p, the kept ids)
+type KeptCase = (Vec<f64>, f64, usize, f64, Vec<usize>);
+
 /// The kept sets of hand-made rows, through the reference's threshold and through draws (every
 /// draw lands in the set, and over many positions every kept token shows up). Catches a top-k that
 /// drops ties at the k-th value or counts distinct values, a top-p that drops tokens tied at its
@@ -222,8 +225,7 @@ fn log_probabilities_against_a_direct_log_softmax() {
 #[test]
 fn kept_sets_of_hand_made_rows() {
     let l2 = std::f64::consts::LN_2;
-    // (row, T, k, p, the kept ids)
-    let cases: Vec<(Vec<f64>, f64, usize, f64, Vec<usize>)> = vec![
+    let cases: Vec<KeptCase> = vec![
         // top-k: sorted 3, 3, 2, 2, 1, 0; the 3rd largest is 2 and both 2s stay.
         (vec![1.0, 3.0, 2.0, 3.0, 0.0, 2.0], 1.0, 3, 1.0, vec![1, 2, 3, 5]),
         (vec![1.0, 3.0, 2.0, 3.0, 0.0, 2.0], 1.0, 2, 1.0, vec![1, 3]),
