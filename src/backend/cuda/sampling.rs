@@ -1,8 +1,9 @@
 //! Launcher for `kernels/sampling.cu`: one token per row of logits, f32 and bf16, and the launch
 //! configurations of its two paths:
 //! - split (greedy, or no top-k / top-p): `sample_split_*` on a grid of N × ⌈V / SPLIT_CHUNK⌉
-//!   blocks of SPLIT_THREADS (one chunk of a row each: at N = 8 and V = 151,936, 152 blocks, about
-//!   one per SM of an H100/H200), then `sample_finish_*`, one warp per row, FINISH_ROWS_PER_BLOCK
+//!   blocks of SPLIT_THREADS, one chunk of a row each, one 16-byte unit of 8 logits per thread (at
+//!   N = 8 and V = 151,936: 600 blocks, all resident at once on an H100/H200, so the pass costs
+//!   about one memory latency), then `sample_finish_*`, one warp per row, FINISH_ROWS_PER_BLOCK
 //!   rows per block, merging each row's chunk partials (f32 scratch (N, chunks, PARTS)).
 //! - filtered (top-k and/or top-p): `sample_filtered_*`, one block of FILTERED_THREADS per row.
 //!
@@ -15,8 +16,9 @@ use crate::error::{shape_err, Error, Result};
 use cudarc::driver::{CudaSlice, CudaView, DevicePtr, LaunchConfig, PushKernelArg};
 
 const MODULE: &str = "sampling";
-/// Logits per block of the split pass (a multiple of 8, the kernel's unit of loads).
-pub const SPLIT_CHUNK: usize = 8192;
+/// Logits per block of the split pass: a multiple of 8 (the kernel's unit of loads), here one
+/// unit per thread.
+pub const SPLIT_CHUNK: usize = 8 * SPLIT_THREADS as usize;
 const SPLIT_THREADS: u32 = 256;
 const FINISH_ROWS_PER_BLOCK: u32 = 8;
 const FILTERED_THREADS: u32 = 1024;
