@@ -195,15 +195,23 @@ fn in_place_operations_match_the_cpu() {
         out.push(("sum_squares", t(&a).sum_squares().map(|s| vec![s])));
         let mut x = t(&a).reshape([100, 10]).unwrap();
         let rows = Tensor::from_u32(&[5, 0, 99], device).unwrap();
-        out.push(("copy_rows", x.copy_rows_(10, &rows, &t(&b[..30])).and_then(|()| x.to_vec_f64())));
+        out.push(("copy_rows", x.copy_rows_(10, &rows, &t(&b[..30]), false).and_then(|()| x.to_vec_f64())));
         // Rows of 32 bytes: the kernel moves 16-byte packs.
         let mut x = t(&a).reshape([125, 8]).unwrap();
         let rows = Tensor::from_u32(&[3, 124, 0], device).unwrap();
-        out.push(("copy_rows_packed", x.copy_rows_(8, &rows, &t(&b[..24])).and_then(|()| x.to_vec_f64())));
+        out.push((
+            "copy_rows_packed",
+            x.copy_rows_(8, &rows, &t(&b[..24]), false).and_then(|()| x.to_vec_f64()),
+        ));
         let mut x = t(&a).reshape([100, 10]).unwrap();
         let bad = Tensor::from_u32(&[5, 100], device).unwrap();
-        let refused = x.copy_rows_(10, &bad, &t(&b[..20])).is_err();
+        let refused = x.copy_rows_(10, &bad, &t(&b[..20]), false).is_err();
         out.push(("copy_rows_out_of_range_refused", Ok(vec![f64::from(u8::from(refused))])));
+        // Vouched indices are not read back: the row past the storage is skipped, the other written.
+        let mut x = t(&a).reshape([100, 10]).unwrap();
+        let r = x.copy_rows_(10, &bad, &t(&b[..20]), true).and_then(|()| x.to_vec_f64());
+        out.push(("copy_rows_vouched_skips_out_of_range", r));
+        out.extend(decode_state_cases(device));
         let (mut p, mut m, mut v) = (t(&a), t(&vec![0.0; n]), t(&vec![0.0; n]));
         let h = AdamWStep {
             decay: 0.99,
@@ -312,4 +320,32 @@ fn nan_rows_stay_in_their_rows() {
             }
         }
     }
+}
+
+/// The generation loop's state ops on `device` (compared with the CPU by the caller): the rows of
+/// a step, and one draw applied to four slots — one ending at max_new, one at a stop token, one
+/// already done (untouched), one going on.
+fn decode_state_cases(device: Device) -> Vec<(&'static str, gkd::Result<Vec<f64>>)> {
+    let u = |v: &[u32]| Tensor::from_u32(v, device).unwrap();
+    #[rustfmt::skip]
+    let state = [11, 12, 13, 14, /* pos */ 2, 8, 0, 5, /* generated */ 0, 1, 2, 0, /* done */ 0, 0, 0, 1, /* seq */ 7, 8, 9, 10];
+    let rows = u(&state).decode_rows(&u(&[2, 0, 3]), 10).and_then(|r| r.to_vec_f64());
+    let advance = || -> gkd::Result<Vec<f64>> {
+        let mut st = u(&state);
+        let mut out_t = u(&[0; 12]);
+        let mut out_l = Tensor::zeros([24], DType::F32, device)?;
+        let lp = Tensor::from_vec(vec![-0.5f32, -0.7, -1.5, -1.25, -2.0, -3.0, -0.125, -0.25], [8])?
+            .to_device(device)?;
+        st.decode_advance_(
+            &u(&[2, 0, 3, 1]),
+            &u(&[5, 99, 6, 42]),
+            &lp,
+            &u(&[99]),
+            3,
+            &mut out_t,
+            &mut out_l,
+        )?;
+        Ok([st.to_vec_f64()?, out_t.to_vec_f64()?, out_l.to_vec_f64()?].concat())
+    };
+    vec![("decode_rows", rows), ("decode_advance", advance())]
 }

@@ -1,15 +1,18 @@
-//! Generation: batching does not change results; returned log-probabilities are the model's;
-//! sampling draws from softmax(logits / T) restricted by top-k / top-p (chi-square tests, which a
-//! wrong temperature fails).
+//! Generation: batching, continuous batching and the order of the prompts do not change results;
+//! returned log-probabilities are the model's and the sampler's; sampling draws from
+//! softmax(logits / T) restricted by top-k / top-p (chi-square tests, which a wrong temperature
+//! fails).
 
 mod model_common;
 
-use gkd::generate::{generate, sequence_rng, GenerateConfig, Sampler};
+use gkd::generate::{generate, Completion, GenerateConfig, Sampler};
 use gkd::model::Model;
-use model_common::{fixture, reference};
+use gkd::tensor::SampleSpec;
+use gkd::Tensor;
+use model_common::{chi_square, critical, expected, fixture, reference};
 
 fn greedy_cfg(max_new_tokens: usize, stop_tokens: Vec<u32>) -> GenerateConfig {
-    GenerateConfig { max_new_tokens, sampler: Sampler::greedy(), seed: 0, stop_tokens }
+    GenerateConfig::new(max_new_tokens, Sampler::greedy(), 0, stop_tokens)
 }
 
 /// Prompts of mixed lengths in one batch give, token for token, what each gives alone; one
@@ -51,12 +54,7 @@ fn batched_greedy_equals_one_by_one() {
 fn sampled_logprobs_equal_scored_logprobs() {
     let model = Model::load(&fixture("qwen2")).unwrap();
     let prompts = vec![vec![5u32, 9, 33], vec![100u32]];
-    let cfg = GenerateConfig {
-        max_new_tokens: 10,
-        sampler: Sampler { temperature: 1.3, top_k: 40, top_p: 0.95 },
-        seed: 11,
-        stop_tokens: vec![],
-    };
+    let cfg = GenerateConfig::new(10, Sampler { temperature: 1.3, top_k: 40, top_p: 0.95 }, 11, vec![]);
     let out = generate(&model, &prompts, &cfg).unwrap();
     for (p, c) in prompts.iter().zip(&out) {
         let full: Vec<u32> = p.iter().chain(&c.ids).copied().collect();
@@ -65,67 +63,25 @@ fn sampled_logprobs_equal_scored_logprobs() {
             let want = scored[p.len() - 1 + i];
             assert!((lp - want).abs() < 1e-4, "token {i}: {lp} vs {want}");
         }
+        // Under the sampler, T = 1.3 and the filters move each token's log-probability away
+        // from the model's (by much more than the tolerance above on this fixture).
+        assert_eq!(c.sampler_logprobs.len(), c.ids.len());
+        assert!(c.sampler_logprobs.iter().all(|&q| q <= 0.0 && q.is_finite()));
+        let moved =
+            c.sampler_logprobs.iter().zip(&c.logprobs).map(|(q, p)| (q - p).abs()).fold(0.0, f64::max);
+        assert!(moved > 1e-2, "sampler log-probabilities equal the model's ({moved})");
+    }
+    // At T = 1 without filters the two are the same distribution.
+    let plain = generate(&model, &prompts, &GenerateConfig::new(6, Sampler::default(), 3, vec![])).unwrap();
+    for c in &plain {
+        for (q, p) in c.sampler_logprobs.iter().zip(&c.logprobs) {
+            assert!((q - p).abs() < 1e-5, "T = 1: {q} vs {p}");
+        }
     }
     // Same seed, same samples; another seed, other samples.
     assert_eq!(generate(&model, &prompts, &cfg).unwrap(), out);
     let other = generate(&model, &prompts, &GenerateConfig { seed: 12, ..cfg.clone() }).unwrap();
     assert_ne!(other, out);
-}
-
-/// softmax(logits / T), top-k then top-p, computed independently of the sampler.
-fn expected(logits: &[f32], t: f64, top_k: usize, top_p: f64) -> Vec<f64> {
-    let z: Vec<f64> = logits.iter().map(|&x| x as f64 / t).collect();
-    let mut order: Vec<usize> = (0..z.len()).collect();
-    order.sort_by(|&a, &b| z[b].partial_cmp(&z[a]).unwrap());
-    let k = if top_k == 0 { z.len() } else { top_k };
-    let kth = z[order[k - 1]];
-    let m = z[order[0]];
-    let w: Vec<f64> = z.iter().map(|&x| if x >= kth { (x - m).exp() } else { 0.0 }).collect();
-    let total: f64 = w.iter().sum();
-    let mut p: Vec<f64> = w.iter().map(|x| x / total).collect();
-    if top_p < 1.0 {
-        let mut mass = 0.0;
-        for &i in &order {
-            if mass >= top_p {
-                p[i] = 0.0;
-            }
-            mass += w[i] / total;
-        }
-        let total: f64 = p.iter().sum();
-        p.iter_mut().for_each(|x| *x /= total);
-    }
-    p
-}
-
-/// Pearson's statistic over bins with an expected count ≥ 5 (the rest pooled), its degrees of
-/// freedom, and whether a token of probability 0 was drawn.
-fn chi_square(counts: &[usize], probs: &[f64]) -> (f64, usize, bool) {
-    let n: usize = counts.iter().sum();
-    let (mut stat, mut bins, mut pooled_o, mut pooled_e, mut impossible) = (0.0, 0usize, 0.0, 0.0, false);
-    for (&o, &p) in counts.iter().zip(probs) {
-        let e = p * n as f64;
-        if p == 0.0 {
-            impossible |= o > 0;
-        } else if e >= 5.0 {
-            stat += (o as f64 - e).powi(2) / e;
-            bins += 1;
-        } else {
-            pooled_o += o as f64;
-            pooled_e += e;
-        }
-    }
-    if pooled_e > 0.0 {
-        stat += (pooled_o - pooled_e).powi(2) / pooled_e;
-        bins += 1;
-    }
-    (stat, bins.saturating_sub(1), impossible)
-}
-
-/// The chi-square quantile at 1 − 1e-4 (Wilson–Hilferty; z = 3.719).
-fn critical(df: usize) -> f64 {
-    let k = df.max(1) as f64;
-    let h = 2.0 / (9.0 * k);
-    k * (1.0 - h + 3.719 * h.sqrt()).powi(3)
 }
 
 fn next_token_logits(model: &Model, prompt: &[u32]) -> Vec<f32> {
@@ -139,14 +95,16 @@ const SETTINGS: [(f64, usize, f64); 4] = [(0.7, 0, 1.0), (1.5, 20, 1.0), (1.0, 0
 fn sampler_frequencies_match_the_restricted_softmax() {
     let model = Model::load(&fixture("llama")).unwrap();
     let logits = next_token_logits(&model, &[0, 17, 23, 5]);
-    let draws = 20_000;
+    let (draws, vocab) = (20_000, logits.len());
+    // One row per draw, each at its own position: one call of the sampling op.
+    let rows = Tensor::from_vec(logits.repeat(draws), [draws, vocab]).unwrap();
+    let seq = Tensor::from_u32(&vec![9; draws], gkd::Device::Cpu).unwrap();
+    let pos = Tensor::from_u32(&(0..draws as u32).collect::<Vec<_>>(), gkd::Device::Cpu).unwrap();
     for (t, k, p) in SETTINGS {
-        let sampler = Sampler { temperature: t, top_k: k, top_p: p };
-        let mut rng = sequence_rng(1234, 0);
-        let mut counts = vec![0usize; logits.len()];
-        for _ in 0..draws {
-            counts[sampler.sample(&logits, &mut rng) as usize] += 1;
-        }
+        let spec = SampleSpec { vocab, temperature: t, top_k: k, top_p: p, seed: 1234 };
+        let (tokens, _) = rows.sample(&seq, &pos, &spec).unwrap();
+        let mut counts = vec![0usize; vocab];
+        tokens.to_vec_u32().unwrap().iter().for_each(|&x| counts[x as usize] += 1);
         let (stat, df, impossible) = chi_square(&counts, &expected(&logits, t, k, p));
         eprintln!("T={t} top_k={k} top_p={p}: chi2 = {stat:.1} on {df} df (critical {:.1})", critical(df));
         assert!(!impossible, "T={t} k={k} p={p}: drew a token outside the top-k / top-p set");
@@ -161,20 +119,69 @@ fn sampler_frequencies_match_the_restricted_softmax() {
     }
 }
 
-/// The same through `generate`: many copies of one prompt, one new token each, each sequence with
-/// its own seeded generator.
+/// Generation with every prompt at once, with fewer slots than prompts (a finished slot takes the
+/// next prompt), with the prompts in another order, and one prompt at a time: the same tokens and
+/// log-probabilities for each prompt. A stop token ends some sequences early, so slots free up at
+/// different steps and refills start while other rows decode.
+#[test]
+fn batch_size_and_prompt_order_do_not_change_samples() {
+    for name in ["llama", "gpt2"] {
+        let model = Model::load(&fixture(name)).unwrap();
+        let prompts: Vec<Vec<u32>> = vec![
+            vec![3, 9, 27],
+            vec![5],
+            vec![3, 9, 27],
+            vec![40, 41, 42, 43, 44],
+            vec![8, 8],
+            vec![1, 2],
+            vec![77],
+            vec![6, 60, 66],
+        ];
+        let base = GenerateConfig::new(9, Sampler { temperature: 1.1, top_k: 0, top_p: 0.97 }, 21, vec![]);
+        let probe = generate(&model, &prompts, &base).unwrap();
+        // The most common second token stops some sequences at step 2 and not others.
+        let stop = probe[0].ids[1];
+        let cfg = GenerateConfig { stop_tokens: vec![stop], ..base };
+        let all = generate(&model, &prompts, &cfg).unwrap();
+        assert!(all.iter().any(|c| c.stopped) && all.iter().any(|c| !c.stopped), "{name}: stops vary");
+        // Copies of one prompt get different samples.
+        assert_ne!(probe[0].ids, probe[2].ids, "{name}: identical prompts drew the same tokens");
+        let same = |a: &[Completion], b: &[Completion], what: &str| {
+            for (i, (x, y)) in a.iter().zip(b).enumerate() {
+                assert_eq!((&x.ids, x.stopped), (&y.ids, y.stopped), "{name} {what}: prompt {i}");
+                for (p, q) in x
+                    .logprobs
+                    .iter()
+                    .zip(&y.logprobs)
+                    .chain(x.sampler_logprobs.iter().zip(&y.sampler_logprobs))
+                {
+                    assert!((p - q).abs() < 1e-5, "{name} {what}: prompt {i}: {p} vs {q}");
+                }
+            }
+        };
+        for batch_size in [1, 3, 8] {
+            let out = generate(&model, &prompts, &GenerateConfig { batch_size, ..cfg.clone() }).unwrap();
+            same(&all, &out, &format!("batch size {batch_size}"));
+        }
+        let order = [6, 2, 7, 0, 4, 1, 5, 3];
+        let shuffled: Vec<Vec<u32>> = order.iter().map(|&i| prompts[i].clone()).collect();
+        let out = generate(&model, &shuffled, &GenerateConfig { batch_size: 3, ..cfg.clone() }).unwrap();
+        // Back in the original order; of the two copies of [3, 9, 27] (shuffled to places 1 and
+        // 3), the first in the list gets the first copy's sample wherever it stands.
+        let back: Vec<Completion> = [1, 5, 3, 7, 4, 6, 0, 2].iter().map(|&j| out[j].clone()).collect();
+        same(&all, &back, "shuffled");
+    }
+}
+
+/// The same through `generate`: many copies of one prompt, one new token each, each copy keyed
+/// by its occurrence.
 #[test]
 fn generate_draws_match_the_restricted_softmax() {
     let model = Model::load(&fixture("gpt2")).unwrap();
     let prompt = vec![0u32, 40, 41, 42];
     let logits = next_token_logits(&model, &prompt);
     let (t, k, p) = (1.2, 30, 0.95);
-    let cfg = GenerateConfig {
-        max_new_tokens: 1,
-        sampler: Sampler { temperature: t, top_k: k, top_p: p },
-        seed: 5,
-        stop_tokens: vec![],
-    };
+    let cfg = GenerateConfig::new(1, Sampler { temperature: t, top_k: k, top_p: p }, 5, vec![]);
     let out = generate(&model, &vec![prompt; 4000], &cfg).unwrap();
     let mut counts = vec![0usize; logits.len()];
     out.iter().for_each(|c| counts[c.ids[0] as usize] += 1);

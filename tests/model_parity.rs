@@ -86,12 +86,7 @@ fn greedy_generation_matches_transformers() {
     for name in FAMILIES {
         let model = Model::load(&fixture(name)).unwrap();
         let r = reference(name);
-        let cfg = GenerateConfig {
-            max_new_tokens: r.greedy.max_new_tokens,
-            sampler: Sampler::greedy(),
-            seed: 0,
-            stop_tokens: vec![],
-        };
+        let cfg = GenerateConfig::new(r.greedy.max_new_tokens, Sampler::greedy(), 0, vec![]);
         let out = generate(&model, &r.greedy.prompts, &cfg).unwrap();
         let ids: Vec<Vec<u32>> = out.into_iter().map(|c| c.ids).collect();
         assert_eq!(ids, r.greedy.outputs, "{name}: greedy continuations");

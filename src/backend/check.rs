@@ -81,6 +81,58 @@ pub(super) fn copy_rows(dst: usize, width: usize, n: usize, src: usize) -> Resul
     Ok(total)
 }
 
+/// The generation state (5, B) of `state` elements and `n` slots → B.
+pub(super) fn decode_rows(state: usize, capacity: usize) -> Result<usize> {
+    const OP: &str = "decode_rows";
+    if capacity == 0 || capacity > u32::MAX as usize / 2 {
+        return shape_err(OP, format!("a cache of {capacity} positions"));
+    }
+    let batch = rows_of(OP, state, 5)?;
+    if batch > u32::MAX as usize / capacity {
+        return shape_err(OP, format!("{batch} slots of {capacity} positions overflow the u32 cache rows"));
+    }
+    Ok(batch)
+}
+
+/// decode_advance's lengths: state (5, B), slots, tokens and logprobs of n rows, outputs of
+/// B·max_new → B.
+pub(super) fn decode_advance(
+    state: usize,
+    n: usize,
+    tokens: usize,
+    logprobs: usize,
+    max_new: usize,
+    out_tokens: usize,
+    out_logprobs: usize,
+) -> Result<usize> {
+    const OP: &str = "decode_advance";
+    let batch = state / 5;
+    if batch * 5 != state {
+        return shape_err(OP, format!("a state of {state} elements is not (5, B)"));
+    }
+    need(OP, "tokens", tokens, n)?;
+    need(OP, "log-probabilities", logprobs, 2 * n)?;
+    if max_new == 0 || max_new > u32::MAX as usize {
+        return shape_err(OP, format!("max_new = {max_new}"));
+    }
+    need(OP, "output tokens", out_tokens, batch * max_new)?;
+    need(OP, "output log-probabilities", out_logprobs, 2 * batch * max_new)?;
+    Ok(batch)
+}
+
+/// Slots of one decode step: distinct and below `batch`.
+pub(super) fn slots(op: &'static str, slots: &[u32], batch: usize) -> Result<()> {
+    let mut seen = vec![false; batch];
+    for &s in slots {
+        match seen.get_mut(s as usize) {
+            None => return shape_err(op, format!("slot {s} of a batch of {batch}")),
+            Some(true) => return shape_err(op, format!("slot {s} twice in one step")),
+            Some(x) => *x = true,
+        }
+    }
+    Ok(())
+}
+
 /// Every row index below `total`.
 pub(super) fn rows_in_range(op: &'static str, rows: &[u32], total: usize) -> Result<()> {
     match rows.iter().find(|&&r| r as usize >= total) {

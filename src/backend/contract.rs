@@ -85,8 +85,33 @@ pub trait BackendStorage: Sized {
     /// self[start..start + len] *= c
     fn scale_in(&mut self, start: usize, len: usize, c: f64) -> Result<()>;
     /// Row `rows[i]` of self (rows of `width` elements) = row i of `src` (N, width): the
-    /// key/value cache's append.
-    fn copy_rows_in(&mut self, width: usize, rows: View<'_, Self>, src: View<'_, Self>) -> Result<()>;
+    /// key/value cache's append. An index past the storage is an error, except for `vouched`
+    /// indices (the generation loop's own, made on the device), which a GPU backend does not
+    /// read back: every backend then skips such a row.
+    fn copy_rows_in(
+        &mut self,
+        width: usize,
+        rows: View<'_, Self>,
+        src: View<'_, Self>,
+        vouched: bool,
+    ) -> Result<()>;
+    /// The generation loop's state (`self`, (5, B) u32: each slot's next token, its position,
+    /// tokens generated, done, sequence index) after one draw per row, slots (n) u32 distinct:
+    /// for each row of a slot not done, the token (n) u32 and its log-probabilities (n, 2) f32 go
+    /// to the slot's outputs at index `generated` (out_tokens (B, max_new) u32, out_logprobs
+    /// (B, max_new, 2) f32); the slot is then done after a stop token (stops (S) u32) or
+    /// `max_new` tokens, else the token is its next input, one position further.
+    #[allow(clippy::too_many_arguments)]
+    fn decode_advance(
+        &mut self,
+        slots: View<'_, Self>,
+        tokens: View<'_, Self>,
+        logprobs: View<'_, Self>,
+        stops: View<'_, Self>,
+        max_new: usize,
+        out_tokens: &mut Self,
+        out_logprobs: &mut Self,
+    ) -> Result<()>;
     /// The optimizer: `self[start..]` are f32 master weights (`grad.len` of them, f32 gradients),
     /// `m` and `v` their f32 moments at the same offsets; one AdamW update of each. With `out`
     /// (the model's compute-dtype weights, f32 or bf16), `out[start..start + grad.len]` also
@@ -107,6 +132,10 @@ pub trait BackendStorage: Sized {
     fn sum_squares(x: View<'_, Self>) -> Result<f64>;
 
     // ---- ops --------------------------------------------------------------------------------
+    /// The rows of one decode step: state (5, B) u32 (see `decode_advance`), slots (n) u32 →
+    /// (6, n) u32: each row's input token, its position (clamped below `capacity`), its slot, its
+    /// cache row (slot·capacity + position), and the sampler's keys (sequence index, position + 1).
+    fn decode_rows(state: View<'_, Self>, slots: View<'_, Self>, capacity: usize) -> Result<Self>;
     /// a + b (N)
     fn add(a: View<'_, Self>, b: View<'_, Self>) -> Result<Self>;
     /// table (V, C), ids (N) u32 → (N, C)

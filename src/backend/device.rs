@@ -66,6 +66,20 @@ impl Device {
     }
 }
 
+impl Device {
+    /// Records the work `f` queues on this device into a CUDA graph, replayed by `Graph::launch`
+    /// (see `backend::cuda::graph` for what `f` may do). The CPU has no graphs: an error.
+    pub fn capture(
+        self,
+        f: impl FnOnce() -> crate::error::Result<()>,
+    ) -> crate::error::Result<super::cuda::Graph> {
+        match self {
+            Device::Cpu => Err(crate::error::Error::Msg("CUDA graphs need a CUDA device".into())),
+            Device::Cuda(i) => super::cuda::CudaDevice::get(i)?.capture(f),
+        }
+    }
+}
+
 impl fmt::Display for Device {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {

@@ -2,4 +2,5 @@
 
 pub mod cross_entropy;
 pub mod divergence;
+pub mod generate;
 pub mod train;

@@ -1,7 +1,8 @@
 //! `gkd bench divergence`: the fused divergence kernel against the memory floor and the unfused
 //! baseline, and the fused lm_head + divergence against its matmuls alone and the unfused path,
 //! all measured in one run (CUDA events, median). On the CPU: the reference at a small size.
-//! `gkd bench train`: one SFT step of a model shape (`gkd::bench::train`).
+//! `gkd bench train`: one SFT step of a model shape (`gkd::bench::train`). `gkd bench generate`:
+//! batched sampling (`gkd::bench::generate`).
 
 use anyhow::{bail, Context, Result};
 use gkd::autograd::Tape;
@@ -10,6 +11,7 @@ use gkd::backend::cuda::divergence::{set_staged_tuning, KernelPath, StagedTuning
 use gkd::backend::cuda::linear_divergence::LinearDivergence;
 use gkd::backend::cuda::{self, CudaDevice};
 use gkd::bench::divergence::{random_values, DivergenceCase, LinearCase, LinearVariant};
+use gkd::bench::generate::GenerateBench;
 use gkd::bench::train::{TrainBench, TrainShape};
 use gkd::distill::Divergence;
 use gkd::tensor::{Device, DeviceRequest};
@@ -30,6 +32,39 @@ enum BenchWhat {
     /// One SFT training step of a model shape (random-init weights): tokens/s, MFU, GEMM share,
     /// peak memory.
     Train(TrainArgs),
+    /// Batched sampling from a model shape (random-init weights): new tokens/s, time to first
+    /// token, the decode step against its memory floor.
+    Generate(GenerateArgs),
+}
+
+#[derive(clap::Args)]
+struct GenerateArgs {
+    /// qwen2.5-0.5b, gpt2-124m, or tiny (a two-layer model for the CPU).
+    #[arg(long, default_value = "qwen2.5-0.5b")]
+    shape: String,
+    /// Comma-separated batch sizes.
+    #[arg(long, default_value = "8,64")]
+    batch: String,
+    /// Prompt tokens per sequence.
+    #[arg(long, default_value_t = 128)]
+    prompt: usize,
+    /// New tokens per sequence.
+    #[arg(long, default_value_t = 128)]
+    new: usize,
+    #[command(flatten)]
+    compute: super::compute::ComputeArgs,
+    /// Replay the decode step as a CUDA graph (on or off).
+    #[arg(long, default_value = "on")]
+    graphs: String,
+    /// Decode steps between two looks of the host at the device's state.
+    #[arg(long, default_value_t = 8)]
+    sync_every: usize,
+    /// Timed calls per batch size (median reported).
+    #[arg(long, default_value_t = 3)]
+    reps: usize,
+    /// Also write the results as JSON to this file.
+    #[arg(long)]
+    json: Option<std::path::PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -91,7 +126,68 @@ pub fn run(args: BenchArgs) -> Result<()> {
     match args.what {
         BenchWhat::Divergence(a) => divergence(a),
         BenchWhat::Train(a) => train(a),
+        BenchWhat::Generate(a) => generate(a),
     }
+}
+
+fn generate(a: GenerateArgs) -> Result<()> {
+    let shape: TrainShape = a.shape.parse()?;
+    let c = a.compute.resolve()?;
+    let batches: Vec<usize> = a
+        .batch
+        .split(',')
+        .map(|x| x.trim().parse::<usize>().with_context(|| format!("batch size `{x}` is not a number")))
+        .collect::<Result<_>>()?;
+    let cuda_graphs = match a.graphs.as_str() {
+        "on" => true,
+        "off" => false,
+        g => bail!("--graphs takes on or off, not `{g}`"),
+    };
+    let bandwidth = match c.device {
+        Device::Cuda(i) => Some(measure_copy_bandwidth(&*CudaDevice::get(i)?, 1 << 31, 10)?),
+        Device::Cpu => None,
+    };
+    eprintln!(
+        "gkd bench generate: {} on {} in {}, batch {}, {} prompt + {} new tokens, T = 1 (random-init weights, graphs {})",
+        a.shape, c.device, c.dtype, a.batch, a.prompt, a.new, a.graphs
+    );
+    let r = gkd::bench::generate::run(&GenerateBench {
+        shape,
+        name: a.shape.clone(),
+        batches,
+        prompt: a.prompt,
+        new: a.new,
+        device: c.device,
+        dtype: c.dtype,
+        cuda_graphs,
+        sync_every: a.sync_every,
+        reps: a.reps,
+        bandwidth,
+    })?;
+    if let Some(bw) = r.copy_bandwidth_b_s {
+        println!("copy bandwidth {:.2} TB/s (read + write, 2 GiB)", bw / 1e12);
+    }
+    println!("| shape | batch | new tokens/s | time to first token | decode step | floor step | of floor | first-call warm-up |");
+    println!("|---|---|---|---|---|---|---|---|");
+    for row in &r.rows {
+        let opt = |v: Option<f64>, f: &dyn Fn(f64) -> String| v.map(f).unwrap_or_else(|| "—".into());
+        println!(
+            "| {} | {} | {:.0} | {:.1} ms | {:.3} ms | {} | {} | {:.2} s |",
+            r.shape,
+            row.batch,
+            row.new_tokens_per_s,
+            row.ttft_ms,
+            row.step_ms,
+            opt(row.floor_step_ms, &|f| format!("{f:.3} ms")),
+            opt(row.of_floor, &|x| format!("{:.0}%", 100.0 * x)),
+            row.warmup_s
+        );
+    }
+    if let Some(path) = &a.json {
+        std::fs::write(path, serde_json::to_string_pretty(&r)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
 }
 
 fn train(a: TrainArgs) -> Result<()> {

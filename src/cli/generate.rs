@@ -30,6 +30,9 @@ pub struct GenerateArgs {
     seed: u64,
     #[arg(long, default_value_t = 1)]
     num_samples: usize,
+    /// Samples decoded at once (0: all); more wait for a slot (continuous batching).
+    #[arg(long, default_value_t = 0)]
+    batch_size: usize,
     #[command(flatten)]
     compute: ComputeArgs,
 }
@@ -41,11 +44,10 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     tok.check_fits(model.config.vocab_size)?;
     let prompt = tok.encode(&args.prompt, true)?;
     let stop_tokens = if tok.eos.is_empty() { model.config.eos_token_ids.clone() } else { tok.eos.clone() };
+    let sampler = Sampler { temperature: args.temperature, top_k: args.top_k, top_p: args.top_p };
     let cfg = GenerateConfig {
-        max_new_tokens: args.max_new_tokens,
-        sampler: Sampler { temperature: args.temperature, top_k: args.top_k, top_p: args.top_p },
-        seed: args.seed,
-        stop_tokens,
+        batch_size: args.batch_size,
+        ..GenerateConfig::new(args.max_new_tokens, sampler, args.seed, stop_tokens)
     };
     let prompts = vec![prompt; args.num_samples];
     let samples =

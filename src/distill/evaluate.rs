@@ -28,7 +28,7 @@ impl FromStr for Metric {
     }
 }
 
-/// Prompts generated in one batch.
+/// Prompts decoded at once (a finished one's slot takes the next: continuous batching).
 const EVAL_BATCH: usize = 64;
 
 /// The decoded completion of every prompt (special tokens dropped). Prompts longer than the
@@ -42,26 +42,19 @@ pub fn complete(
     seed: u64,
 ) -> Result<Vec<String>> {
     let context = model.config.max_position_embeddings;
-    let mut out = Vec::with_capacity(prompts.len());
-    for (chunk_no, chunk) in prompts.chunks(EVAL_BATCH).enumerate() {
-        let ids: Vec<Vec<u32>> = chunk.iter().map(|p| tok.encode(p, true)).collect::<Result<_>>()?;
-        let longest = ids.iter().map(Vec::len).max().unwrap_or(0);
-        if longest >= context {
-            return Err(Error::Msg(format!(
-                "a prompt of {longest} tokens leaves no room to generate in the model's {context} positions"
-            )));
-        }
-        let cfg = GenerateConfig {
-            max_new_tokens: max_new_tokens.min(context + 1 - longest),
-            sampler,
-            seed: seed.wrapping_add(chunk_no as u64),
-            stop_tokens: tok.eos.clone(),
-        };
-        for c in generate(model, &ids, &cfg)? {
-            out.push(tok.decode(&c.ids, true)?);
-        }
+    let ids: Vec<Vec<u32>> = prompts.iter().map(|p| tok.encode(p, true)).collect::<Result<_>>()?;
+    let longest = ids.iter().map(Vec::len).max().unwrap_or(0);
+    if longest >= context {
+        return Err(Error::Msg(format!(
+            "a prompt of {longest} tokens leaves no room to generate in the model's {context} positions"
+        )));
     }
-    Ok(out)
+    let max_new = max_new_tokens.min(context + 1 - longest);
+    let cfg = GenerateConfig {
+        batch_size: EVAL_BATCH,
+        ..GenerateConfig::new(max_new, sampler, seed, tok.eos.clone())
+    };
+    generate(model, &ids, &cfg)?.iter().map(|c| tok.decode(&c.ids, true)).collect()
 }
 
 /// The metric as JSON (`{"exact_match": x}`, `{"rouge1": .., "rouge2": .., "rougeL": ..}` as

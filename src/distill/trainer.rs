@@ -377,12 +377,7 @@ impl<'a> Trainer<'a> {
         let max_new = self.cfg.max_new_tokens.min(self.context + 1 - longest);
         let seed =
             sequence_rng(self.cfg.seed ^ SALT_SAMPLE, (self.state.step as usize) << 16 | micro).random();
-        let cfg = GenerateConfig {
-            max_new_tokens: max_new,
-            sampler: self.cfg.sampler,
-            seed,
-            stop_tokens: self.tok.eos.clone(),
-        };
+        let cfg = GenerateConfig::new(max_new, self.cfg.sampler, seed, self.tok.eos.clone());
         let out = generate(model, &prompts, &cfg)?;
         Ok(prompts.into_iter().zip(out).map(|(p, c)| (p, c.ids)).collect())
     }

@@ -14,7 +14,6 @@ use super::{
 use crate::autograd::{Tape, Var, WeightLayout};
 use crate::error::Result;
 use crate::model::ModelConfig;
-use crate::tensor::Tensor;
 use std::sync::Arc;
 
 const IO: WeightLayout = WeightLayout::InOut;
@@ -63,7 +62,7 @@ pub(super) fn forward(m: &Model, tape: &mut Tape, p: &ParamVars, x: &mut Inputs)
     let eps = c.norm_eps;
     let var = |name: &str| m.var(p, name);
     let tok = tape.embedding(&x.ids, var("transformer.wte.weight")?)?;
-    let positions = Tensor::from_u32(&x.positions, m.device())?;
+    let positions = x.positions.clone();
     let pos = tape.embedding(&positions, var("transformer.wpe.weight")?)?;
     let mut hs = tape.add(&tok, &pos)?;
     // Only the first norm stands alone: every later one is fused with the residual add before it

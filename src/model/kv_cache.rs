@@ -22,9 +22,39 @@ pub struct CacheStep {
     pub seq: Tensor,
     pub pos: Tensor,
     pub rows: Tensor,
-    /// The same positions on the host (the model's position embedding, the bookkeeping).
-    pub positions: Vec<u32>,
+    /// Made on the device by the generation loop, which vouches for them (no read-back; see
+    /// `CachedAttnDims::vouched`).
+    pub vouched: bool,
+    fresh: Option<Fresh>,
+    longest: usize,
     chunks: Vec<(usize, usize)>,
+}
+
+/// A step whose every sequence starts at position 0 (a prefill of new prompts): the rows'
+/// sequences, packed, so that attention runs within the rows (the prefill kernel) instead of
+/// over the cache.
+pub struct Fresh {
+    pub starts: Tensor,
+    pub lengths: Tensor,
+    pub longest: usize,
+}
+
+impl CacheStep {
+    /// One token per row, with indices made on the device (`Tensor::decode_rows`): rows are
+    /// cache slots; `longest` bounds the positions + 1 (the cache's capacity). The cache's host
+    /// lengths are not advanced by such a step: the device keeps the positions.
+    pub fn on_device(seq: Tensor, pos: Tensor, rows: Tensor, longest: usize) -> CacheStep {
+        CacheStep { seq, pos, rows, vouched: true, fresh: None, longest, chunks: vec![] }
+    }
+
+    pub fn fresh(&self) -> Option<&Fresh> {
+        self.fresh.as_ref()
+    }
+
+    /// The longest sequence the step's rows reach.
+    pub fn longest(&self) -> usize {
+        self.longest
+    }
 }
 
 impl KvCache {
@@ -65,6 +95,7 @@ impl KvCache {
     pub fn plan(&self, chunks: &[(usize, usize)], device: Device) -> Result<CacheStep> {
         let mut seen = vec![false; self.batch()];
         let (mut seq, mut pos, mut rows) = (Vec::new(), Vec::new(), Vec::new());
+        let mut fresh = true;
         for &(s, n) in chunks {
             let start = self.seq_len(s)?;
             if std::mem::replace(&mut seen[s], true) {
@@ -80,17 +111,33 @@ impl KvCache {
                     self.capacity
                 )));
             }
+            fresh &= start == 0;
             for p in start..start + n {
                 seq.push(s as u32);
                 pos.push(p as u32);
                 rows.push((s * self.capacity + p) as u32);
             }
         }
+        let fresh = match fresh && !chunks.is_empty() {
+            false => None,
+            true => {
+                let lengths: Vec<u32> = chunks.iter().map(|&(_, n)| n as u32).collect();
+                let starts: Vec<u32> =
+                    lengths.iter().scan(0, |at, &l| Some(std::mem::replace(at, *at + l))).collect();
+                Some(Fresh {
+                    starts: Tensor::from_u32(&starts, device)?,
+                    lengths: Tensor::from_u32(&lengths, device)?,
+                    longest: chunks.iter().map(|c| c.1).max().unwrap_or(0),
+                })
+            }
+        };
         Ok(CacheStep {
             seq: Tensor::from_u32(&seq, device)?,
+            longest: pos.iter().map(|&p| p as usize + 1).max().unwrap_or(0),
             pos: Tensor::from_u32(&pos, device)?,
             rows: Tensor::from_u32(&rows, device)?,
-            positions: pos,
+            vouched: false,
+            fresh,
             chunks: chunks.to_vec(),
         })
     }
@@ -102,8 +149,8 @@ impl KvCache {
         let (Some(kc), Some(vc)) = (kc, vc) else {
             return Err(Error::Msg(format!("the cache has no layer {layer}")));
         };
-        kc.copy_rows_(width, &step.rows, k)?;
-        vc.copy_rows_(width, &step.rows, v)
+        kc.copy_rows_(width, &step.rows, k, step.vouched)?;
+        vc.copy_rows_(width, &step.rows, v, step.vouched)
     }
 
     /// Keys and values of `layer`, (B·L, Hkv·D).
@@ -112,6 +159,11 @@ impl KvCache {
             (Some(k), Some(v)) => Ok((k, v)),
             _ => Err(Error::Msg(format!("the cache has no layer {layer}"))),
         }
+    }
+
+    /// The identities of the layers' storages (see `Tensor::storage_id`).
+    pub fn storage_ids(&self) -> Vec<usize> {
+        self.k.iter().chain(&self.v).map(Tensor::storage_id).collect()
     }
 
     /// Counts the step's tokens as cached (after every layer has written them).

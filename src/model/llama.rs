@@ -92,7 +92,7 @@ pub(super) fn forward(m: &Model, tape: &mut Tape, p: &ParamVars, x: &mut Inputs)
     let c = &m.config;
     let eps = c.norm_eps;
     let freqs = inv_freq(c);
-    let positions = Tensor::from_u32(&x.positions, m.device())?;
+    let positions = x.positions.clone();
     let mut h = tape.embedding(&x.ids, m.var(p, "model.embed_tokens.weight")?)?;
     // Only the first norm stands alone: every later one is fused with the residual add before it
     // (add_rms_norm returns the new residual stream and its norm).

@@ -14,7 +14,7 @@ mod llama;
 pub mod params;
 
 pub use config::{Arch, FreshConfig, ModelConfig, RopeScaling};
-pub use kv_cache::{CacheStep, KvCache};
+pub use kv_cache::{CacheStep, Fresh, KvCache};
 pub use llama::inv_freq as rope_inv_freq;
 pub use params::{ParamEntry, ParamStore, ParamVars};
 
@@ -97,7 +97,8 @@ impl TokenBatch {
         let u32s = |v: &[usize]| v.iter().map(|&x| x as u32).collect::<Vec<u32>>();
         Ok(Inputs {
             ids: Tensor::from_u32(&self.ids, device)?,
-            positions: self.positions(),
+            positions: Tensor::from_u32(&self.positions(), device)?,
+            longest: self.lengths.iter().copied().max().unwrap_or(0),
             attend: Attend::Sequences {
                 starts: Tensor::from_u32(&u32s(&self.starts), device)?,
                 lengths: Tensor::from_u32(&u32s(&self.lengths), device)?,
@@ -111,20 +112,22 @@ pub enum Attend<'a> {
     /// Causally within each sequence laid out in the rows: (B) starts and lengths.
     Sequences { starts: Tensor, lengths: Tensor },
     /// The step's new rows over a key/value cache, which the forward appends them to.
-    Cache { cache: &'a mut KvCache, step: CacheStep },
+    Cache { cache: &'a mut KvCache, step: Box<CacheStep> },
 }
 
-/// The rows a forward processes: token ids (N) u32 on the model's device, each row's position,
-/// and what attention runs over.
+/// The rows a forward processes: token ids and positions (N) u32 on the model's device, the
+/// longest sequence the rows reach (a bound the caller vouches for: the model's length limit
+/// applies to it), and what attention runs over.
 pub struct Inputs<'a> {
     pub ids: Tensor,
-    pub positions: Vec<u32>,
+    pub positions: Tensor,
+    pub longest: usize,
     pub attend: Attend<'a>,
 }
 
 impl Inputs<'_> {
     pub fn rows(&self) -> usize {
-        self.positions.len()
+        self.ids.numel()
     }
 
     /// An owned copy of inputs over packed sequences (what a recomputed segment runs on again in
@@ -134,16 +137,12 @@ impl Inputs<'_> {
             Attend::Sequences { starts, lengths } => Some(SeqInputs {
                 ids: self.ids.clone(),
                 positions: self.positions.clone(),
+                longest: self.longest,
                 starts: starts.clone(),
                 lengths: lengths.clone(),
             }),
             Attend::Cache { .. } => None,
         }
-    }
-
-    /// The longest sequence the rows reach (the model's length limit applies to it).
-    fn longest(&self) -> usize {
-        self.positions.iter().map(|&p| p as usize + 1).max().unwrap_or(0)
     }
 }
 
@@ -436,10 +435,10 @@ impl Model {
                 self.params.entries().len()
             )));
         }
-        if x.ids.numel() != x.rows() {
-            return Err(Error::Msg(format!("{} token ids for {} positions", x.ids.numel(), x.rows())));
+        if x.positions.numel() != x.rows() {
+            return Err(Error::Msg(format!("{} token ids for {} positions", x.rows(), x.positions.numel())));
         }
-        self.config.check_length(x.longest())?;
+        self.config.check_length(x.longest)?;
         let h = match self.config.arch {
             Arch::Gpt2 => gpt2::forward(self, tape, p, x),
             _ => llama::forward(self, tape, p, x),
@@ -519,9 +518,9 @@ impl Model {
         let device = self.device();
         let step = cache.plan(&chunks.iter().map(|&(s, t)| (s, t.len())).collect::<Vec<_>>(), device)?;
         let ids: Vec<u32> = chunks.iter().flat_map(|(_, t)| t.iter().copied()).collect();
-        let positions = step.positions.clone();
-        let mut x =
-            Inputs { ids: Tensor::from_u32(&ids, device)?, positions, attend: Attend::Cache { cache, step } };
+        let (positions, longest) = (step.pos.clone(), step.longest());
+        let ids = Tensor::from_u32(&ids, device)?;
+        let mut x = Inputs { ids, positions, longest, attend: Attend::Cache { cache, step: Box::new(step) } };
         let mut tape = Tape::no_grad();
         let p = self.bind(&mut tape, false)?;
         let h = self.forward(&mut tape, &p, &mut x)?;
@@ -540,7 +539,8 @@ impl Model {
 #[derive(Clone)]
 pub(crate) struct SeqInputs {
     ids: Tensor,
-    positions: Vec<u32>,
+    positions: Tensor,
+    longest: usize,
     starts: Tensor,
     lengths: Tensor,
 }
@@ -550,6 +550,7 @@ impl SeqInputs {
         Inputs {
             ids: self.ids.clone(),
             positions: self.positions.clone(),
+            longest: self.longest,
             attend: Attend::Sequences { starts: self.starts.clone(), lengths: self.lengths.clone() },
         }
     }
@@ -641,7 +642,7 @@ pub(crate) fn attend(
     v: &Var,
 ) -> Result<Var> {
     let rows = x.rows();
-    let longest = x.longest();
+    let longest = x.longest;
     match &mut x.attend {
         Attend::Sequences { starts, lengths } => {
             // The batch's own starts and lengths (made by TokenBatch): the longest vouched for.
@@ -651,6 +652,12 @@ pub(crate) fn attend(
         }
         Attend::Cache { cache, step } => {
             cache.write(layer, step, k.value(), v.value())?;
+            if let Some(f) = step.fresh() {
+                // A prefill of fresh prompts: attention within the rows themselves.
+                let d = AttnDims::new(rows, f.starts.numel(), c.num_heads, c.num_kv_heads, c.head_dim)
+                    .with_longest(f.longest);
+                return tape.attention(q, k, v, d, &f.starts, &f.lengths);
+            }
             let (kc, vc) = cache.layer(layer)?;
             let d = CachedAttnDims {
                 rows,
@@ -660,7 +667,7 @@ pub(crate) fn attend(
                 kv_heads: c.num_kv_heads,
                 head_dim: c.head_dim,
                 scale: 1.0 / (c.head_dim as f64).sqrt(),
-                vouched: false,
+                vouched: step.vouched,
             };
             tape.attention_cached(q, kc, vc, &step.seq, &step.pos, d)
         }

@@ -101,6 +101,12 @@ impl Tensor {
     }
 
     /// Whether two tensors share one storage.
+    /// Where this tensor's storage lives (an identity, not a device address): a CUDA graph that
+    /// writes a tensor needs it to stay in place, which a copy-on-write would break.
+    pub fn storage_id(&self) -> usize {
+        Arc::as_ptr(&self.storage) as usize
+    }
+
     pub fn shares_storage(&self, other: &Tensor) -> bool {
         Arc::ptr_eq(&self.storage, &other.storage)
     }
@@ -259,8 +265,9 @@ impl Tensor {
         s.scale_in(base, n, c)
     }
 
-    /// Row rows[i] of self, seen as (rows, width), = row i of `src` (N, width).
-    pub fn copy_rows_(&mut self, width: usize, rows: &Tensor, src: &Tensor) -> Result<()> {
+    /// Row rows[i] of self, seen as (rows, width), = row i of `src` (N, width). `vouched`: the
+    /// indices were made on the device by the caller, which vouches for them (see the contract).
+    pub fn copy_rows_(&mut self, width: usize, rows: &Tensor, src: &Tensor, vouched: bool) -> Result<()> {
         const OP: &str = "copy_rows";
         if src.numel() != rows.numel() * width {
             return shape_err(
@@ -273,7 +280,42 @@ impl Tensor {
         if base != 0 {
             return shape_err(OP, "the destination must be a whole storage");
         }
-        s.copy_rows_in(width, rows.view()?, src.view()?)
+        s.copy_rows_in(width, rows.view()?, src.view()?, vouched)
+    }
+
+    /// The rows of one decode step from the generation state `self` (5, B) u32 and the step's
+    /// slots (n) u32 → (6, n) u32: input token, position, slot, cache row, the sampler's
+    /// sequence and position keys (see the contract's `decode_rows`).
+    pub fn decode_rows(&self, slots: &Tensor, capacity: usize) -> Result<Tensor> {
+        let (state, slots) = (self.contiguous()?, slots.contiguous()?);
+        let out = Storage::decode_rows(state.view()?, slots.view()?, capacity)?;
+        Tensor::from_storage(out, [6, slots.numel()])
+    }
+
+    /// The generation state `self` (5, B) u32 after one draw per row of `slots`: `tokens` (n)
+    /// u32 and `logprobs` (n, 2) f32 go to `out_tokens` (B, max_new) and `out_logprobs`
+    /// (B, max_new, 2) (see the contract's `decode_advance`).
+    #[allow(clippy::too_many_arguments)]
+    pub fn decode_advance_(
+        &mut self,
+        slots: &Tensor,
+        tokens: &Tensor,
+        logprobs: &Tensor,
+        stops: &Tensor,
+        max_new: usize,
+        out_tokens: &mut Tensor,
+        out_logprobs: &mut Tensor,
+    ) -> Result<()> {
+        const OP: &str = "decode_advance";
+        let (slots, tokens, logprobs, stops) =
+            (slots.contiguous()?, tokens.contiguous()?, logprobs.contiguous()?, stops.contiguous()?);
+        let (ots, otb) = out_tokens.write_access(OP)?;
+        let (ols, olb) = out_logprobs.write_access(OP)?;
+        let (ss, sb) = self.write_access(OP)?;
+        if sb != 0 || otb != 0 || olb != 0 {
+            return shape_err(OP, "the state and the outputs must be whole storages");
+        }
+        ss.decode_advance(slots.view()?, tokens.view()?, logprobs.view()?, stops.view()?, max_new, ots, ols)
     }
 
     /// One AdamW update of this tensor of f32 master weights from `start` on, with `grad` and the

@@ -227,17 +227,93 @@ impl Storage {
         width: usize,
         rows: View<'_, Storage>,
         src: View<'_, Storage>,
+        vouched: bool,
     ) -> Result<()> {
         const OP: &str = "copy_rows";
+        let (r, s) = ((rows.start, rows.len), (src.start, src.len));
         match (&mut *self, rows.storage, src.storage) {
-            (Storage::Cpu(d), Storage::Cpu(r), Storage::Cpu(s)) => {
-                d.copy_rows_in(width, View::new(r, rows.start, rows.len), View::new(s, src.start, src.len))
+            (Storage::Cpu(d), Storage::Cpu(rs), Storage::Cpu(ss)) => {
+                d.copy_rows_in(width, View::new(rs, r.0, r.1), View::new(ss, s.0, s.1), vouched)
             }
-            (Storage::Cuda(d), Storage::Cuda(r), Storage::Cuda(s)) if same_gpu(d, &[r, s]) => {
-                d.copy_rows_in(width, View::new(r, rows.start, rows.len), View::new(s, src.start, src.len))
+            (Storage::Cuda(d), Storage::Cuda(rs), Storage::Cuda(ss)) if same_gpu(d, &[rs, ss]) => {
+                d.copy_rows_in(width, View::new(rs, r.0, r.1), View::new(ss, s.0, s.1), vouched)
             }
-            (_, r, s) => Err(mismatch(OP, if r.device() == self.device() { s } else { r }, self)),
+            (_, rs, ss) => Err(mismatch(OP, if rs.device() == self.device() { ss } else { rs }, self)),
         }
+    }
+
+    /// The generation state (5, B) after one draw per row (see the contract's `decode_advance`).
+    #[allow(clippy::too_many_arguments)]
+    pub fn decode_advance(
+        &mut self,
+        slots: View<'_, Storage>,
+        tokens: View<'_, Storage>,
+        logprobs: View<'_, Storage>,
+        stops: View<'_, Storage>,
+        max_new: usize,
+        out_tokens: &mut Storage,
+        out_logprobs: &mut Storage,
+    ) -> Result<()> {
+        const OP: &str = "decode_advance";
+        let v = |x: &View<'_, Storage>| (x.start, x.len);
+        let (a, b, c, d) = (v(&slots), v(&tokens), v(&logprobs), v(&stops));
+        match (
+            &mut *self,
+            slots.storage,
+            tokens.storage,
+            logprobs.storage,
+            stops.storage,
+            out_tokens,
+            out_logprobs,
+        ) {
+            (
+                Storage::Cpu(st),
+                Storage::Cpu(s),
+                Storage::Cpu(t),
+                Storage::Cpu(l),
+                Storage::Cpu(p),
+                Storage::Cpu(ot),
+                Storage::Cpu(ol),
+            ) => st.decode_advance(
+                View::new(s, a.0, a.1),
+                View::new(t, b.0, b.1),
+                View::new(l, c.0, c.1),
+                View::new(p, d.0, d.1),
+                max_new,
+                ot,
+                ol,
+            ),
+            (
+                Storage::Cuda(st),
+                Storage::Cuda(s),
+                Storage::Cuda(t),
+                Storage::Cuda(l),
+                Storage::Cuda(p),
+                Storage::Cuda(ot),
+                Storage::Cuda(ol),
+            ) if same_gpu(st, &[s, t, l, p, ot, ol]) => st.decode_advance(
+                View::new(s, a.0, a.1),
+                View::new(t, b.0, b.1),
+                View::new(l, c.0, c.1),
+                View::new(p, d.0, d.1),
+                max_new,
+                ot,
+                ol,
+            ),
+            (_, s, t, l, p, ot, ol) => {
+                let other =
+                    [s, t, l, p, &*ot, &*ol].into_iter().find(|x| x.device() != self.device()).unwrap_or(s);
+                Err(mismatch(OP, other, self))
+            }
+        }
+    }
+
+    pub fn decode_rows(
+        state: View<'_, Storage>,
+        slots: View<'_, Storage>,
+        capacity: usize,
+    ) -> Result<Storage> {
+        dispatch!("decode_rows", [state, slots], |B, v| B::decode_rows(v[0], v[1], capacity))
     }
 
     /// One AdamW update of `self[start..start + grad.len]` (f32 masters) and the moments `m`, `v`

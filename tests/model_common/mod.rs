@@ -66,3 +66,59 @@ pub fn copy_fixture(name: &str, test: &str) -> PathBuf {
     }
     d
 }
+
+/// softmax(logits / T), top-k then top-p, computed independently of the sampler.
+pub fn expected(logits: &[f32], t: f64, top_k: usize, top_p: f64) -> Vec<f64> {
+    let z: Vec<f64> = logits.iter().map(|&x| x as f64 / t).collect();
+    let mut order: Vec<usize> = (0..z.len()).collect();
+    order.sort_by(|&a, &b| z[b].partial_cmp(&z[a]).unwrap());
+    let k = if top_k == 0 { z.len() } else { top_k };
+    let kth = z[order[k - 1]];
+    let m = z[order[0]];
+    let w: Vec<f64> = z.iter().map(|&x| if x >= kth { (x - m).exp() } else { 0.0 }).collect();
+    let total: f64 = w.iter().sum();
+    let mut p: Vec<f64> = w.iter().map(|x| x / total).collect();
+    if top_p < 1.0 {
+        let mut mass = 0.0;
+        for &i in &order {
+            if mass >= top_p {
+                p[i] = 0.0;
+            }
+            mass += w[i] / total;
+        }
+        let total: f64 = p.iter().sum();
+        p.iter_mut().for_each(|x| *x /= total);
+    }
+    p
+}
+
+/// Pearson's statistic over bins with an expected count ≥ 5 (the rest pooled), its degrees of
+/// freedom, and whether a token of probability 0 was drawn.
+pub fn chi_square(counts: &[usize], probs: &[f64]) -> (f64, usize, bool) {
+    let n: usize = counts.iter().sum();
+    let (mut stat, mut bins, mut pooled_o, mut pooled_e, mut impossible) = (0.0, 0usize, 0.0, 0.0, false);
+    for (&o, &p) in counts.iter().zip(probs) {
+        let e = p * n as f64;
+        if p == 0.0 {
+            impossible |= o > 0;
+        } else if e >= 5.0 {
+            stat += (o as f64 - e).powi(2) / e;
+            bins += 1;
+        } else {
+            pooled_o += o as f64;
+            pooled_e += e;
+        }
+    }
+    if pooled_e > 0.0 {
+        stat += (pooled_o - pooled_e).powi(2) / pooled_e;
+        bins += 1;
+    }
+    (stat, bins.saturating_sub(1), impossible)
+}
+
+/// The chi-square quantile at 1 − 1e-4 (Wilson–Hilferty; z = 3.719).
+pub fn critical(df: usize) -> f64 {
+    let k = df.max(1) as f64;
+    let h = 2.0 / (9.0 * k);
+    k * (1.0 - h + 3.719 * h.sqrt()).powi(3)
+}

@@ -8,6 +8,7 @@
 mod adamw;
 mod attention;
 mod cross_entropy;
+mod decode_state;
 mod divergence;
 mod embedding;
 mod gelu;
@@ -157,19 +158,65 @@ impl BackendStorage for CpuStorage {
         })
     }
 
-    fn copy_rows_in(&mut self, width: usize, rows: View<'_, Self>, src: View<'_, Self>) -> Result<()> {
+    fn copy_rows_in(
+        &mut self,
+        width: usize,
+        rows: View<'_, Self>,
+        src: View<'_, Self>,
+        vouched: bool,
+    ) -> Result<()> {
         const OP: &str = "copy_rows";
         let total = check::copy_rows(CpuStorage::len(self), width, rows.len, src.len)?;
-        check::rows_in_range(OP, rows.typed::<u32>(OP)?, total)?;
+        if !vouched {
+            check::rows_in_range(OP, rows.typed::<u32>(OP)?, total)?;
+        }
         let idx = indices(OP, rows)?;
         with_elem!(src.storage, |_s: T| {
             let s = src.typed::<T>(OP)?;
             let d = typed_mut::<T>(OP, self, 0, total * width)?;
-            for (i, &r) in idx.iter().enumerate() {
+            // Vouched indices past the storage are skipped, as the GPU kernel does.
+            for (i, &r) in idx.iter().enumerate().filter(|&(_, &r)| r < total) {
                 d[r * width..(r + 1) * width].copy_from_slice(&s[i * width..(i + 1) * width]);
             }
             Ok(())
         })
+    }
+
+    fn decode_advance(
+        &mut self,
+        slots: View<'_, Self>,
+        tokens: View<'_, Self>,
+        logprobs: View<'_, Self>,
+        stops: View<'_, Self>,
+        max_new: usize,
+        out_tokens: &mut Self,
+        out_logprobs: &mut Self,
+    ) -> Result<()> {
+        const OP: &str = "decode_advance";
+        let (ot, ol) = (CpuStorage::len(out_tokens), CpuStorage::len(out_logprobs));
+        let b = check::decode_advance(
+            CpuStorage::len(self),
+            slots.len,
+            tokens.len,
+            logprobs.len,
+            max_new,
+            ot,
+            ol,
+        )?;
+        let slots = slots.typed::<u32>(OP)?;
+        check::slots(OP, slots, b)?;
+        let a = decode_state::Advance {
+            slots,
+            tokens: tokens.typed::<u32>(OP)?,
+            logprobs: logprobs.typed::<f32>(OP)?,
+            stops: stops.typed::<u32>(OP)?,
+            max_new,
+        };
+        let out_tokens = typed_mut::<u32>(OP, out_tokens, 0, ot)?;
+        let out_logprobs = typed_mut::<f32>(OP, out_logprobs, 0, ol)?;
+        let len = CpuStorage::len(self);
+        decode_state::decode_advance(typed_mut::<u32>(OP, self, 0, len)?, &a, out_tokens, out_logprobs);
+        Ok(())
     }
 
     fn adamw_step(
@@ -222,6 +269,14 @@ impl BackendStorage for CpuStorage {
                 s.par_chunks(1 << 14).map(|c| c.iter().map(|&v| v.to_f64() * v.to_f64()).sum()).collect();
             Ok(blocks.iter().sum())
         })
+    }
+
+    fn decode_rows(state: View<'_, Self>, slots: View<'_, Self>, capacity: usize) -> Result<Self> {
+        const OP: &str = "decode_rows";
+        let b = check::decode_rows(state.len, capacity)?;
+        let slots = slots.typed::<u32>(OP)?;
+        check::slots(OP, slots, b)?;
+        Ok(wrap(decode_state::decode_rows(state.typed::<u32>(OP)?, slots, capacity)))
     }
 
     fn add(a: View<'_, Self>, b: View<'_, Self>) -> Result<Self> {

@@ -123,10 +123,11 @@ impl CudaDevice {
         };
         let ctx =
             CudaContext::new(ordinal).map_err(cuda_err(format!("creating a context on cuda:{ordinal}")))?;
-        // One stream per device: cudarc's cross-stream event tracking is not needed.
+        // One stream per device: cudarc's cross-stream event tracking is not needed. It is a
+        // created stream, not the legacy default one, which cannot be captured into a CUDA graph.
         // SAFETY: no other stream of this context is ever used.
         unsafe { ctx.disable_event_tracking() };
-        let stream = ctx.default_stream();
+        let stream = ctx.new_stream().map_err(cuda_err(format!("creating a stream on cuda:{ordinal}")))?;
         let pool = keep_pool_memory(&ctx)?.map(PoolHandle);
         let dev = Arc::new(CudaDevice {
             ordinal,

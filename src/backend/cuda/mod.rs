@@ -12,12 +12,14 @@ mod attention;
 pub mod bandwidth;
 mod copy;
 pub mod cross_entropy;
+mod decode_state;
 mod device;
 pub mod divergence;
 pub mod divergence_unfused;
 mod elementwise;
 mod embedding;
 mod grad_norm;
+mod graph;
 mod layer_norm;
 mod linear;
 pub mod linear_divergence;
@@ -32,6 +34,7 @@ pub mod sampling;
 mod storage;
 
 pub use device::{set_poison_allocations, CudaDevice, MemoryStats};
+pub use graph::Graph;
 pub use modules::{
     compiled_by, compiled_by_nvcc, kernel_targets, nvrtc_available, nvrtc_ptx, EmbeddedModule, MODULES,
 };
