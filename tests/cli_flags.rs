@@ -805,3 +805,51 @@ fn bench_train_reports_a_tiny_cpu_step() {
     assert_eq!(r["device"], "cpu");
     assert!(r["gemm_share"].is_null() && r["peak_memory_gib"].is_null());
 }
+
+/// `gkd bench generate` on the CPU with the tiny shape: every requested batch size reported with
+/// positive throughput, a decode step shorter than the whole call, no floor without a GPU.
+#[test]
+fn bench_generate_reports_tiny_cpu_batches() {
+    let dir = scratch("flags-bench-generate");
+    let json = dir.join("generate.json");
+    let args = ["bench", "generate", "--shape", "tiny", "--batch", "1,3", "--prompt", "5", "--new", "6"];
+    let out = ok(&[&args[..], &["--reps", "1", "--device", "cpu", "--json", s(&json)]].concat());
+    assert!(out.contains("| tiny | 3 |"), "{out}");
+    let r: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let rows = r["rows"].as_array().unwrap();
+    assert_eq!(rows.iter().map(|x| x["batch"].as_u64().unwrap()).collect::<Vec<_>>(), vec![1, 3]);
+    for x in rows {
+        assert!(x["new_tokens_per_s"].as_f64().unwrap() > 0.0);
+        assert!(x["step_ms"].as_f64().unwrap() * 5.0 <= x["call_s"].as_f64().unwrap() * 1e3);
+        assert!(x["of_floor"].is_null());
+    }
+    let e = fails(&["bench", "generate", "--shape", "tiny", "--batch", "2,x", "--device", "cpu"]);
+    assert!(e.contains("batch size `x`"), "{e}");
+}
+
+/// `gkd bench distill` on the CPU with tiny student and teacher shapes: the losses of every step
+/// (JSD between two random models: positive, at most ln 2), each phase timed, tokens/s counted over
+/// prompt and completion.
+#[test]
+fn bench_distill_reports_a_tiny_cpu_step() {
+    let dir = scratch("flags-bench-distill");
+    let json = dir.join("distill.json");
+    let shapes = ["--student-shape", "tiny", "--teacher-shape", "tiny"];
+    let sizes = ["--batch", "2", "--prompt", "4", "--new", "5", "--steps", "2"];
+    let out =
+        ok(&[&["bench", "distill"][..], &shapes, &sizes, &["--device", "cpu", "--json", s(&json)]].concat());
+    assert!(out.contains("| tiny ← tiny | 2 × (4 + 5) |"), "{out}");
+    let r: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let losses: Vec<f64> = r["losses"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+    assert_eq!(losses.len(), 3);
+    assert!(losses.iter().all(|&l| l > 0.0 && l <= 2f64.ln()), "{losses:?}");
+    let p = &r["phases"];
+    for k in ["sampling", "teacher", "student_forward", "loss", "backward", "optimizer"] {
+        assert!(p[k].as_f64().unwrap() >= 0.0, "{k}");
+    }
+    let step = r["step_s"].as_f64().unwrap();
+    assert!(
+        (r["tokens_per_s"].as_f64().unwrap() - 2.0 * 9.0 / step).abs()
+            < 1e-6 * r["tokens_per_s"].as_f64().unwrap()
+    );
+}

@@ -67,6 +67,14 @@ impl Device {
 }
 
 impl Device {
+    /// Waits until the work queued on this device has run (nothing to wait for on the CPU).
+    pub fn synchronize(self) -> crate::error::Result<()> {
+        match self {
+            Device::Cpu => Ok(()),
+            Device::Cuda(i) => super::cuda::CudaDevice::get(i)?.synchronize(),
+        }
+    }
+
     /// Records the work `f` queues on this device into a CUDA graph, replayed by `Graph::launch`
     /// (see `backend::cuda::graph` for what `f` may do). The CPU has no graphs: an error.
     pub fn capture(

@@ -23,6 +23,8 @@ use std::time::Instant;
 pub enum TrainShape {
     /// Qwen2.5-0.5B: 24 layers, hidden 896, 14 query / 2 KV heads, MLP 4864, vocabulary 151936.
     Qwen25_05b,
+    /// Qwen2.5-1.5B: 28 layers, hidden 1536, 12 query / 2 KV heads, MLP 8960, vocabulary 151936.
+    Qwen25_15b,
     /// GPT-2 small (124M): 12 layers, hidden 768, 12 heads, vocabulary 50257.
     Gpt2_124m,
     /// A two-layer Llama-family model for smoke tests on the CPU.
@@ -34,9 +36,12 @@ impl FromStr for TrainShape {
     fn from_str(s: &str) -> Result<TrainShape> {
         match s {
             "qwen2.5-0.5b" => Ok(TrainShape::Qwen25_05b),
+            "qwen2.5-1.5b" => Ok(TrainShape::Qwen25_15b),
             "gpt2-124m" => Ok(TrainShape::Gpt2_124m),
             "tiny" => Ok(TrainShape::Tiny),
-            _ => Err(Error::Msg(format!("unknown shape `{s}`: use qwen2.5-0.5b, gpt2-124m or tiny"))),
+            _ => Err(Error::Msg(format!(
+                "unknown shape `{s}`: use qwen2.5-0.5b, qwen2.5-1.5b, gpt2-124m or tiny"
+            ))),
         }
     }
 }
@@ -60,6 +65,7 @@ impl TrainShape {
         };
         ModelConfig::fresh(match self {
             TrainShape::Qwen25_05b => base(Arch::Qwen2, 151936, 896, 24, 14, 2, 4864),
+            TrainShape::Qwen25_15b => base(Arch::Qwen2, 151936, 1536, 28, 12, 2, 8960),
             TrainShape::Gpt2_124m => base(Arch::Gpt2, 50257, 768, 12, 12, 12, 3072),
             TrainShape::Tiny => base(Arch::Qwen2, 512, 64, 2, 4, 2, 128),
         })

@@ -2,7 +2,8 @@
 //! baseline, and the fused lm_head + divergence against its matmuls alone and the unfused path,
 //! all measured in one run (CUDA events, median). On the CPU: the reference at a small size.
 //! `gkd bench train`: one SFT step of a model shape (`gkd::bench::train`). `gkd bench generate`:
-//! batched sampling (`gkd::bench::generate`).
+//! batched sampling (`gkd::bench::generate`). `gkd bench distill`: one on-policy GKD step
+//! (`gkd::bench::distill`).
 
 use anyhow::{bail, Context, Result};
 use gkd::autograd::Tape;
@@ -10,6 +11,7 @@ use gkd::backend::cuda::bandwidth::{measure_copy_bandwidth, time_ms};
 use gkd::backend::cuda::divergence::{set_staged_tuning, KernelPath, StagedTuning};
 use gkd::backend::cuda::linear_divergence::LinearDivergence;
 use gkd::backend::cuda::{self, CudaDevice};
+use gkd::bench::distill::DistillBench;
 use gkd::bench::divergence::{random_values, DivergenceCase, LinearCase, LinearVariant};
 use gkd::bench::generate::GenerateBench;
 use gkd::bench::train::{TrainBench, TrainShape};
@@ -35,6 +37,38 @@ enum BenchWhat {
     /// Batched sampling from a model shape (random-init weights): new tokens/s, time to first
     /// token, the decode step against its memory floor.
     Generate(GenerateArgs),
+    /// One on-policy GKD step (student sampling, teacher forward, student forward and backward,
+    /// fused output head + JSD, AdamW) of model shapes with random-init weights: tokens/s, the
+    /// time of each phase, peak memory.
+    Distill(DistillArgs),
+}
+
+#[derive(clap::Args)]
+struct DistillArgs {
+    /// qwen2.5-0.5b, qwen2.5-1.5b, gpt2-124m or tiny.
+    #[arg(long, default_value = "qwen2.5-0.5b")]
+    student_shape: String,
+    #[arg(long, default_value = "qwen2.5-1.5b")]
+    teacher_shape: String,
+    /// Prompts per step.
+    #[arg(long, default_value_t = 8)]
+    batch: usize,
+    #[arg(long, default_value_t = 128)]
+    prompt: usize,
+    /// Sampled tokens per prompt.
+    #[arg(long, default_value_t = 128)]
+    new: usize,
+    #[command(flatten)]
+    compute: super::compute::ComputeArgs,
+    /// Untimed steps first.
+    #[arg(long, default_value_t = 1)]
+    warmup: usize,
+    /// Timed steps (median reported).
+    #[arg(long, default_value_t = 3)]
+    steps: usize,
+    /// Also write the results as JSON to this file.
+    #[arg(long)]
+    json: Option<std::path::PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -127,7 +161,57 @@ pub fn run(args: BenchArgs) -> Result<()> {
         BenchWhat::Divergence(a) => divergence(a),
         BenchWhat::Train(a) => train(a),
         BenchWhat::Generate(a) => generate(a),
+        BenchWhat::Distill(a) => distill(a),
     }
+}
+
+fn distill(a: DistillArgs) -> Result<()> {
+    let (student, teacher): (TrainShape, TrainShape) = (a.student_shape.parse()?, a.teacher_shape.parse()?);
+    let c = a.compute.resolve()?;
+    eprintln!(
+        "gkd bench distill: student {} ← teacher {} on {} in {}, batch {} × ({} prompt + {} sampled) tokens, JSD(0.5), random-init weights",
+        a.student_shape, a.teacher_shape, c.device, c.dtype, a.batch, a.prompt, a.new
+    );
+    let r = gkd::bench::distill::run(&DistillBench {
+        student,
+        teacher,
+        names: (a.student_shape.clone(), a.teacher_shape.clone()),
+        batch: a.batch,
+        prompt: a.prompt,
+        new: a.new,
+        device: c.device,
+        dtype: c.dtype,
+        warmup: a.warmup,
+        steps: a.steps,
+    })?;
+    let p = &r.phases;
+    println!("| student ← teacher | batch × (prompt + new) | step s | tokens/s | sampling | teacher | student fwd | loss | backward | optimizer | peak memory |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
+    println!(
+        "| {} ← {} | {} × ({} + {}) | {:.3} | {:.0} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} | {} |",
+        r.student,
+        r.teacher,
+        r.batch,
+        r.prompt,
+        r.new,
+        r.step_s,
+        r.tokens_per_s,
+        p.sampling,
+        p.teacher,
+        p.student_forward,
+        p.loss,
+        p.backward,
+        p.optimizer,
+        r.peak_memory_gib.map(|g| format!("{g:.2} GiB")).unwrap_or_else(|| "—".into())
+    );
+    if let Some(bad) = r.losses.iter().find(|l| !l.is_finite()) {
+        bail!("a step's loss was {bad}: the distillation step is broken on {}", r.device);
+    }
+    if let Some(path) = &a.json {
+        std::fs::write(path, serde_json::to_string_pretty(&r)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
 }
 
 fn generate(a: GenerateArgs) -> Result<()> {

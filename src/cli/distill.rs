@@ -3,7 +3,8 @@
 //! Every flag can also be given in `--config FILE.toml` under the same name (`lambda = 1.0`,
 //! `max-new-tokens = 64` or `max_new_tokens = 64`); a flag on the command line overrides the file.
 
-use super::sft::{distill_device, load_examples, parse_dtype, print_summary};
+use super::compute::compute_on;
+use super::sft::{load_examples, parse_dtype, print_summary};
 use anyhow::{bail, Context, Result};
 use gkd::data::Tokenizer;
 use gkd::distill::run::{run as run_training, RunOptions};
@@ -118,9 +119,13 @@ pub struct DistillArgs {
     /// Weight dtype of the final student: f32, bf16 or f16 [default f32].
     #[arg(long)]
     pub save_dtype: Option<String>,
-    /// auto, cpu, cuda or cuda:N (training runs on the CPU backend for now).
+    /// auto (the first GPU when there is one, else the CPU), cpu, cuda or cuda:N.
     #[arg(long)]
     pub device: Option<String>,
+    /// auto (bf16 on a GPU, f32 on the CPU), f32 or bf16: the dtype both models compute in; the
+    /// student keeps f32 master weights and optimizer state either way.
+    #[arg(long)]
+    pub dtype: Option<String>,
     /// No progress bar.
     #[arg(long, num_args = 0..=1, default_missing_value = "true")]
     pub quiet: Option<bool>,
@@ -159,18 +164,23 @@ pub fn run(args: DistillArgs) -> Result<()> {
         Some(r) => r.clone(),
         None => need(&a.student, "student")?,
     };
-    distill_device(
-        a.device.as_deref().unwrap_or("auto").parse::<DeviceRequest>().map_err(anyhow::Error::msg)?,
-    )?;
+    let device =
+        a.device.as_deref().unwrap_or("auto").parse::<DeviceRequest>().map_err(anyhow::Error::msg)?;
+    let compute = compute_on(device.resolve(), a.dtype.as_deref().unwrap_or("auto"))?;
     // Tokenizers first: a mismatch is an error before any model is loaded.
     let tok =
         Tokenizer::load(&teacher_dir).with_context(|| format!("the teacher in {}", teacher_dir.display()))?;
     let student_tok =
         Tokenizer::load(&student_dir).with_context(|| format!("the student in {}", student_dir.display()))?;
     check_same_tokenizer(&tok, &student_tok)?;
+    // The teacher computes without a tape; the student keeps f32 masters beside its compute
+    // weights. (The loaded copies are dropped here: a shared buffer would be copied on the first
+    // optimizer write.)
     let teacher = Model::load(&teacher_dir)
+        .and_then(|m| compute.place(&m, false))
         .with_context(|| format!("loading the teacher in {}", teacher_dir.display()))?;
     let student = Model::load(&student_dir)
+        .and_then(|m| compute.place(&m, true))
         .with_context(|| format!("loading the student in {}", student_dir.display()))?;
     let examples = load_examples(&data_path)?;
     let divergence = Divergence::from_cli(
@@ -238,7 +248,7 @@ pub fn run(args: DistillArgs) -> Result<()> {
         progress: !a.quiet.unwrap_or(false),
     };
     eprintln!(
-        "distilling {} ({} params) from {} ({} params): {} prompts, {} steps, λ = {}, {}",
+        "distilling {} ({} params) from {} ({} params): {} prompts, {} steps, λ = {}, {}, on {} in {}",
         student_dir.display(),
         trainer.student.num_params(),
         teacher_dir.display(),
@@ -246,7 +256,9 @@ pub fn run(args: DistillArgs) -> Result<()> {
         trainer.num_examples(),
         trainer.cfg.steps,
         trainer.cfg.lambda,
-        divergence
+        divergence,
+        compute.device,
+        compute.dtype
     );
     let summary = run_training(&mut trainer, &opts)?;
     print_summary(&summary);

@@ -11,7 +11,6 @@ use gkd::generate::Sampler;
 use gkd::model::Model;
 use gkd::optim::adamw::AdamWConfig;
 use gkd::optim::schedule::ScheduleKind;
-use gkd::tensor::{Device, DeviceRequest};
 use gkd::DType;
 use serde_json::json;
 use std::path::{Path, PathBuf};
@@ -86,15 +85,6 @@ pub(crate) fn parse_dtype(s: &str) -> Result<DType> {
 
 /// Distillation runs on the CPU until the GPU sampler and the whole GKD step land there: `auto`
 /// uses the CPU, an explicit GPU is an error.
-pub(crate) fn distill_device(req: DeviceRequest) -> Result<Device> {
-    match req {
-        DeviceRequest::Auto | DeviceRequest::Exact(Device::Cpu) => Ok(Device::Cpu),
-        DeviceRequest::Exact(d) => {
-            bail!("distillation on {d} is not implemented yet (`gkd sft`, `score`, `eval` and `generate` run there): use --device cpu (or auto)")
-        }
-    }
-}
-
 pub(crate) fn load_examples(path: &Path) -> Result<Vec<Example>> {
     Ok(read_jsonl(path, false)?)
 }

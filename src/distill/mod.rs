@@ -3,6 +3,7 @@
 //! (`backend::Divergence`, re-exported here).
 
 pub mod evaluate;
+pub mod phases;
 pub mod run;
 pub mod trainer;
 

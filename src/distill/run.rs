@@ -90,6 +90,9 @@ pub fn run(trainer: &mut Trainer, opts: &RunOptions) -> Result<RunSummary> {
         extra.insert("mean_completion_len".into(), json!(o.mean_completion_len));
         extra.insert("tokens_per_s".into(), json!(o.tokens as f64 / o.seconds.max(1e-9)));
         extra.insert("grad_norm".into(), json!(o.grad_norm));
+        for (name, seconds) in o.phases.fields() {
+            extra.insert(name.into(), json!(seconds));
+        }
         if let Some(bytes) = o.peak_memory {
             extra.insert("peak_memory_gib".into(), json!(bytes as f64 / (1u64 << 30) as f64));
         }

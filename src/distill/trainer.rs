@@ -19,6 +19,7 @@
 use crate::autograd::{LinearLoss, LinearLossTarget, LossKind, Tape};
 use crate::backend::Divergence;
 use crate::data::{Example, Tokenizer};
+use crate::distill::phases::{Phase, PhaseClock, PhaseTimes};
 use crate::error::{Error, Result};
 use crate::generate::{generate, sequence_rng, GenerateConfig, Sampler};
 use crate::metrics::Source;
@@ -204,6 +205,8 @@ pub struct StepOutcome {
     pub seconds: f64,
     /// The most device memory in use during the step (GPU only), in bytes.
     pub peak_memory: Option<u64>,
+    /// Where the step's time went.
+    pub phases: PhaseTimes,
 }
 
 /// The resumable part of a run besides weights and optimizer: `trainer_state.json`.
@@ -388,6 +391,8 @@ impl<'a> Trainer<'a> {
         let start = Instant::now();
         let device = self.student.device();
         device.reset_peak_memory()?;
+        let mut clock = PhaseClock::on(device);
+        clock.start()?;
         let step = self.state.step;
         let u = self.lambda_draw(step);
         let source = self.source_for(u);
@@ -399,13 +404,16 @@ impl<'a> Trainer<'a> {
             pos += self.cfg.batch_size as u64;
             micro.push(self.completions(source, &idx, m)?);
         }
+        clock.lap(Phase::Sampling)?;
         let tokens: usize = micro.iter().flatten().map(|(_, c)| c.len()).sum();
         let scale = 1.0 / tokens as f64;
         // The buffer leaves `self` while the micro-batches borrow it, and comes back either way.
         let mut grads =
             std::mem::replace(&mut self.grads, Tensor::zeros([0], DType::F32, self.student.device())?);
         let summed = grads.fill_(0.0).and_then(|()| {
-            micro.iter().try_fold(0.0, |acc, pairs| Ok(acc + self.micro_batch(pairs, scale, &mut grads)?))
+            micro
+                .iter()
+                .try_fold(0.0, |acc, pairs| Ok(acc + self.micro_batch(pairs, scale, &mut grads, &mut clock)?))
         });
         self.grads = grads;
         let loss = summed?;
@@ -425,6 +433,7 @@ impl<'a> Trainer<'a> {
             .collect();
         let (master, compute) = self.student.params_mut().optimizer_buffers();
         self.opt.step(master, &self.grads, &groups, lr, compute)?;
+        clock.lap(Phase::Optimizer)?;
         self.state.step += 1;
         self.state.examples_seen = pos;
         let n_seq = micro.iter().map(Vec::len).sum::<usize>().max(1);
@@ -438,6 +447,7 @@ impl<'a> Trainer<'a> {
             lr,
             seconds: start.elapsed().as_secs_f64(),
             peak_memory: device.peak_memory()?,
+            phases: clock.times,
         })
     }
 
@@ -455,7 +465,13 @@ impl<'a> Trainer<'a> {
 
     /// Forward and backward of one micro-batch; adds scale · d(loss)/d(params) into `grads` and
     /// returns scale · Σ of its completion-token losses.
-    fn micro_batch(&self, pairs: &[(Vec<u32>, Vec<u32>)], scale: f64, grads: &mut Tensor) -> Result<f64> {
+    fn micro_batch(
+        &self,
+        pairs: &[(Vec<u32>, Vec<u32>)],
+        scale: f64,
+        grads: &mut Tensor,
+        clock: &mut PhaseClock,
+    ) -> Result<f64> {
         let teacher = match (self.cfg.objective, self.teacher) {
             (Objective::Distill, Some(t)) => Some(TeacherLoss {
                 model: t,
@@ -464,7 +480,7 @@ impl<'a> Trainer<'a> {
             }),
             _ => None,
         };
-        micro_batch_grads(&self.student, teacher, self.vocab, pairs, scale, grads)
+        micro_batch_grads_timed(&self.student, teacher, self.vocab, pairs, scale, grads, clock)
     }
 
     /// Writes the student (f32, Hugging Face layout, tokenizer files), the optimizer state and the
@@ -534,6 +550,19 @@ pub fn micro_batch_grads(
     scale: f64,
     grads: &mut Tensor,
 ) -> Result<f64> {
+    micro_batch_grads_timed(student, teacher, vocab, pairs, scale, grads, &mut PhaseClock::off())
+}
+
+/// `micro_batch_grads`, its phases timed on `clock`.
+pub fn micro_batch_grads_timed(
+    student: &Model,
+    teacher: Option<TeacherLoss<'_>>,
+    vocab: usize,
+    pairs: &[(Vec<u32>, Vec<u32>)],
+    scale: f64,
+    grads: &mut Tensor,
+    clock: &mut PhaseClock,
+) -> Result<f64> {
     // Input: prompt + completion[..c−1]; row p−1+i predicts completion[i].
     let seqs: Vec<Vec<u32>> =
         pairs.iter().map(|(p, c)| p.iter().chain(&c[..c.len() - 1]).copied().collect()).collect();
@@ -558,10 +587,12 @@ pub fn micro_batch_grads(
         }
         None => None,
     };
+    clock.lap(Phase::Teacher)?;
     let mut tape = Tape::new();
     let params = student.bind(&mut tape, true)?;
     let h = student.forward(&mut tape, &params, &mut batch.inputs(device)?)?;
     let h = tape.embedding(&rows, &h)?;
+    clock.lap(Phase::StudentForward)?;
     let head = student.lm_head(&params)?;
     let targets_t;
     let (kind, target) = match &teacher_rows {
@@ -577,6 +608,7 @@ pub fn micro_batch_grads(
     let spec = LinearLoss { kind, vocab, scale, chunk_rows: 0 };
     let (loss, _) = tape.linear_loss(&h, head, target, &spec)?;
     let value = loss.value().scalar()?;
+    clock.lap(Phase::Loss)?;
     let g = tape.backward(&loss)?;
     for (entry, var) in student.params().entries().iter().zip(params.vars()) {
         match g.get(var) {
@@ -585,6 +617,7 @@ pub fn micro_batch_grads(
             None => {}
         }
     }
+    clock.lap(Phase::Backward)?;
     Ok(value)
 }
 
