@@ -27,6 +27,7 @@
 #define SAMPLE_NO_ID 0x7fffffff // the id of an empty accumulator (above every real id)
 #define SAMPLE_GUMBEL_MAX 17.5f // above every G: u ≤ 1 − 2⁻²⁵ gives G ≤ 25·ln 2 ≈ 17.33
 #define SAMPLE_FIXED_ONE 1099511627776.0f // 2^40: the fixed-point unit of the top-p mass
+#define SAMPLE_SUBHISTS 8       // copies of each radix histogram in the filtered kernel
 
 // Order-preserving key of a logit: a < b ⇔ key(a) < key(b); −0 and +0 share one key, so that
 // comparisons of keys are comparisons of values (ties at the top-k boundary stay together).
@@ -352,6 +353,18 @@ __device__ __forceinline__ void radix_pick(const C *hist, C target, double p, in
     }
 }
 
+// hist[0][d] = Σ_s hist[s][d]; ends with a barrier.
+template <typename C>
+__device__ __forceinline__ void fold_subhists(C (*hist)[256]) {
+    for (int d = threadIdx.x; d < 256; d += blockDim.x) {
+        C total = hist[0][d];
+#pragma unroll
+        for (int s = 1; s < SAMPLE_SUBHISTS; ++s) total += hist[s][d];
+        hist[0][d] = total;
+    }
+    __syncthreads();
+}
+
 template <typename T>
 __device__ void sample_filtered(const T *logits,         // (N, V)
                                 const unsigned int *seq, // (N)
@@ -360,8 +373,12 @@ __device__ void sample_filtered(const T *logits,         // (N, V)
                                 float *logprobs,         // (N, 2)
                                 int vocab, float inv_t, int top_k /* 0: off */, double top_p /* ≥ 1: off */,
                                 unsigned int seed_lo, unsigned int seed_hi, int vec) {
-    __shared__ unsigned int hist32[256];
-    __shared__ unsigned long long hist64[256];
+    // SAMPLE_SUBHISTS copies of each histogram (warp w adds into copy w % SAMPLE_SUBHISTS), so that
+    // the many tokens sharing a top digit do not all contend for one shared-memory word; the
+    // copies are summed (integers: in any order) before each pick.
+    __shared__ unsigned int hist32[SAMPLE_SUBHISTS][256];
+    __shared__ unsigned long long hist64[SAMPLE_SUBHISTS][256];
+    const int sub = (threadIdx.x >> 5) % SAMPLE_SUBHISTS;
     __shared__ SampleAcc scratch[32];
     __shared__ float red[32];
     __shared__ int s_digit;
@@ -380,13 +397,14 @@ __device__ void sample_filtered(const T *logits,         // (N, V)
         unsigned int want = (unsigned int)top_k, prefix = 0u, mask = 0u;
         for (int level = 0; level < levels; ++level) {
             const int shift = 24 - 8 * level;
-            for (int i = threadIdx.x; i < 256; i += blockDim.x) hist32[i] = 0u;
+            for (int i = threadIdx.x; i < SAMPLE_SUBHISTS * 256; i += blockDim.x) hist32[i >> 8][i & 255] = 0u;
             if (threadIdx.x == 0) s_digit = 0, s_above32 = 0u;
             __syncthreads();
-            DigitVisit<unsigned int, false> v{hist32, 0u, prefix, mask, shift, 0.0f, 0.0f};
+            DigitVisit<unsigned int, false> v{hist32[sub], 0u, prefix, mask, shift, 0.0f, 0.0f};
             for_each_unit(row, 0, vocab, vecb, v);
             __syncthreads();
-            if (threadIdx.x < 32) radix_pick<unsigned int>(hist32, want, 0.0, &s_digit, &s_above32, nullptr);
+            fold_subhists(hist32);
+            if (threadIdx.x < 32) radix_pick<unsigned int>(hist32[0], want, 0.0, &s_digit, &s_above32, nullptr);
             __syncthreads();
             want -= s_above32;
             prefix |= (unsigned int)s_digit << shift;
@@ -406,14 +424,15 @@ __device__ void sample_filtered(const T *logits,         // (N, V)
         unsigned int prefix = 0u, mask = 0u;
         for (int level = 0; level < levels; ++level) {
             const int shift = 24 - 8 * level;
-            for (int i = threadIdx.x; i < 256; i += blockDim.x) hist64[i] = 0ull;
+            for (int i = threadIdx.x; i < SAMPLE_SUBHISTS * 256; i += blockDim.x) hist64[i >> 8][i & 255] = 0ull;
             if (threadIdx.x == 0) s_digit = 0, s_above64 = 0ull;
             __syncthreads();
-            DigitVisit<unsigned long long, true> v{hist64, thr, prefix, mask, shift, m, inv_t};
+            DigitVisit<unsigned long long, true> v{hist64[sub], thr, prefix, mask, shift, m, inv_t};
             for_each_unit(row, 0, vocab, vecb, v);
             __syncthreads();
+            fold_subhists(hist64);
             if (threadIdx.x < 32)
-                radix_pick<unsigned long long>(hist64, want, level == 0 ? top_p : 0.0, &s_digit, &s_above64,
+                radix_pick<unsigned long long>(hist64[0], want, level == 0 ? top_p : 0.0, &s_digit, &s_above64,
                                                &s_target64);
             __syncthreads();
             want = (level == 0 ? s_target64 : want) - s_above64;
