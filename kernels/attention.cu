@@ -1,5 +1,6 @@
-// Causal self-attention with grouped-query heads, FlashAttention-2 style: forward, backward and
-// attention over a key/value cache (generation). The CPU reference is src/backend/cpu/attention.rs.
+// Causal self-attention with grouped-query heads, FlashAttention-2 style: forward and backward
+// (attention over the key/value cache is decode_attention.cu). The CPU reference is
+// src/backend/cpu/attention.rs.
 //
 // Layout (all row-major): q, out, dq (N, Hq·D); k, v, dk, dv (N, Hkv·D); lse, Δ (N, Hq) f32.
 // Sequence b is rows starts[b]..starts[b] + lengths[b] (packed or right-padded); rows of no
@@ -778,53 +779,6 @@ __device__ void attn_zero_rows(T *a, long wa, T *b, long wb, T *c, long wc, floa
     for (long i = threadIdx.x; i < ws; i += blockDim.x) s[row * ws + i] = 0.0f;
 }
 
-// Attention of query row i over positions 0..=pos[i] of sequence seq[i] of the cache
-// (B·L, Hkv·D): one warp per (row, query head), 8 per block; lane holds dims lane + 32·c.
-template <typename T>
-__device__ void attn_cached_fwd(const T *q, const T *kc, const T *vc, const unsigned *seq, const unsigned *pos,
-                                T *out, long rows, int capacity, int hq, int hkv, int D, float scale) {
-    constexpr int C = ATTN_MAX_D / 32;
-    const long w = (long)blockIdx.x * 8 + (threadIdx.x >> 5);
-    if (w >= rows * hq) return;
-    const int lane = threadIdx.x & 31;
-    const long i = w / hq;
-    const int h = (int)(w - i * hq), g = h / (hq / hkv);
-    const long base = (long)seq[i] * capacity;
-    const int last = (int)pos[i];
-    const long ldk = (long)hkv * D;
-    float qv[C], o[C];
-#pragma unroll
-    for (int c = 0; c < C; c++) {
-        const int d = lane + 32 * c;
-        qv[c] = d < D ? load_f32(q, w * D + d) : 0.0f;
-        o[c] = 0.0f;
-    }
-    float m = GKD_NEG_INF, l = 0.0f;
-    for (int j = 0; j <= last; j++) {
-        const long at = (base + j) * ldk + (long)g * D;
-        float s = 0.0f;
-#pragma unroll
-        for (int c = 0; c < C; c++) {
-            const int d = lane + 32 * c;
-            if (d < D) s += qv[c] * load_f32(kc, at + d);
-        }
-        s = warp_sum(s) * scale;
-        const float mn = fmaxf(m, s), alpha = expf(m - mn), p = expf(s - mn);
-        l = l * alpha + p;
-#pragma unroll
-        for (int c = 0; c < C; c++) {
-            const int d = lane + 32 * c;
-            if (d < D) o[c] = o[c] * alpha + p * load_f32(vc, at + d);
-        }
-        m = mn;
-    }
-#pragma unroll
-    for (int c = 0; c < C; c++) {
-        const int d = lane + 32 * c;
-        if (d < D) store_f32(out, w * D + d, o[c] / l);
-    }
-}
-
 // =============================================================================================
 // entry points
 // =============================================================================================
@@ -862,11 +816,6 @@ __device__ void attn_cached_fwd(const T *q, const T *kc, const T *vc, const unsi
                                                          const unsigned *starts,                  \
                                                          const unsigned *lengths, int batch) {     \
         attn_zero_rows<T>(dq, wq, dk, wk, dv, wk, nullptr, 0, starts, lengths, batch);             \
-    }                                                                                              \
-    extern "C" __global__ void attention_cached_fwd_##SUF(                                         \
-        const T *q, const T *kc, const T *vc, const unsigned *seq, const unsigned *pos, T *out,   \
-        long rows, int capacity, int hq, int hkv, int d, float scale) {                            \
-        attn_cached_fwd<T>(q, kc, vc, seq, pos, out, rows, capacity, hq, hkv, d, scale);           \
     }
 
 ATTN_SCALAR_KERNELS(float, f32)

@@ -12,6 +12,7 @@ mod attention;
 pub mod bandwidth;
 mod copy;
 pub mod cross_entropy;
+mod decode_attention;
 mod device;
 pub mod divergence;
 pub mod divergence_unfused;
