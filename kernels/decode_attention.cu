@@ -30,10 +30,14 @@
 // round-robin; a lane keeps its slice of q for every head in registers (pass 1) and its slice of
 // acc for every head (pass 3), so each K and V element is loaded once and serves all the heads.
 // Dot products are summed over the group's lanes with shuffles; acc over the groups of a warp
-// with shuffles, then over the warps in shared memory, in fixed orders.
+// with shuffles, then over the warps in shared memory, in fixed orders. For bf16 with D a
+// multiple of 32, pass 1 runs on the tensor cores instead (da_scores_mma: a tile of 16 positions
+// × the ≤ 8 heads per warp and mma): on the CUDA cores each K element costs G multiply-adds plus
+// the group's shuffles, which at G = 7 takes more issue slots than the loads leave.
 //
 // f32 accumulation everywhere; f32 and bf16 inputs; D ≤ 256 (DA_ELEMS·32).
 #include "common.cuh"
+#include "mma.cuh"
 
 #define DA_THREADS 128
 #define DA_WARPS 4
@@ -43,7 +47,8 @@
 #define DA_ELEMS 8
 // Positions a lane loads before it uses them (loads in flight).
 #define DA_UNROLL 4
-#define DA_LOG2E 1.4426950408889634f
+// 32-element blocks of a head row in the tensor-core score pass, at most (D ≤ 256).
+#define DA_MMA_BLOCKS 8
 
 extern __shared__ __align__(16) float da_smem[];
 
@@ -83,8 +88,122 @@ __device__ __forceinline__ int da_region(int chunk, int D) {
     return max(DA_HEADS * chunk, DA_WARPS * DA_HEADS * D);
 }
 
-// One CTA per (row blockIdx.x, chunk blockIdx.y, (key/value head, head batch) blockIdx.z).
+// Pass 1 on the CUDA cores: sc[head][j] = log2(e)·scale·q_head·k_j for the chunk's n positions
+// (kb: position 0 of the chunk, row stride ld; q: the CTA's first query head, heads D apart).
+// Each lane of a position group multiplies its slice and the group sums with shuffles.
 template <typename T, int V>
+__device__ __forceinline__ void da_scores_fma(const T *q, const T *kb, long ld, float *sc, int chunk, int n, int nh,
+                                              int D, float scale_log2, int lpp, int r, int grp, int ngrp) {
+    constexpr int VPL = DA_ELEMS / V;
+    const int DV = D / V;
+    // This lane's slice of q for every head, times log2(e)·scale (0 past D or past nh heads).
+    float qr[DA_HEADS][DA_ELEMS];
+#pragma unroll
+    for (int hh = 0; hh < DA_HEADS; hh++)
+#pragma unroll
+        for (int u = 0; u < VPL; u++)
+#pragma unroll
+            for (int e = 0; e < V; e++) {
+                const int c = r + lpp * u;
+                qr[hh][u * V + e] =
+                    hh < nh && c < DV ? load_f32(q, hh * D + c * V + e) * scale_log2 : 0.0f;
+            }
+
+    // The loop bound is the same for the whole CTA (the shuffles need every lane of a warp); a
+    // lane past the chunk loads zeros and stores nothing.
+    for (int j0 = 0; j0 < n; j0 += ngrp * DA_UNROLL) {
+        float kx[DA_UNROLL][DA_ELEMS];
+#pragma unroll
+        for (int k = 0; k < DA_UNROLL; k++) {
+            const int j = j0 + grp + k * ngrp;
+#pragma unroll
+            for (int u = 0; u < VPL; u++) {
+                const int c = r + lpp * u;
+                if (j < n && c < DV) {
+                    load_vec<V>(kb + (long)j * ld + c * V, &kx[k][u * V]);
+                } else {
+#pragma unroll
+                    for (int e = 0; e < V; e++) kx[k][u * V + e] = 0.0f;
+                }
+            }
+        }
+#pragma unroll
+        for (int k = 0; k < DA_UNROLL; k++) {
+            const int j = j0 + grp + k * ngrp;
+#pragma unroll
+            for (int hh = 0; hh < DA_HEADS; hh++) {
+                if (hh < nh) {
+                    float dot = 0.0f;
+#pragma unroll
+                    for (int e = 0; e < DA_ELEMS; e++) dot += qr[hh][e] * kx[k][e];
+#pragma unroll
+                    for (int o = 16; o > 0; o >>= 1)
+                        if (o < lpp) dot += __shfl_xor_sync(0xffffffffu, dot, o);
+                    if (r == 0 && j < n) sc[hh * chunk + j] = dot;
+                }
+            }
+        }
+    }
+}
+
+// Pass 1 on the tensor cores (bf16, D a multiple of 32): per warp and tile of 16 positions,
+// Sᵀ (16 positions × 8 heads) = K_tile (16 × D) · Qᵀ (D × 8 heads), mma m16n8k16 over D (heads
+// past nh are zero columns). The product's k index runs over the head dimension in another
+// order, the same for A and B: lane (gid, tig) loads 16 bytes, elements 32·kk + 8·tig .. +7, of
+// K rows gid and gid + 8 of the tile and of q head gid; words 0, 1 of them are a[0], a[2] (rows
+// gid), a[1], a[3] (rows gid + 8) and b[0], b[1] of one k-step, words 2, 3 those of the next.
+// Over tig and the two k-steps that covers the 32 elements of block kk once.
+__device__ __forceinline__ void da_scores_mma(const bf16 *q, const bf16 *kb, long ld, float *sc, int chunk, int n,
+                                              int nh, int D, float scale_log2) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int gid = lane >> 2, tig = lane & 3, nkk = D / 32;
+    unsigned qb[DA_MMA_BLOCKS][4];
+#pragma unroll
+    for (int kk = 0; kk < DA_MMA_BLOCKS; kk++)
+#pragma unroll
+        for (int w = 0; w < 4; w++) {
+            const long at = (long)gid * D + 32 * kk + 8 * tig + 2 * w;
+            qb[kk][w] = kk < nkk && gid < nh ? (unsigned)q[at] | ((unsigned)q[at + 1] << 16) : 0u;
+        }
+    const uint4 zero = make_uint4(0u, 0u, 0u, 0u);
+    // The same trip count for every warp (mma.sync needs the whole warp; a tile past the chunk
+    // multiplies zeros and stores nothing).
+    for (int t0 = 0; t0 < n; t0 += 16 * DA_WARPS) {
+        const int j = t0 + 16 * warp + gid; // rows j and j + 8 of the chunk
+        uint4 lo[DA_MMA_BLOCKS], hi[DA_MMA_BLOCKS];
+#pragma unroll
+        for (int kk = 0; kk < DA_MMA_BLOCKS; kk++) {
+            if (kk < nkk) {
+                lo[kk] = j < n ? *(const uint4 *)(kb + (long)j * ld + 32 * kk + 8 * tig) : zero;
+                hi[kk] = j + 8 < n ? *(const uint4 *)(kb + (long)(j + 8) * ld + 32 * kk + 8 * tig) : zero;
+            }
+        }
+        float c[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+#pragma unroll
+        for (int kk = 0; kk < DA_MMA_BLOCKS; kk++) {
+            if (kk < nkk) {
+                const unsigned a0[4] = {lo[kk].x, hi[kk].x, lo[kk].y, hi[kk].y};
+                mma_bf16(c, a0, qb[kk][0], qb[kk][1]);
+                const unsigned a1[4] = {lo[kk].z, hi[kk].z, lo[kk].w, hi[kk].w};
+                mma_bf16(c, a1, qb[kk][2], qb[kk][3]);
+            }
+        }
+        // c[0], c[1]: position j, heads 2·tig and 2·tig + 1; c[2], c[3]: position j + 8.
+        const int h = 2 * tig;
+        if (j < n) {
+            if (h < nh) sc[h * chunk + j] = c[0] * scale_log2;
+            if (h + 1 < nh) sc[(h + 1) * chunk + j] = c[1] * scale_log2;
+        }
+        if (j + 8 < n) {
+            if (h < nh) sc[h * chunk + j + 8] = c[2] * scale_log2;
+            if (h + 1 < nh) sc[(h + 1) * chunk + j + 8] = c[3] * scale_log2;
+        }
+    }
+}
+
+// One CTA per (row blockIdx.x, chunk blockIdx.y, (key/value head, head batch) blockIdx.z).
+// MMA: pass 1 on the tensor cores (T = bf16, V = 8, D a multiple of 32).
+template <typename T, int V, bool MMA>
 __device__ void decode_attention_split(const T *q,            // (N, Hq·D)
                                        const T *kc,           // (B·L, Hkv·D)
                                        const T *vc,           // (B·L, Hkv·D)
@@ -132,54 +251,11 @@ __device__ void decode_attention_split(const T *q,            // (N, Hq·D)
     float *sm = da_smem + da_region(chunk, D);
     float *sl = sm + DA_HEADS;
 
-    // This lane's slice of q for every head, times log2(e)·scale (0 past D or past nh heads).
-    float qr[DA_HEADS][DA_ELEMS];
-#pragma unroll
-    for (int hh = 0; hh < DA_HEADS; hh++)
-#pragma unroll
-        for (int u = 0; u < VPL; u++)
-#pragma unroll
-            for (int e = 0; e < V; e++) {
-                const int c = r + lpp * u;
-                qr[hh][u * V + e] =
-                    hh < nh && c < DV ? load_f32(q, (i * hq + h0 + hh) * D + c * V + e) * scale_log2 : 0.0f;
-            }
-
-    // Pass 1: scores. The loop bound is the same for the whole CTA (the shuffles need every lane
-    // of a warp); a lane past the chunk loads zeros and stores nothing.
-    for (int j0 = 0; j0 < n; j0 += ngrp * DA_UNROLL) {
-        float kx[DA_UNROLL][DA_ELEMS];
-#pragma unroll
-        for (int k = 0; k < DA_UNROLL; k++) {
-            const int j = j0 + grp + k * ngrp;
-#pragma unroll
-            for (int u = 0; u < VPL; u++) {
-                const int c = r + lpp * u;
-                if (j < n && c < DV) {
-                    load_vec<V>(kb + (long)j * ld + c * V, &kx[k][u * V]);
-                } else {
-#pragma unroll
-                    for (int e = 0; e < V; e++) kx[k][u * V + e] = 0.0f;
-                }
-            }
-        }
-#pragma unroll
-        for (int k = 0; k < DA_UNROLL; k++) {
-            const int j = j0 + grp + k * ngrp;
-#pragma unroll
-            for (int hh = 0; hh < DA_HEADS; hh++) {
-                if (hh < nh) {
-                    float dot = 0.0f;
-#pragma unroll
-                    for (int e = 0; e < DA_ELEMS; e++) dot += qr[hh][e] * kx[k][e];
-#pragma unroll
-                    for (int o = 16; o > 0; o >>= 1)
-                        if (o < lpp) dot += __shfl_xor_sync(0xffffffffu, dot, o);
-                    if (r == 0 && j < n) sc[hh * chunk + j] = dot;
-                }
-            }
-        }
-    }
+    // Pass 1.
+    if constexpr (MMA)
+        da_scores_mma(q + (i * hq + h0) * D, kb, ld, sc, chunk, n, nh, D, scale_log2);
+    else
+        da_scores_fma<T, V>(q + (i * hq + h0) * D, kb, ld, sc, chunk, n, nh, D, scale_log2, lpp, r, grp, ngrp);
     __syncthreads();
 
     // Pass 2: per head (one warp each), the maximum, the probabilities in place and their sum.
@@ -317,24 +393,21 @@ __device__ void decode_attention_combine(const unsigned *seq,    // (N)
 
 // ----------------------------------------------------------------------------------------------
 // entry points: decode_attention_split_<dtype> with 16-byte loads of K and V (D a multiple of
-// 16 bytes of T, caches 16-byte aligned), decode_attention_split_narrow_<dtype> with element
-// loads (any D ≤ 256), decode_attention_combine_<dtype>.
+// 16 bytes of T, caches 16-byte aligned), decode_attention_split_mma_bf16 the same with the
+// scores on the tensor cores (D a multiple of 32), decode_attention_split_narrow_<dtype> with
+// element loads (any D ≤ 256), decode_attention_combine_<dtype>.
 
-#define DECODE_ATTENTION_KERNELS(T, SUF, VEC)                                                      \
-    extern "C" __global__ void __launch_bounds__(DA_THREADS, 3) decode_attention_split_##SUF(        \
-        const T *q, const T *kc, const T *vc, const unsigned *seq, const unsigned *pos, T *out,   \
-        float *part_acc, float *part_ml, int batch, int capacity, int hq, int hkv, int d,        \
-        int chunk, int splits, float scale_log2) {                                                 \
-        decode_attention_split<T, VEC>(q, kc, vc, seq, pos, out, part_acc, part_ml, batch,        \
-                                       capacity, hq, hkv, d, chunk, splits, scale_log2);           \
-    }                                                                                              \
-    extern "C" __global__ void __launch_bounds__(DA_THREADS, 3) decode_attention_split_narrow_##SUF( \
-        const T *q, const T *kc, const T *vc, const unsigned *seq, const unsigned *pos, T *out,   \
-        float *part_acc, float *part_ml, int batch, int capacity, int hq, int hkv, int d,        \
-        int chunk, int splits, float scale_log2) {                                                 \
-        decode_attention_split<T, 1>(q, kc, vc, seq, pos, out, part_acc, part_ml, batch,          \
-                                     capacity, hq, hkv, d, chunk, splits, scale_log2);             \
-    }                                                                                              \
+// 3 CTAs per SM: registers capped at 168 a thread, without spills.
+#define DECODE_ATTENTION_SPLIT(NAME, T, VEC, MMA)                                                   \
+    extern "C" __global__ void __launch_bounds__(DA_THREADS, 3)                                    \
+        NAME(const T *q, const T *kc, const T *vc, const unsigned *seq, const unsigned *pos, T *out, \
+             float *part_acc, float *part_ml, int batch, int capacity, int hq, int hkv, int d,     \
+             int chunk, int splits, float scale_log2) {                                            \
+        decode_attention_split<T, VEC, MMA>(q, kc, vc, seq, pos, out, part_acc, part_ml, batch,   \
+                                            capacity, hq, hkv, d, chunk, splits, scale_log2);      \
+    }
+
+#define DECODE_ATTENTION_COMBINE(T, SUF)                                                           \
     extern "C" __global__ void decode_attention_combine_##SUF(                                     \
         const unsigned *seq, const unsigned *pos, const float *part_acc, const float *part_ml,    \
         T *out, long rows, int batch, int capacity, int hq, int d, int chunk, int splits) {       \
@@ -342,5 +415,10 @@ __device__ void decode_attention_combine(const unsigned *seq,    // (N)
                                     d, chunk, splits);                                             \
     }
 
-DECODE_ATTENTION_KERNELS(float, f32, 4)
-DECODE_ATTENTION_KERNELS(bf16, bf16, 8)
+DECODE_ATTENTION_SPLIT(decode_attention_split_f32, float, 4, false)
+DECODE_ATTENTION_SPLIT(decode_attention_split_bf16, bf16, 8, false)
+DECODE_ATTENTION_SPLIT(decode_attention_split_mma_bf16, bf16, 8, true)
+DECODE_ATTENTION_SPLIT(decode_attention_split_narrow_f32, float, 1, false)
+DECODE_ATTENTION_SPLIT(decode_attention_split_narrow_bf16, bf16, 1, false)
+DECODE_ATTENTION_COMBINE(float, f32)
+DECODE_ATTENTION_COMBINE(bf16, bf16)

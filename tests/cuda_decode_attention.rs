@@ -1,7 +1,7 @@
 //! The decode attention kernel (`kernels/decode_attention.cu`: attention of new query rows over the
 //! key/value cache) against the CPU reference (`attention_cached_fwd`), on the same rounded inputs:
-//! the model head shapes (GQA groups of 7 and 6, plain multi-head, a head dim of 80 and 256, one
-//! that takes the element-load path in bf16), caches of 1, 17, 300 and 4096 positions (one chunk,
+//! the model head shapes (GQA groups of 7 and 6, plain multi-head, head dims of 80 and 256, ones
+//! that take the element-load paths, a group of more than 8 heads), caches of 1, 17, 300 and 4096 positions (one chunk,
 //! several, many), rows of several sequences interleaved at the first, the last and middle
 //! positions and a prefill run of consecutive positions. Also: vouched and checked indices give
 //! the same bits, out-of-range indices give a zero row when vouched (and an error when not), the
@@ -133,9 +133,12 @@ fn mixed_rows(capacity: usize) -> Vec<(u32, u32)> {
 fn matches_the_cpu() {
     let Some(dev) = common::cuda_or_skip("cuda_decode_attention::matches_the_cpu") else { return };
     let device = Device::Cuda(dev.ordinal());
-    // Qwen2.5-0.5B, Qwen2.5-1.5B, multi-head, a head dim of 80, of 256 with groups of 2, and one
-    // of 36 (16-byte loads in f32, element loads in bf16).
-    let shapes = [(14, 2, 64), (12, 2, 128), (4, 4, 32), (8, 2, 80), (6, 3, 256), (6, 2, 36)];
+    // Qwen2.5-0.5B, Qwen2.5-1.5B, multi-head, a head dim of 80 (bf16: 16-byte loads, scores on the
+    // CUDA cores), of 256 with groups of 2, one of 36 (f32: 16-byte loads; bf16: element loads),
+    // one of 18 (element loads in both), and a group of 18 query heads (three CTAs per key/value
+    // head: 8 + 8 + 2 heads).
+    let shapes =
+        [(14, 2, 64), (12, 2, 128), (4, 4, 32), (8, 2, 80), (6, 3, 256), (6, 2, 36), (3, 1, 18), (18, 1, 64)];
     for (si, &heads) in shapes.iter().enumerate() {
         for capacity in [1usize, 17, 300, 4096] {
             let p =

@@ -1,6 +1,10 @@
 //! Launcher for `kernels/decode_attention.cu`: attention of new query rows over the key/value
 //! cache, flash-decoding style (the math and the thread layout are in the kernel file's header).
 //!
+//! Kernels: `decode_attention_split_mma_bf16` (bf16, head dim a multiple of 32: the scores on
+//! the tensor cores), `decode_attention_split_<dtype>` (16-byte loads), `_split_narrow_<dtype>`
+//! (element loads: other head dims or misaligned caches), `decode_attention_combine_<dtype>`.
+//!
 //! Launch configuration: one CTA of 128 threads per (row, chunk of C positions, key/value head,
 //! batch of ≤ 8 query heads of its group). The chunks are sized from the cache's capacity L (an
 //! upper bound of every row's positions: pos stays on the device), so that even a few rows fill
@@ -13,6 +17,7 @@
 use super::device::{cuda_err, CudaDevice};
 use super::storage::{kernel, CudaElem};
 use crate::backend::ops::CachedAttnDims;
+use crate::backend::DType;
 use crate::error::{shape_err, Result};
 use cudarc::driver::{CudaSlice, CudaView, DevicePtr, LaunchConfig, PushKernelArg};
 
@@ -100,6 +105,27 @@ fn aligned16<T>(dev: &CudaDevice, v: &CudaView<'_, T>) -> bool {
     p % 16 == 0
 }
 
+/// The split kernel for the dtype, head dim and caches: 16-byte loads where a head row is whole
+/// 16-byte vectors and the caches start aligned, the scores on the tensor cores for bf16 with a
+/// head dim that is a multiple of 32 (sm_80+), element loads otherwise.
+fn split_kernel<T: CudaElem>(
+    dev: &CudaDevice,
+    head_dim: usize,
+    k_cache: &CudaView<'_, T>,
+    v_cache: &CudaView<'_, T>,
+) -> Result<&'static str> {
+    let vec =
+        head_dim % (16 / std::mem::size_of::<T>()) == 0 && aligned16(dev, k_cache) && aligned16(dev, v_cache);
+    if !vec {
+        return kernel::<T>("decode_attention_split_narrow_f32", "decode_attention_split_narrow_bf16");
+    }
+    let mma = T::DTYPE == DType::BF16 && head_dim % 32 == 0 && dev.compute_capability().0 >= 8;
+    kernel::<T>(
+        "decode_attention_split_f32",
+        if mma { "decode_attention_split_mma_bf16" } else { "decode_attention_split_bf16" },
+    )
+}
+
 /// q (N, Hq·D), caches (B·L, Hkv·D), seq and pos (N) → (N, Hq·D). The lengths are already checked
 /// (`check::cached_attention_shapes`); seq and pos may hold anything: a row with seq ≥ B or
 /// pos ≥ L comes out 0.
@@ -121,12 +147,7 @@ pub fn fwd<T: CudaElem>(
     if rows == 0 {
         return Ok(out);
     }
-    // 16-byte loads where a head row is whole 16-byte vectors and the caches start aligned.
-    let vec = dh % (16 / std::mem::size_of::<T>()) == 0 && aligned16(dev, k_cache) && aligned16(dev, v_cache);
-    let name = match vec {
-        true => kernel::<T>("decode_attention_split_f32", "decode_attention_split_bf16")?,
-        false => kernel::<T>("decode_attention_split_narrow_f32", "decode_attention_split_narrow_bf16")?,
-    };
+    let name = split_kernel::<T>(dev, dh, k_cache, v_cache)?;
     let split = dev.function(MODULE, name)?;
     let cfg = LaunchConfig {
         grid_dim: (rows as u32, p.splits as u32, (hkv * p.head_batches) as u32),
