@@ -91,6 +91,9 @@ fn check_launch(op: &'static str, d: &CachedAttnDims, p: &Plan) -> Result<()> {
             ),
         );
     }
+    if d.rows * d.q_heads > i32::MAX as usize {
+        return shape_err(op, format!("{} rows of {} heads exceed the combine's grid", d.rows, d.q_heads));
+    }
     if d.q_heads * d.head_dim > i32::MAX as usize {
         return shape_err(
             op,
