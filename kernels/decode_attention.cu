@@ -81,6 +81,11 @@ template <int V> __device__ __forceinline__ void load_vec(const bf16 *p, float *
     }
 }
 
+// Asks the L2 cache for the 128-byte line holding p (a hint: no result, no fault). Pass 1 asks
+// for the V rows of the positions whose K it reads, so that pass 3 finds them in L2 and the
+// chunk's V streams in while its scores are computed.
+__device__ __forceinline__ void prefetch_l2(const void *p) { asm volatile("prefetch.global.L2 [%0];\n" ::"l"(p)); }
+
 // The shared memory of a CTA, in floats: sc [DA_HEADS][chunk] (passes 1-3), reused as
 // red [DA_WARPS][DA_HEADS][D] (the sum over warps), then m and l [DA_HEADS]. The launcher's
 // smem_bytes computes the same.
@@ -92,8 +97,9 @@ __device__ __forceinline__ int da_region(int chunk, int D) {
 // (kb: position 0 of the chunk, row stride ld; q: the CTA's first query head, heads D apart).
 // Each lane of a position group multiplies its slice and the group sums with shuffles.
 template <typename T, int V>
-__device__ __forceinline__ void da_scores_fma(const T *q, const T *kb, long ld, float *sc, int chunk, int n, int nh,
-                                              int D, float scale_log2, int lpp, int r, int grp, int ngrp) {
+__device__ __forceinline__ void da_scores_fma(const T *q, const T *kb, const T *vb, long ld, float *sc, int chunk,
+                                              int n, int nh, int D, float scale_log2, int lpp, int r, int grp,
+                                              int ngrp) {
     constexpr int VPL = DA_ELEMS / V;
     const int DV = D / V;
     // This lane's slice of q for every head, times log2(e)·scale (0 past D or past nh heads).
@@ -126,6 +132,9 @@ __device__ __forceinline__ void da_scores_fma(const T *q, const T *kb, long ld, 
                     for (int e = 0; e < V; e++) kx[k][u * V + e] = 0.0f;
                 }
             }
+            // Lane r of the group asks for the row's line r (a row of D·sizeof(T) ≤ 32·128 bytes
+            // has at most LPP lines).
+            if (j < n && r * 128 < D * (int)sizeof(T)) prefetch_l2((const char *)(vb + (long)j * ld) + r * 128);
         }
 #pragma unroll
         for (int k = 0; k < DA_UNROLL; k++) {
@@ -153,8 +162,8 @@ __device__ __forceinline__ void da_scores_fma(const T *q, const T *kb, long ld, 
 // K rows gid and gid + 8 of the tile and of q head gid; words 0, 1 of them are a[0], a[2] (rows
 // gid), a[1], a[3] (rows gid + 8) and b[0], b[1] of one k-step, words 2, 3 those of the next.
 // Over tig and the two k-steps that covers the 32 elements of block kk once.
-__device__ __forceinline__ void da_scores_mma(const bf16 *q, const bf16 *kb, long ld, float *sc, int chunk, int n,
-                                              int nh, int D, float scale_log2) {
+__device__ __forceinline__ void da_scores_mma(const bf16 *q, const bf16 *kb, const bf16 *vb, long ld, float *sc,
+                                              int chunk, int n, int nh, int D, float scale_log2) {
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int gid = lane >> 2, tig = lane & 3, nkk = D / 32;
     unsigned qb[DA_MMA_BLOCKS][4];
@@ -177,6 +186,12 @@ __device__ __forceinline__ void da_scores_mma(const bf16 *q, const bf16 *kb, lon
                 lo[kk] = j < n ? *(const uint4 *)(kb + (long)j * ld + 32 * kk + 8 * tig) : zero;
                 hi[kk] = j + 8 < n ? *(const uint4 *)(kb + (long)(j + 8) * ld + 32 * kk + 8 * tig) : zero;
             }
+        }
+        // The V rows j and j + 8: lane tig asks for line tig of each (a row of D ≤ 256 bf16 has at
+        // most 4 lines of 128 bytes).
+        if (tig * 64 < D) {
+            if (j < n) prefetch_l2(vb + (long)j * ld + 64 * tig);
+            if (j + 8 < n) prefetch_l2(vb + (long)(j + 8) * ld + 64 * tig);
         }
         float c[4] = {0.0f, 0.0f, 0.0f, 0.0f};
 #pragma unroll
@@ -253,9 +268,9 @@ __device__ void decode_attention_split(const T *q,            // (N, Hq·D)
 
     // Pass 1.
     if constexpr (MMA)
-        da_scores_mma(q + (i * hq + h0) * D, kb, ld, sc, chunk, n, nh, D, scale_log2);
+        da_scores_mma(q + (i * hq + h0) * D, kb, vb, ld, sc, chunk, n, nh, D, scale_log2);
     else
-        da_scores_fma<T, V>(q + (i * hq + h0) * D, kb, ld, sc, chunk, n, nh, D, scale_log2, lpp, r, grp, ngrp);
+        da_scores_fma<T, V>(q + (i * hq + h0) * D, kb, vb, ld, sc, chunk, n, nh, D, scale_log2, lpp, r, grp, ngrp);
     __syncthreads();
 
     // Pass 2: per head (one warp each), the maximum, the probabilities in place and their sum.
@@ -397,9 +412,10 @@ __device__ void decode_attention_combine(const unsigned *seq,    // (N)
 // scores on the tensor cores (D a multiple of 32), decode_attention_split_narrow_<dtype> with
 // element loads (any D ≤ 256), decode_attention_combine_<dtype>.
 
-// 3 CTAs per SM: registers capped at 168 a thread, without spills.
-#define DECODE_ATTENTION_SPLIT(NAME, T, VEC, MMA)                                                   \
-    extern "C" __global__ void __launch_bounds__(DA_THREADS, 3)                                    \
+// At least CTAS CTAs per SM: 3 caps registers at 168 a thread (no spills on the 16-byte paths);
+// the element-load paths, which hold 8 single elements per lane, get 2 (no cap below 255).
+#define DECODE_ATTENTION_SPLIT(NAME, T, VEC, MMA, CTAS)                                             \
+    extern "C" __global__ void __launch_bounds__(DA_THREADS, CTAS)                                 \
         NAME(const T *q, const T *kc, const T *vc, const unsigned *seq, const unsigned *pos, T *out, \
              float *part_acc, float *part_ml, int batch, int capacity, int hq, int hkv, int d,     \
              int chunk, int splits, float scale_log2) {                                            \
@@ -415,10 +431,10 @@ __device__ void decode_attention_combine(const unsigned *seq,    // (N)
                                     d, chunk, splits);                                             \
     }
 
-DECODE_ATTENTION_SPLIT(decode_attention_split_f32, float, 4, false)
-DECODE_ATTENTION_SPLIT(decode_attention_split_bf16, bf16, 8, false)
-DECODE_ATTENTION_SPLIT(decode_attention_split_mma_bf16, bf16, 8, true)
-DECODE_ATTENTION_SPLIT(decode_attention_split_narrow_f32, float, 1, false)
-DECODE_ATTENTION_SPLIT(decode_attention_split_narrow_bf16, bf16, 1, false)
+DECODE_ATTENTION_SPLIT(decode_attention_split_f32, float, 4, false, 3)
+DECODE_ATTENTION_SPLIT(decode_attention_split_bf16, bf16, 8, false, 3)
+DECODE_ATTENTION_SPLIT(decode_attention_split_mma_bf16, bf16, 8, true, 3)
+DECODE_ATTENTION_SPLIT(decode_attention_split_narrow_f32, float, 1, false, 2)
+DECODE_ATTENTION_SPLIT(decode_attention_split_narrow_bf16, bf16, 1, false, 2)
 DECODE_ATTENTION_COMBINE(float, f32)
 DECODE_ATTENTION_COMBINE(bf16, bf16)
