@@ -5,15 +5,25 @@
 //! several, many), rows of several sequences interleaved at the first, the last and middle
 //! positions and a prefill run of consecutive positions. Also: vouched and checked indices give
 //! the same bits, out-of-range indices give a zero row when vouched (and an error when not), the
-//! query-head → key/value-head mapping, bit-identical reruns, and the head-dimension limit.
+//! query-head → key/value-head mapping, bit-identical reruns, the head-dimension limit, and a
+//! vouched launch captured in a CUDA graph.
 //! Outputs start as NaN (`cuda_or_skip` poisons allocations), so an unwritten row fails.
 //! SKIPPED without a GPU.
 
 mod common;
 
 use common::harness::normals;
+use cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
 use gkd::autograd::{CachedAttnDims, Tape};
 use gkd::{DType, Device, Tensor};
+use std::sync::{Mutex, MutexGuard};
+
+/// The tests of this file one at a time: the graph capture must not take in another test's work
+/// on the device's one stream.
+fn serial() -> MutexGuard<'static, ()> {
+    static GPU: Mutex<()> = Mutex::new(());
+    GPU.lock().unwrap_or_else(|e| e.into_inner())
+}
 
 /// (N, W) values rounded to `round`, then held as `dtype` on `device`.
 fn tensor(x: &[f64], rows: usize, width: usize, round: DType, dtype: DType, device: Device) -> Tensor {
@@ -65,22 +75,32 @@ impl Problem {
         }
     }
 
-    /// The output (N, Hq·D) on the host, inputs rounded to `round` and computed in `dtype`.
-    fn run(&self, dtype: DType, device: Device, round: DType, vouched: bool) -> gkd::Result<Vec<f64>> {
-        let d = CachedAttnDims { vouched, ..self.d };
+    /// q, the caches, seq and pos, inputs rounded to `round` and held as `dtype` on `device`.
+    fn tensors(&self, dtype: DType, device: Device, round: DType) -> gkd::Result<[Tensor; 5]> {
+        let d = &self.d;
         let (n, cache_rows) = (d.rows, d.batch * d.capacity);
         let (wq, wkv) = (d.q_heads * d.head_dim, d.kv_heads * d.head_dim);
+        Ok([
+            tensor(&self.q, n, wq, round, dtype, device),
+            tensor(&self.kc, cache_rows, wkv, round, dtype, device),
+            tensor(&self.vc, cache_rows, wkv, round, dtype, device),
+            Tensor::from_u32(&self.seq, device)?,
+            Tensor::from_u32(&self.pos, device)?,
+        ])
+    }
+
+    /// The op on `tensors` (see `tensors`), the output left on its device.
+    fn launch(&self, x: &[Tensor; 5], vouched: bool) -> gkd::Result<Tensor> {
         let mut tape = Tape::no_grad();
-        let q = tape.leaf(tensor(&self.q, n, wq, round, dtype, device), false);
-        let out = tape.attention_cached(
-            &q,
-            &tensor(&self.kc, cache_rows, wkv, round, dtype, device),
-            &tensor(&self.vc, cache_rows, wkv, round, dtype, device),
-            &Tensor::from_u32(&self.seq, device)?,
-            &Tensor::from_u32(&self.pos, device)?,
-            d,
-        )?;
-        out.value().to_vec_f64()
+        let q = tape.leaf(x[0].clone(), false);
+        let out =
+            tape.attention_cached(&q, &x[1], &x[2], &x[3], &x[4], CachedAttnDims { vouched, ..self.d })?;
+        Ok(out.value().clone())
+    }
+
+    /// The output (N, Hq·D) on the host, inputs rounded to `round` and computed in `dtype`.
+    fn run(&self, dtype: DType, device: Device, round: DType, vouched: bool) -> gkd::Result<Vec<f64>> {
+        self.launch(&self.tensors(dtype, device, round)?, vouched)?.to_vec_f64()
     }
 
     /// The CPU reference in f32 on inputs rounded to `round`.
@@ -131,6 +151,7 @@ fn mixed_rows(capacity: usize) -> Vec<(u32, u32)> {
 
 #[test]
 fn matches_the_cpu() {
+    let _serial = serial();
     let Some(dev) = common::cuda_or_skip("cuda_decode_attention::matches_the_cpu") else { return };
     let device = Device::Cuda(dev.ordinal());
     // Qwen2.5-0.5B, Qwen2.5-1.5B, multi-head, a head dim of 80 (bf16: 16-byte loads, scores on the
@@ -166,6 +187,7 @@ fn matches_the_cpu() {
 /// indices are an error that names the row.
 #[test]
 fn out_of_range_rows_are_zero_when_vouched() {
+    let _serial = serial();
     let Some(dev) = common::cuda_or_skip("cuda_decode_attention::out_of_range_rows_are_zero_when_vouched")
     else {
         return;
@@ -216,6 +238,7 @@ fn out_of_range_rows_are_zero_when_vouched() {
 /// h % Hkv instead would give alternating signs.
 #[test]
 fn query_heads_read_their_group() {
+    let _serial = serial();
     let Some(dev) = common::cuda_or_skip("cuda_decode_attention::query_heads_read_their_group") else {
         return;
     };
@@ -250,10 +273,43 @@ fn query_heads_read_their_group() {
 /// A head dimension past the kernel's 256 is an error that says so, before any launch.
 #[test]
 fn head_dim_over_the_limit_is_an_error() {
+    let _serial = serial();
     let Some(dev) = common::cuda_or_skip("cuda_decode_attention::head_dim_over_the_limit_is_an_error") else {
         return;
     };
     let p = Problem::random(&[(0, 0)], 1, 4, (2, 1, 264), 9);
     let e = p.run(DType::F32, Device::Cuda(dev.ordinal()), DType::F32, true).unwrap_err().to_string();
     assert!(e.contains("256"), "head dim 264: {e}");
+}
+
+/// With vouched indices the op reads nothing back and allocates only from the stream-ordered
+/// pool, so it can be captured into a CUDA graph (how the decode step runs): the graph's output
+/// equals the eager launch's bit for bit, with one chunk (L = 40) and with several (L = 3000).
+#[test]
+fn runs_inside_a_cuda_graph() {
+    let _serial = serial();
+    let Some(dev) = common::cuda_or_skip("cuda_decode_attention::runs_inside_a_cuda_graph") else { return };
+    let device = Device::Cuda(dev.ordinal());
+    for capacity in [40usize, 3000] {
+        let l = capacity as u32;
+        let p = Problem::random(&[(0, l - 1), (1, 7), (0, l / 2)], 2, capacity, (14, 2, 64), 31);
+        let x = p.tensors(DType::BF16, device, DType::BF16).unwrap();
+        // Eager first: it also loads the kernels (module loading is no stream operation).
+        let eager = p.launch(&x, true).unwrap().to_vec_f64().unwrap();
+        let stream = dev.stream();
+        stream.begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL).unwrap();
+        let captured = p.launch(&x, true);
+        // The capture ends before any result is looked at, so that a failure leaves the stream usable.
+        let graph = stream.end_capture(CUgraphInstantiate_flags(0));
+        let out = captured.unwrap_or_else(|e| panic!("L={capacity}: the op failed under capture: {e}"));
+        let graph = graph.unwrap().expect("the capture recorded nothing");
+        graph.launch().unwrap();
+        let got = out.to_vec_f64().unwrap();
+        // The output was allocated by the graph: freed (on the stream, after the launch) before
+        // the graph goes.
+        drop(out);
+        drop(graph);
+        let same = got.iter().zip(&eager).all(|(a, b)| a.to_bits() == b.to_bits());
+        assert!(same, "L={capacity}: the graph's output differs from the eager launch's");
+    }
 }
