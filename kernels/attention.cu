@@ -1,5 +1,6 @@
-// Causal self-attention with grouped-query heads, FlashAttention-2 style: forward, backward and
-// attention over a key/value cache (generation). The CPU reference is src/backend/cpu/attention.rs.
+// Causal self-attention with grouped-query heads, FlashAttention-2 style: forward and backward
+// (attention over the key/value cache is decode_attention.cu). The CPU reference is
+// src/backend/cpu/attention.rs.
 //
 // Layout (all row-major): q, out, dq (N, Hq·D); k, v, dk, dv (N, Hkv·D); lse, Δ (N, Hq) f32.
 // Sequence b is rows starts[b]..starts[b] + lengths[b] (packed or right-padded); rows of no
@@ -17,6 +18,7 @@
 // query tiles and the query heads of its group in a fixed order) and another owns each dQ tile.
 // No [T×T] buffer exists: scores live in registers (mma) or in a shared tile (scalar).
 #include "common.cuh"
+#include "mma.cuh"
 
 #define ATTN_MAX_D 256
 // The scalar kernels: 128 threads, tiles of 16 query rows × 16 keys.
@@ -300,16 +302,7 @@ __device__ void attn_bwd_dq_scalar(const T *q, const T *k, const T *v, const T *
 // Tensor-core kernels (bf16, D ∈ {64, 128}, sm_80+)
 // =============================================================================================
 //
-// mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32: D (16×8) = A (16×16) · B (16×8) + C.
-// With lane = threadIdx.x % 32, gid = lane / 4 (groupID), tig = lane % 4 (thread in group), the
-// fragments (PTX ISA, "Matrix Fragments for mma.m16n8k16 with floating point type"):
-//   A: four .b32 registers a[0..3], each two bf16 (the lower-indexed element in the low half):
-//      a[0] = A[gid][2·tig .. 2·tig+1]       a[1] = A[gid+8][2·tig .. 2·tig+1]
-//      a[2] = A[gid][2·tig+8 .. 2·tig+9]     a[3] = A[gid+8][2·tig+8 .. 2·tig+9]
-//   B: two .b32 registers b[0..1] (column-major: pairs run along k):
-//      b[0] = B[2·tig .. 2·tig+1][gid]       b[1] = B[2·tig+8 .. 2·tig+9][gid]
-//   C, D: four f32 c[0..3]:
-//      c[0] = C[gid][2·tig]  c[1] = C[gid][2·tig+1]  c[2] = C[gid+8][2·tig]  c[3] = C[gid+8][2·tig+1]
+// The fragments of mma.sync m16n8k16 are in mma.cuh.
 // Consequences used below:
 //   - B = Mᵀ for M stored row-major (n rows, k contiguous; K in Q·Kᵀ): b[0] is the 32-bit word at
 //     M[n0+gid][k0+2·tig], b[1] at M[n0+gid][k0+8+2·tig].
@@ -320,24 +313,9 @@ __device__ void attn_bwd_dq_scalar(const T *q, const T *k, const T *v, const T *
 // Shared tiles are bf16 rows of D + 8 elements (pitch 2D + 16 bytes): 32-bit fragment loads of
 // 8 rows × 4 words and ldmatrix's 8 rows × 16 bytes then hit 32 distinct banks.
 
-#if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 800
-#define ATTN_HAS_MMA 1
-#else
-#define ATTN_HAS_MMA 0
-#endif
-
-__device__ __forceinline__ void mma_bf16(float c[4], const unsigned a[4], unsigned b0, unsigned b1) {
-#if ATTN_HAS_MMA
-    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
-                 "{%8,%9}, {%0,%1,%2,%3};\n"
-                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-#endif
-}
-
 // (lo, hi) rounded to nearest-even bf16, lo in the low half.
 __device__ __forceinline__ unsigned pack_bf16(float lo, float hi) {
-#if ATTN_HAS_MMA
+#if GKD_HAS_MMA
     unsigned r;
     asm("cvt.rn.bf16x2.f32 %0, %1, %2;\n" : "=r"(r) : "f"(hi), "f"(lo));
     return r;
@@ -365,7 +343,7 @@ __device__ __forceinline__ unsigned smem_addr(const void *p) {
 __device__ __forceinline__ void ldsm_x4_trans(unsigned r[4], const bf16 *m, int pitch, int k0, int n0) {
     const int lane = threadIdx.x & 31;
     const bf16 *p = m + (k0 + (lane & 15)) * pitch + n0 + ((lane >> 4) << 3);
-#if ATTN_HAS_MMA
+#if GKD_HAS_MMA
     asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
                  : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
                  : "r"(smem_addr(p)));
@@ -410,7 +388,7 @@ __device__ __forceinline__ void stage_rows(bf16 *dst, const bf16 *x, long ld, Se
 // stage_rows with cp.async (sm_80+): the copies run while the warps compute on the other buffer.
 // Rows at or past `len` are zero-filled (src-size 0; the source address stays a valid row).
 __device__ __forceinline__ void cp_async16(bf16 *dst, const bf16 *src, bool valid) {
-#if ATTN_HAS_MMA
+#if GKD_HAS_MMA
     asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_addr(dst)), "l"(src),
                  "r"(valid ? 16 : 0));
 #else
@@ -419,14 +397,14 @@ __device__ __forceinline__ void cp_async16(bf16 *dst, const bf16 *src, bool vali
 }
 
 __device__ __forceinline__ void cp_async_commit() {
-#if ATTN_HAS_MMA
+#if GKD_HAS_MMA
     asm volatile("cp.async.commit_group;\n" ::);
 #endif
 }
 
 // Waits until at most N of this thread's committed groups are still in flight.
 template <int N> __device__ __forceinline__ void cp_async_wait() {
-#if ATTN_HAS_MMA
+#if GKD_HAS_MMA
     asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
 #endif
 }
@@ -778,53 +756,6 @@ __device__ void attn_zero_rows(T *a, long wa, T *b, long wb, T *c, long wc, floa
     for (long i = threadIdx.x; i < ws; i += blockDim.x) s[row * ws + i] = 0.0f;
 }
 
-// Attention of query row i over positions 0..=pos[i] of sequence seq[i] of the cache
-// (B·L, Hkv·D): one warp per (row, query head), 8 per block; lane holds dims lane + 32·c.
-template <typename T>
-__device__ void attn_cached_fwd(const T *q, const T *kc, const T *vc, const unsigned *seq, const unsigned *pos,
-                                T *out, long rows, int capacity, int hq, int hkv, int D, float scale) {
-    constexpr int C = ATTN_MAX_D / 32;
-    const long w = (long)blockIdx.x * 8 + (threadIdx.x >> 5);
-    if (w >= rows * hq) return;
-    const int lane = threadIdx.x & 31;
-    const long i = w / hq;
-    const int h = (int)(w - i * hq), g = h / (hq / hkv);
-    const long base = (long)seq[i] * capacity;
-    const int last = (int)pos[i];
-    const long ldk = (long)hkv * D;
-    float qv[C], o[C];
-#pragma unroll
-    for (int c = 0; c < C; c++) {
-        const int d = lane + 32 * c;
-        qv[c] = d < D ? load_f32(q, w * D + d) : 0.0f;
-        o[c] = 0.0f;
-    }
-    float m = GKD_NEG_INF, l = 0.0f;
-    for (int j = 0; j <= last; j++) {
-        const long at = (base + j) * ldk + (long)g * D;
-        float s = 0.0f;
-#pragma unroll
-        for (int c = 0; c < C; c++) {
-            const int d = lane + 32 * c;
-            if (d < D) s += qv[c] * load_f32(kc, at + d);
-        }
-        s = warp_sum(s) * scale;
-        const float mn = fmaxf(m, s), alpha = expf(m - mn), p = expf(s - mn);
-        l = l * alpha + p;
-#pragma unroll
-        for (int c = 0; c < C; c++) {
-            const int d = lane + 32 * c;
-            if (d < D) o[c] = o[c] * alpha + p * load_f32(vc, at + d);
-        }
-        m = mn;
-    }
-#pragma unroll
-    for (int c = 0; c < C; c++) {
-        const int d = lane + 32 * c;
-        if (d < D) store_f32(out, w * D + d, o[c] / l);
-    }
-}
-
 // =============================================================================================
 // entry points
 // =============================================================================================
@@ -862,11 +793,6 @@ __device__ void attn_cached_fwd(const T *q, const T *kc, const T *vc, const unsi
                                                          const unsigned *starts,                  \
                                                          const unsigned *lengths, int batch) {     \
         attn_zero_rows<T>(dq, wq, dk, wk, dv, wk, nullptr, 0, starts, lengths, batch);             \
-    }                                                                                              \
-    extern "C" __global__ void attention_cached_fwd_##SUF(                                         \
-        const T *q, const T *kc, const T *vc, const unsigned *seq, const unsigned *pos, T *out,   \
-        long rows, int capacity, int hq, int hkv, int d, float scale) {                            \
-        attn_cached_fwd<T>(q, kc, vc, seq, pos, out, rows, capacity, hq, hkv, d, scale);           \
     }
 
 ATTN_SCALAR_KERNELS(float, f32)

@@ -358,25 +358,8 @@ pub(super) fn cached_attention(
     seq: &[u32],
     pos: &[u32],
 ) -> Result<()> {
-    let CachedAttnDims { rows, batch, capacity, q_heads, kv_heads, head_dim, .. } = *d;
-    heads(op, q_heads, kv_heads, head_dim)?;
-    if q != rows * q_heads * head_dim || seq.len() != rows || pos.len() != rows {
-        return shape_err(
-            op,
-            format!(
-                "q of {q} elements, {} sequence and {} position indices for {rows} rows",
-                seq.len(),
-                pos.len()
-            ),
-        );
-    }
-    let cache = batch * capacity * kv_heads * head_dim;
-    if k_cache != cache || v_cache != cache {
-        return shape_err(
-            op,
-            format!("caches of {k_cache} and {v_cache} elements, expected {batch}×{capacity}×{kv_heads}×{head_dim}"),
-        );
-    }
+    let CachedAttnDims { rows, batch, capacity, .. } = *d;
+    cached_attention_shapes(op, d, q, k_cache, v_cache, seq.len(), pos.len())?;
     if let Some(i) = (0..rows).find(|&i| seq[i] as usize >= batch || pos[i] as usize >= capacity) {
         return shape_err(
             op,
@@ -409,4 +392,34 @@ pub(super) fn sample(spec: &SampleSpec, logits: usize, seq: usize, pos: usize) -
         return Err(Error::Msg(format!("{OP}: top-p must be in (0, 1] (1 is off), got {}", spec.top_p)));
     }
     Ok(rows)
+}
+
+/// Attention over a key/value cache, the lengths only: q, the caches and `seq` and `pos` indices
+/// fit `d` (the indices themselves unread: a GPU backend whose caller vouches for them,
+/// `CachedAttnDims::vouched`, leaves them on the device).
+pub(super) fn cached_attention_shapes(
+    op: &'static str,
+    d: &CachedAttnDims,
+    q: usize,
+    k_cache: usize,
+    v_cache: usize,
+    seq: usize,
+    pos: usize,
+) -> Result<()> {
+    let CachedAttnDims { rows, batch, capacity, q_heads, kv_heads, head_dim, .. } = *d;
+    heads(op, q_heads, kv_heads, head_dim)?;
+    if q != rows * q_heads * head_dim || seq != rows || pos != rows {
+        return shape_err(
+            op,
+            format!("q of {q} elements, {seq} sequence and {pos} position indices for {rows} rows"),
+        );
+    }
+    let cache = batch * capacity * kv_heads * head_dim;
+    if k_cache != cache || v_cache != cache {
+        return shape_err(
+            op,
+            format!("caches of {k_cache} and {v_cache} elements, expected {batch}×{capacity}×{kv_heads}×{head_dim}"),
+        );
+    }
+    Ok(())
 }

@@ -1,5 +1,6 @@
 //! Launchers for `kernels/attention.cu`: causal attention forward and backward over packed or
-//! padded sequences, and attention over the key/value cache. Launch configurations live here.
+//! padded sequences (attention over the key/value cache is `decode_attention.rs`). Launch
+//! configurations live here.
 //!
 //! Kernel choice: bf16 with head dim 64 or 128 on sm_80+ (and 16-byte aligned inputs) takes the
 //! tensor-core kernels (`*_mma_d{64,128}_bf16`, 4 warps, 64-row tiles); everything else the
@@ -16,7 +17,7 @@ use super::device::{cuda_err, CudaDevice};
 use super::storage::kernel;
 use super::storage::CudaElem;
 use crate::backend::check;
-use crate::backend::ops::{AttnDims, CachedAttnDims};
+use crate::backend::ops::AttnDims;
 use crate::backend::DType;
 use crate::error::{shape_err, Error, Result};
 use cudarc::driver::sys::{CUdevice_attribute, CUfunction_attribute};
@@ -464,55 +465,4 @@ pub fn bwd<T: CudaElem>(
     }
     .map_err(cuda_err(OP))?;
     Ok((dq, dk, dv))
-}
-
-/// q (N, Hq·D), caches (B·L, Hkv·D), seq and pos (N) → (N, Hq·D): one warp per (row, query
-/// head). `d` and the indices are already checked (`check::cached_attention`).
-pub fn cached_fwd<T: CudaElem>(
-    dev: &CudaDevice,
-    d: &CachedAttnDims,
-    q: &CudaView<'_, T>,
-    k_cache: &CudaView<'_, T>,
-    v_cache: &CudaView<'_, T>,
-    seq: &CudaView<'_, u32>,
-    pos: &CudaView<'_, u32>,
-) -> Result<CudaSlice<T>> {
-    const OP: &str = "cached attention (cuda)";
-    let (hq, hkv, dh, rows) = (d.q_heads, d.kv_heads, d.head_dim, d.rows);
-    check_launch(OP, hq, d.batch, dh)?;
-    if d.capacity > i32::MAX as usize {
-        return shape_err(
-            OP,
-            format!("a cache of {} positions exceeds the kernel's 32-bit indexing", d.capacity),
-        );
-    }
-    // SAFETY: one warp writes each (row, head) slice of D elements.
-    let mut out = unsafe { dev.alloc_of::<T>(rows * hq * dh, OP)? };
-    if rows == 0 {
-        return Ok(out);
-    }
-    let f = dev.function(MODULE, kernel::<T>("attention_cached_fwd_f32", "attention_cached_fwd_bf16")?)?;
-    let (rows_i, cap_i, hq_i, hkv_i, dh_i, scale) =
-        (rows as i64, d.capacity as i32, hq as i32, hkv as i32, dh as i32, d.scale as f32);
-    // SAFETY: attention_cached_fwd_<dtype>(q, kc, vc, seq, pos, out, rows, capacity, hq, hkv, d,
-    // scale); seq < B and pos < L checked, buffers sized from `d`.
-    unsafe {
-        dev.stream()
-            .launch_builder(&f)
-            .arg(q)
-            .arg(k_cache)
-            .arg(v_cache)
-            .arg(seq)
-            .arg(pos)
-            .arg(&mut out)
-            .arg(&rows_i)
-            .arg(&cap_i)
-            .arg(&hq_i)
-            .arg(&hkv_i)
-            .arg(&dh_i)
-            .arg(&scale)
-            .launch(warps_cfg(rows * hq))
-    }
-    .map_err(cuda_err(OP))?;
-    Ok(out)
 }

@@ -12,6 +12,7 @@ mod attention;
 pub mod bandwidth;
 mod copy;
 pub mod cross_entropy;
+mod decode_attention;
 mod decode_state;
 mod device;
 pub mod divergence;
