@@ -108,7 +108,8 @@ fn gpu_draws_match_the_restricted_softmax() {
 }
 
 /// Batch sizes 1, 3 and 8 (continuous batching: a stop token frees slots at different steps),
-/// CUDA graphs on and off, a look at the state after every step or every 8: the same tokens.
+/// CUDA graphs on and off, a look at the state after every step or every 8, the prompts in another
+/// order (the prompts are distinct): the same tokens.
 /// With one batch size, graphs on and off run the same kernels: bit-identical results.
 #[test]
 fn batch_size_graphs_and_refills_do_not_change_gpu_samples() {
@@ -129,6 +130,15 @@ fn batch_size_graphs_and_refills_do_not_change_gpu_samples() {
         let got = generate(&gpu, &p, &c).unwrap();
         assert_same(&got, &all, 1e-4, &format!("batch {batch_size} graphs {graphs} sync every {sync_every}"));
     }
+    // Another order of the prompts: each prompt gets its own samples back.
+    let order = [5, 2, 7, 0, 4, 1, 6, 3];
+    let shuffled: Vec<Vec<u32>> = order.iter().map(|&i| p[i].clone()).collect();
+    let out = generate(&gpu, &shuffled, &GenerateConfig { batch_size: 3, ..cfg.clone() }).unwrap();
+    let mut back = all.clone();
+    for (j, &i) in order.iter().enumerate() {
+        back[i] = out[j].clone();
+    }
+    assert_same(&back, &all, 1e-4, "shuffled prompts");
     let on = generate(&gpu, &p, &GenerateConfig { batch_size: 3, ..cfg.clone() }).unwrap();
     let off =
         generate(&gpu, &p, &GenerateConfig { batch_size: 3, cuda_graphs: false, ..cfg.clone() }).unwrap();
