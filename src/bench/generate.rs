@@ -5,7 +5,8 @@
 //! the decode step's time, the first call's extra time (graph capture and other warm-up), and on
 //! CUDA the decode step against its floor: the bytes one step must read (every weight once, and
 //! each row's cached keys and values at the mean context) at the copy bandwidth measured in the
-//! same run.
+//! same run. On CUDA also the products' share of an eager decode step (timed between events),
+//! which says how much of a step is launch and small-kernel time.
 
 use super::train::TrainShape;
 use crate::error::{Error, Result};
@@ -51,6 +52,12 @@ pub struct GenerateRow {
     pub floor_step_ms: Option<f64>,
     /// floor step time ÷ measured step time.
     pub of_floor: Option<f64>,
+    /// CUDA: the cuBLAS products' time per decode step and their count, from one more call
+    /// decoded eagerly (no graphs) with every product between timing events; and that call's
+    /// step time, for the share.
+    pub gemm_ms_per_step: Option<f64>,
+    pub gemms_per_step: Option<f64>,
+    pub eager_step_ms: Option<f64>,
 }
 
 #[derive(Clone, Debug, serde::Serialize)]
@@ -111,6 +118,25 @@ pub fn run(b: &GenerateBench) -> Result<GenerateReport> {
         let context = b.prompt as f64 + b.new as f64 / 2.0;
         let floor_bytes = params as f64 * elem + batch as f64 * context * (2 * layers * kv_dim) as f64 * elem;
         let floor_step_ms = b.bandwidth.map(|bw| floor_bytes / bw * 1e3);
+        // Where the step's time goes: the products alone, timed in an eager call.
+        let (mut gemm_ms_per_step, mut gemms_per_step, mut eager_step_ms) = (None, None, None);
+        if let Device::Cuda(i) = b.device {
+            let dev = crate::backend::cuda::CudaDevice::get(i)?;
+            let eager = |new: usize| -> Result<f64> {
+                let t0 = Instant::now();
+                generate(&model, &prompts, &GenerateConfig { cuda_graphs: false, ..gen_cfg(new) })?;
+                Ok(t0.elapsed().as_secs_f64())
+            };
+            let first = eager(1)?;
+            dev.time_gemms()?;
+            let (full, (g1, c1)) = (eager(b.new)?, dev.gemm_time()?);
+            dev.time_gemms()?;
+            let (_, (g0, c0)) = (eager(1)?, dev.gemm_time()?);
+            let steps = (b.new - 1) as f64;
+            gemm_ms_per_step = Some((g1 - g0) / steps);
+            gemms_per_step = Some((c1 - c0) as f64 / steps);
+            eager_step_ms = Some((full - first).max(0.0) / steps * 1e3);
+        }
         rows.push(GenerateRow {
             batch,
             new_tokens_per_s: (batch * b.new) as f64 / full,
@@ -121,6 +147,9 @@ pub fn run(b: &GenerateBench) -> Result<GenerateReport> {
             floor_bytes,
             floor_step_ms,
             of_floor: floor_step_ms.map(|f| f / (step_s * 1e3)),
+            gemm_ms_per_step,
+            gemms_per_step,
+            eager_step_ms,
         });
     }
     Ok(GenerateReport {

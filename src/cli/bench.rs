@@ -251,12 +251,12 @@ fn generate(a: GenerateArgs) -> Result<()> {
     if let Some(bw) = r.copy_bandwidth_b_s {
         println!("copy bandwidth {:.2} TB/s (read + write, 2 GiB)", bw / 1e12);
     }
-    println!("| shape | batch | new tokens/s | time to first token | decode step | floor step | of floor | first-call warm-up |");
-    println!("|---|---|---|---|---|---|---|---|");
+    println!("| shape | batch | new tokens/s | time to first token | decode step | floor step | of floor | first-call warm-up | eager step: cuBLAS / all |");
+    println!("|---|---|---|---|---|---|---|---|---|");
     for row in &r.rows {
         let opt = |v: Option<f64>, f: &dyn Fn(f64) -> String| v.map(f).unwrap_or_else(|| "—".into());
         println!(
-            "| {} | {} | {:.0} | {:.1} ms | {:.3} ms | {} | {} | {:.2} s |",
+            "| {} | {} | {:.0} | {:.1} ms | {:.3} ms | {} | {} | {:.2} s | {} |",
             r.shape,
             row.batch,
             row.new_tokens_per_s,
@@ -264,7 +264,11 @@ fn generate(a: GenerateArgs) -> Result<()> {
             row.step_ms,
             opt(row.floor_step_ms, &|f| format!("{f:.3} ms")),
             opt(row.of_floor, &|x| format!("{:.0}%", 100.0 * x)),
-            row.warmup_s
+            row.warmup_s,
+            match (row.gemm_ms_per_step, row.gemms_per_step, row.eager_step_ms) {
+                (Some(g), Some(c), Some(e)) => format!("{g:.3} ms ({c:.0} products) / {e:.3} ms"),
+                _ => "—".into(),
+            }
         );
     }
     if let Some(path) = &a.json {
