@@ -212,6 +212,7 @@ fn in_place_operations_match_the_cpu() {
         let r = x.copy_rows_(10, &bad, &t(&b[..20]), true).and_then(|()| x.to_vec_f64());
         out.push(("copy_rows_vouched_skips_out_of_range", r));
         out.extend(decode_state_cases(device));
+        out.extend(rope_append_cases(device, &t));
         let (mut p, mut m, mut v) = (t(&a), t(&vec![0.0; n]), t(&vec![0.0; n]));
         let h = AdamWStep {
             decay: 0.99,
@@ -348,4 +349,40 @@ fn decode_state_cases(device: Device) -> Vec<(&'static str, gkd::Result<Vec<f64>
         Ok([st.to_vec_f64()?, out_t.to_vec_f64()?, out_l.to_vec_f64()?].concat())
     };
     vec![("decode_rows", rows), ("decode_advance", advance())]
+}
+
+/// The decode step's fused rotary embedding and cache append on `device` (compared with the CPU by
+/// the caller): 3 rows of 3 query and 2 key/value heads of dimension 8, rotated at positions far
+/// apart (a wrong angle or a swapped half moves every output), appended to rows 5, 0 and 9 of
+/// 10-row caches; the returned q, both caches whole (untouched rows included), and a vouched
+/// row past the caches skipped rather than written.
+fn rope_append_cases(
+    device: Device,
+    t: &dyn Fn(&[f64]) -> Tensor,
+) -> Vec<(&'static str, gkd::Result<Vec<f64>>)> {
+    let vals = |n: usize, s: f64| (0..n).map(|i| ((i as f64 * 0.61 + s).sin() * 1.7)).collect::<Vec<f64>>();
+    let inv_freq = [1.0, 0.3, 0.05, 0.001];
+    let case = |rows: &[u32], vouched: bool| -> gkd::Result<Vec<f64>> {
+        let (q, k, v) =
+            (t(&vals(3 * 24, 0.1)).reshape([3, 24])?, t(&vals(3 * 16, 0.7)), t(&vals(3 * 16, 1.3)));
+        let (mut kc, mut vc) = (t(&vals(160, 2.0)), t(&vals(160, 2.9)));
+        let pos = Tensor::from_u32(&[0, 17, 1000], device)?;
+        let rows = Tensor::from_u32(rows, device)?;
+        let qy = kc.rope_append_(
+            &mut vc,
+            &q,
+            &k.reshape([3, 16])?,
+            &v.reshape([3, 16])?,
+            &pos,
+            &rows,
+            &inv_freq,
+            (3, 2),
+            vouched,
+        )?;
+        Ok([qy.to_vec_f64()?, kc.to_vec_f64()?, vc.to_vec_f64()?].concat())
+    };
+    vec![
+        ("rope_append", case(&[5, 0, 9], false)),
+        ("rope_append_vouched_skips_past_the_cache", case(&[5, 10, 9], true)),
+    ]
 }

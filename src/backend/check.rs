@@ -192,6 +192,34 @@ pub(super) fn rope(x: usize, positions: usize, spec: &RopeSpec) -> Result<usize>
     Ok(width)
 }
 
+/// The decode step's rotary embedding and cache append: q (N, Hq·D), k and v (N, Hkv·D), N
+/// positions and cache rows, caches of (R, Hkv·D) each, `spec.heads` = Hq → (N, R).
+#[allow(clippy::too_many_arguments)]
+pub(super) fn rope_append(
+    q: usize,
+    k: usize,
+    v: usize,
+    positions: usize,
+    rows: usize,
+    k_cache: usize,
+    v_cache: usize,
+    spec: &RopeSpec,
+    kv_heads: usize,
+) -> Result<(usize, usize)> {
+    const OP: &str = "rope_append";
+    rope(q, positions, spec)?;
+    let width = kv_heads * 2 * spec.inv_freq.len();
+    if width == 0 {
+        return shape_err(OP, "no key/value heads");
+    }
+    need(OP, "k", k, positions * width)?;
+    need(OP, "v", v, positions * width)?;
+    need(OP, "cache rows", rows, positions)?;
+    let total = rows_of(OP, k_cache, width)?;
+    need(OP, "the value cache", v_cache, k_cache)?;
+    Ok((positions, total))
+}
+
 /// → rows.
 pub(super) fn rms_norm_fwd(x: usize, w: usize, cols: usize) -> Result<usize> {
     const OP: &str = "rms_norm";

@@ -95,6 +95,23 @@ pub trait BackendStorage: Sized {
         src: View<'_, Self>,
         vouched: bool,
     ) -> Result<()>;
+    /// The decode step's rotary embedding and cache append in one pass: `self` is a layer's key
+    /// cache and `v_cache` its value cache, (R, Hkv·D) each; row i of k (N, Hkv·D), rotated by
+    /// positions[i], and row i of v go to cache row rows[i]; → q (N, Hq·D) rotated (`spec.heads`
+    /// = Hq). A row past the caches is an error, or skipped when `vouched` (see `copy_rows_in`).
+    #[allow(clippy::too_many_arguments)]
+    fn rope_append(
+        &mut self,
+        v_cache: &mut Self,
+        q: View<'_, Self>,
+        k: View<'_, Self>,
+        v: View<'_, Self>,
+        positions: View<'_, Self>,
+        rows: View<'_, Self>,
+        spec: &RopeSpec,
+        kv_heads: usize,
+        vouched: bool,
+    ) -> Result<Self>;
     /// The generation loop's state (`self`, (5, B) u32: each slot's next token, its position,
     /// tokens generated, done, sequence index) after one draw per row, slots (n) u32 distinct:
     /// for each row of a slot not done, the token (n) u32 and its log-probabilities (n, 2) f32 go

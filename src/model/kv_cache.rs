@@ -153,6 +153,26 @@ impl KvCache {
         vc.copy_rows_(width, &step.rows, v, step.vouched)
     }
 
+    /// The decode path's rotary embedding and append of `layer` in one pass: the step's q (N,
+    /// Hq·D) → rotated; its k (N, Hkv·D) rotated and v written to the step's cache rows.
+    #[allow(clippy::too_many_arguments)]
+    pub fn rope_append(
+        &mut self,
+        layer: usize,
+        step: &CacheStep,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        inv_freq: &[f64],
+        heads: (usize, usize),
+    ) -> Result<Tensor> {
+        let (kc, vc) = (self.k.get_mut(layer), self.v.get_mut(layer));
+        let (Some(kc), Some(vc)) = (kc, vc) else {
+            return Err(Error::Msg(format!("the cache has no layer {layer}")));
+        };
+        kc.rope_append_(vc, q, k, v, &step.pos, &step.rows, inv_freq, heads, step.vouched)
+    }
+
     /// Keys and values of `layer`, (B·L, Hkv·D).
     pub fn layer(&self, layer: usize) -> Result<(&Tensor, &Tensor)> {
         match (self.k.get(layer), self.v.get(layer)) {

@@ -8,8 +8,8 @@
 //!            h' = a + down_proj(silu(gate_proj(rms(a))) · up_proj(rms(a)))
 
 use super::{
-    attend, need, recomputed_attention, recomputed_layer, Init, Inputs, Lookup, Model, ParamSpec, ParamVars,
-    Recompute,
+    attend, cached_attention, need, recomputed_attention, recomputed_layer, Attend, Init, Inputs, Lookup,
+    Model, ParamSpec, ParamVars, Recompute,
 };
 use crate::autograd::{Tape, Var, WeightLayout};
 use crate::error::Result;
@@ -186,6 +186,14 @@ fn attention(tape: &mut Tape, ctx: &Ctx, l: usize, x: &mut Inputs, w: Lookup, n:
     let q = tape.linear(n, &v("self_attn.q_proj.weight")?, b("self_attn.q_proj").as_ref(), OI)?;
     let k = tape.linear(n, &v("self_attn.k_proj.weight")?, b("self_attn.k_proj").as_ref(), OI)?;
     let vv = tape.linear(n, &v("self_attn.v_proj.weight")?, b("self_attn.v_proj").as_ref(), OI)?;
+    if let Attend::Cache { cache, step } = &mut x.attend {
+        if step.fresh().is_none() {
+            // Decoding: one pass rotates q and k and appends k and v to the cache.
+            let heads = (c.num_heads, c.num_kv_heads);
+            let q = cache.rope_append(l, step, q.value(), k.value(), vv.value(), &ctx.freqs, heads)?;
+            return cached_attention(tape, cache, step, l, c, &Var::constant(q));
+        }
+    }
     let q = tape.rope(&q, &ctx.positions, ctx.freqs.clone(), c.num_heads)?;
     let k = tape.rope(&k, &ctx.positions, ctx.freqs.clone(), c.num_kv_heads)?;
     attend(tape, x, l, c, &q, &k, &vv)

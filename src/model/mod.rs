@@ -658,18 +658,31 @@ pub(crate) fn attend(
                     .with_longest(f.longest);
                 return tape.attention(q, k, v, d, &f.starts, &f.lengths);
             }
-            let (kc, vc) = cache.layer(layer)?;
-            let d = CachedAttnDims {
-                rows,
-                batch: cache.batch(),
-                capacity: cache.capacity(),
-                q_heads: c.num_heads,
-                kv_heads: c.num_kv_heads,
-                head_dim: c.head_dim,
-                scale: 1.0 / (c.head_dim as f64).sqrt(),
-                vouched: step.vouched,
-            };
-            tape.attention_cached(q, kc, vc, &step.seq, &step.pos, d)
+            cached_attention(tape, cache, step, layer, c, q)
         }
     }
+}
+
+/// Attention of the step's query rows q (N, Hq·D) over layer `layer` of the cache, which already
+/// holds the step's keys and values.
+pub(crate) fn cached_attention(
+    tape: &mut Tape,
+    cache: &KvCache,
+    step: &CacheStep,
+    layer: usize,
+    c: &ModelConfig,
+    q: &Var,
+) -> Result<Var> {
+    let (kc, vc) = cache.layer(layer)?;
+    let d = CachedAttnDims {
+        rows: step.pos.numel(),
+        batch: cache.batch(),
+        capacity: cache.capacity(),
+        q_heads: c.num_heads,
+        kv_heads: c.num_kv_heads,
+        head_dim: c.head_dim,
+        scale: 1.0 / (c.head_dim as f64).sqrt(),
+        vouched: step.vouched,
+    };
+    tape.attention_cached(q, kc, vc, &step.seq, &step.pos, d)
 }

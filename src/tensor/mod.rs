@@ -283,6 +283,37 @@ impl Tensor {
         s.copy_rows_in(width, rows.view()?, src.view()?, vouched)
     }
 
+    /// The decode step's rotary embedding and cache append in one pass: `self` is a layer's key
+    /// cache and `v_cache` its value cache, (R, Hkv·D) each; row i of `k` (N, Hkv·D) rotated by
+    /// `positions[i]` and row i of `v` go to cache row `rows[i]`; → `q` (N, Hq·D) rotated. See
+    /// the contract's `rope_append` for `vouched`. No tape: generation runs without gradients.
+    #[allow(clippy::too_many_arguments)]
+    pub fn rope_append_(
+        &mut self,
+        v_cache: &mut Tensor,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        positions: &Tensor,
+        rows: &Tensor,
+        inv_freq: &[f64],
+        heads: (usize, usize),
+        vouched: bool,
+    ) -> Result<Tensor> {
+        const OP: &str = "rope_append";
+        let (q, k, v) = (q.contiguous()?, k.contiguous()?, v.contiguous()?);
+        let (positions, rows) = (positions.contiguous()?, rows.contiguous()?);
+        let spec = crate::backend::ops::RopeSpec { heads: heads.0, inv_freq };
+        let (vs, vb) = v_cache.write_access(OP)?;
+        let (ks, kb) = self.write_access(OP)?;
+        if kb != 0 || vb != 0 {
+            return shape_err(OP, "the caches must be whole storages");
+        }
+        let (qv, kv, vv) = (q.view()?, k.view()?, v.view()?);
+        let y = ks.rope_append(vs, qv, kv, vv, positions.view()?, rows.view()?, &spec, heads.1, vouched)?;
+        Tensor::from_storage(y, q.shape().clone())
+    }
+
     /// The rows of one decode step from the generation state `self` (5, B) u32 and the step's
     /// slots (n) u32 → (6, n) u32: input token, position, slot, cache row, the sampler's
     /// sequence and position keys (see the contract's `decode_rows`).

@@ -242,6 +242,73 @@ impl Storage {
         }
     }
 
+    /// The decode step's rotary embedding and cache append (see the contract's `rope_append`);
+    /// `self` is the key cache.
+    #[allow(clippy::too_many_arguments)]
+    pub fn rope_append(
+        &mut self,
+        v_cache: &mut Storage,
+        q: View<'_, Storage>,
+        k: View<'_, Storage>,
+        v: View<'_, Storage>,
+        positions: View<'_, Storage>,
+        rows: View<'_, Storage>,
+        spec: &RopeSpec,
+        kv_heads: usize,
+        vouched: bool,
+    ) -> Result<Storage> {
+        const OP: &str = "rope_append";
+        let span = |x: &View<'_, Storage>| (x.start, x.len);
+        let (a, b, c, d, e) = (span(&q), span(&k), span(&v), span(&positions), span(&rows));
+        match (&mut *self, &mut *v_cache, q.storage, k.storage, v.storage, positions.storage, rows.storage) {
+            (
+                Storage::Cpu(kc),
+                Storage::Cpu(vc),
+                Storage::Cpu(qs),
+                Storage::Cpu(ks),
+                Storage::Cpu(vs),
+                Storage::Cpu(ps),
+                Storage::Cpu(rs),
+            ) => Ok(Storage::Cpu(kc.rope_append(
+                vc,
+                View::new(qs, a.0, a.1),
+                View::new(ks, b.0, b.1),
+                View::new(vs, c.0, c.1),
+                View::new(ps, d.0, d.1),
+                View::new(rs, e.0, e.1),
+                spec,
+                kv_heads,
+                vouched,
+            )?)),
+            (
+                Storage::Cuda(kc),
+                Storage::Cuda(vc),
+                Storage::Cuda(qs),
+                Storage::Cuda(ks),
+                Storage::Cuda(vs),
+                Storage::Cuda(ps),
+                Storage::Cuda(rs),
+            ) if same_gpu(kc, &[vc, qs, ks, vs, ps, rs]) => Ok(Storage::Cuda(kc.rope_append(
+                vc,
+                View::new(qs, a.0, a.1),
+                View::new(ks, b.0, b.1),
+                View::new(vs, c.0, c.1),
+                View::new(ps, d.0, d.1),
+                View::new(rs, e.0, e.1),
+                spec,
+                kv_heads,
+                vouched,
+            )?)),
+            (_, vc, qs, ks, vs, ps, rs) => {
+                let other = [&*vc, qs, ks, vs, ps, rs]
+                    .into_iter()
+                    .find(|x| x.device() != self.device())
+                    .unwrap_or(qs);
+                Err(mismatch(OP, other, self))
+            }
+        }
+    }
+
     /// The generation state (5, B) after one draw per row (see the contract's `decode_advance`).
     #[allow(clippy::too_many_arguments)]
     pub fn decode_advance(

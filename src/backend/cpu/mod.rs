@@ -182,6 +182,35 @@ impl BackendStorage for CpuStorage {
         })
     }
 
+    fn rope_append(
+        &mut self,
+        v_cache: &mut Self,
+        q: View<'_, Self>,
+        k: View<'_, Self>,
+        v: View<'_, Self>,
+        positions: View<'_, Self>,
+        rows: View<'_, Self>,
+        spec: &RopeSpec,
+        kv_heads: usize,
+        vouched: bool,
+    ) -> Result<Self> {
+        const OP: &str = "rope_append";
+        let (kc, vc) = (CpuStorage::len(self), CpuStorage::len(v_cache));
+        let (_, total) =
+            check::rope_append(q.len, k.len, v.len, positions.len, rows.len, kc, vc, spec, kv_heads)?;
+        // The reference is the composition: both rotations, then the two row copies.
+        let qy = rope(q, positions, spec, false)?;
+        let kv_spec = RopeSpec { heads: kv_heads, inv_freq: spec.inv_freq };
+        let ky = rope(k, positions, &kv_spec, false)?;
+        let width = kv_heads * 2 * spec.inv_freq.len();
+        if !vouched {
+            check::rows_in_range(OP, rows.typed::<u32>(OP)?, total)?;
+        }
+        self.copy_rows_in(width, rows, View::new(&ky, 0, CpuStorage::len(&ky)), true)?;
+        v_cache.copy_rows_in(width, rows, v, true)?;
+        Ok(qy)
+    }
+
     fn decode_advance(
         &mut self,
         slots: View<'_, Self>,

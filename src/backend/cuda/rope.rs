@@ -8,7 +8,7 @@ use super::device::{cuda_err, CudaDevice};
 use super::storage::kernel;
 use super::storage::CudaElem;
 use crate::error::{shape_err, Result};
-use cudarc::driver::{CudaSlice, CudaView, LaunchConfig, PushKernelArg};
+use cudarc::driver::{CudaSlice, CudaView, CudaViewMut, LaunchConfig, PushKernelArg};
 
 const MODULE: &str = "rope";
 const THREADS: u32 = 256;
@@ -69,4 +69,65 @@ pub fn rotate<T: CudaElem>(
     unsafe { dev.stream().launch_builder(&f).arg(x).arg(positions).arg(&mut y).arg(&p).launch(cfg) }
         .map_err(cuda_err(op))?;
     Ok(y)
+}
+
+/// The decode step's caches and the rows they receive: key and value caches (total, Hkv·D) and
+/// each new row's cache row (N).
+pub struct Append<'a, 'b, T> {
+    pub k_cache: &'a mut CudaViewMut<'b, T>,
+    pub v_cache: &'a mut CudaViewMut<'b, T>,
+    pub rows: &'a CudaView<'b, u32>,
+    pub kv_heads: usize,
+}
+
+/// q (N, Hq·D) rotated → returned; k (N, Hkv·D) rotated and v copied into the caches at `rows`
+/// (rows ≥ the caches' rows skipped by the kernel). Lengths checked by `check::rope_append`.
+pub fn append<T: CudaElem>(
+    dev: &CudaDevice,
+    q: &CudaView<'_, T>,
+    k: &CudaView<'_, T>,
+    v: &CudaView<'_, T>,
+    positions: &CudaView<'_, u32>,
+    q_heads: usize,
+    inv_freq: &[f64],
+    to: Append<'_, '_, T>,
+) -> Result<CudaSlice<T>> {
+    const OP: &str = "rope_append (cuda)";
+    let rows = positions.len();
+    let p = params(OP, rows, q_heads, inv_freq)?;
+    let width = to.kv_heads * 2 * inv_freq.len();
+    let total = to.k_cache.len() / width.max(1);
+    // SAFETY: the kernel writes every element of qy (each (row, i) thread both halves of every head).
+    let mut qy: CudaSlice<T> = unsafe { dev.alloc_of(q.len(), OP)? };
+    if rows == 0 {
+        return Ok(qy);
+    }
+    let f = dev.function(MODULE, kernel::<T>("rope_append_f32", "rope_append_bf16")?)?;
+    let cfg = LaunchConfig {
+        grid_dim: (((rows * inv_freq.len()) as u32).div_ceil(THREADS), 1, 1),
+        block_dim: (THREADS, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    let (kv_heads, total) = (to.kv_heads as i32, total as i64);
+    // SAFETY: rope_append_<dtype>(q, k, v, positions, rows, qy, kc, vc, params, kv_heads, total):
+    // q and qy hold rows·Hq·D elements, k and v rows·Hkv·D, the caches total·Hkv·D; a cache row
+    // ≥ total is skipped by the kernel.
+    unsafe {
+        dev.stream()
+            .launch_builder(&f)
+            .arg(q)
+            .arg(k)
+            .arg(v)
+            .arg(positions)
+            .arg(to.rows)
+            .arg(&mut qy)
+            .arg(to.k_cache)
+            .arg(to.v_cache)
+            .arg(&p)
+            .arg(&kv_heads)
+            .arg(&total)
+            .launch(cfg)
+    }
+    .map_err(cuda_err(OP))?;
+    Ok(qy)
 }

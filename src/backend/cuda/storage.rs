@@ -402,6 +402,41 @@ impl BackendStorage for CudaStorage {
         })
     }
 
+    fn rope_append(
+        &mut self,
+        v_cache: &mut Self,
+        q: View<'_, Self>,
+        k: View<'_, Self>,
+        v: View<'_, Self>,
+        positions: View<'_, Self>,
+        rows: View<'_, Self>,
+        spec: &RopeSpec,
+        kv_heads: usize,
+        vouched: bool,
+    ) -> Result<Self> {
+        const OP: &str = "rope_append";
+        let (kc, vc) = (self.len(), v_cache.len());
+        let (_, total) =
+            check::rope_append(q.len, k.len, v.len, positions.len, rows.len, kc, vc, spec, kv_heads)?;
+        let idx = rows.typed::<u32>(OP)?;
+        // Unless vouched for (the decode loop's own, made on the device), the rows are checked on
+        // the host, as on the CPU.
+        if !vouched {
+            let host = self.dev.stream().clone_dtoh(&idx).map_err(cuda_err(OP))?;
+            check::rows_in_range(OP, &host, total)?;
+        }
+        let dev = self.dev.clone();
+        let pos = positions.typed::<u32>(OP)?;
+        float!(OP, same_float(OP, &[q, k, v])?, |T| {
+            let mut kcv = self.typed_mut::<T>(OP, 0, kc)?;
+            let mut vcv = v_cache.typed_mut::<T>(OP, 0, vc)?;
+            let to = rope::Append { k_cache: &mut kcv, v_cache: &mut vcv, rows: &idx, kv_heads };
+            let (qv, kv, vv) = (q.typed(OP)?, k.typed(OP)?, v.typed(OP)?);
+            let qy = rope::append::<T>(&dev, &qv, &kv, &vv, &pos, spec.heads, spec.inv_freq, to)?;
+            Ok(CudaStorage::new(&dev, qy))
+        })
+    }
+
     fn decode_advance(
         &mut self,
         slots: View<'_, Self>,
