@@ -82,6 +82,7 @@ pub struct Append<'a, 'b, T> {
 
 /// q (N, Hq·D) rotated → returned; k (N, Hkv·D) rotated and v copied into the caches at `rows`
 /// (rows ≥ the caches' rows skipped by the kernel). Lengths checked by `check::rope_append`.
+#[allow(clippy::too_many_arguments)]
 pub fn append<T: CudaElem>(
     dev: &CudaDevice,
     q: &CudaView<'_, T>,
