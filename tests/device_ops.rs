@@ -360,7 +360,7 @@ fn rope_append_cases(
     device: Device,
     t: &dyn Fn(&[f64]) -> Tensor,
 ) -> Vec<(&'static str, gkd::Result<Vec<f64>>)> {
-    let vals = |n: usize, s: f64| (0..n).map(|i| ((i as f64 * 0.61 + s).sin() * 1.7)).collect::<Vec<f64>>();
+    let vals = |n: usize, s: f64| (0..n).map(|i| (i as f64 * 0.61 + s).sin() * 1.7).collect::<Vec<f64>>();
     let inv_freq = [1.0, 0.3, 0.05, 0.001];
     let case = |rows: &[u32], vouched: bool| -> gkd::Result<Vec<f64>> {
         let (q, k, v) =
