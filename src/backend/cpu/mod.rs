@@ -26,7 +26,7 @@ mod storage;
 mod swiglu;
 
 pub use attention::{attention_bwd, attention_cached_fwd, attention_fwd};
-pub use cross_entropy::cross_entropy_fwd_bwd;
+pub use cross_entropy::{cross_entropy_fwd_bwd, cross_entropy_weighted_fwd_bwd};
 pub use divergence::{divergence_fwd_bwd, DivergenceOut};
 pub use gemm::{matmul, MatmulSpec};
 pub use real::Real;
