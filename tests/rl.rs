@@ -511,3 +511,34 @@ fn cli_rl_gkd_on_the_demo() {
         assert!(help.contains(flag), "--help lacks {flag}");
     }
 }
+
+/// Pure policy gradient learns: with a reward of ±(the count of the letter `e` in the decoded
+/// completion), 40 steps raise the count (+) or lower it (−) from where it starts; a sign error
+/// would move both the wrong way.
+#[test]
+fn policy_gradient_moves_the_reward() {
+    let dir = scratch("learns");
+    let tok = tokenizer();
+    let teacher = model(&tok, 24, 2);
+    // The completion's text out of the JSON line, then ± the number of e's in it.
+    let body = |sign: &str| {
+        format!("sed 's/.*\"completion\":\"//; s/\",\"reference\".*//' | awk '{{ print {sign}gsub(/e/, \"e\") }}'")
+    };
+    let mut counts = Vec::new();
+    for (name, sign) in [("more.sh", ""), ("fewer.sh", "-")] {
+        let reward = cmd(&script(&dir, name, &body(sign)), 30.0);
+        let mut cfg = config(40);
+        cfg.max_new_tokens = 8;
+        cfg.grad_accum = 1;
+        cfg.lr = 1e-2;
+        let t = Trainer::new(cfg, model(&tok, 16, 1), Some(&teacher), &tok, &data(8)).unwrap();
+        let mut t = t.with_rl(rl(0.0, 4, reward)).unwrap();
+        let r: Vec<f64> = (0..40).map(|_| t.step().unwrap().rl.unwrap().reward_mean.abs()).collect();
+        let (first, last) = (r[..8].iter().sum::<f64>() / 8.0, r[32..].iter().sum::<f64>() / 8.0);
+        eprintln!("{name}: e's per sample, first 8 steps {first:.2}, last 8 {last:.2}");
+        counts.push((first, last));
+    }
+    let ((up0, up1), (down0, down1)) = (counts[0], counts[1]);
+    assert!(up1 > 1.5 * up0 && up1 > up0 + 0.5, "rewarding e's: {up0:.2} → {up1:.2} e's per sample");
+    assert!(down1 < 0.6 * down0, "penalizing e's: {down0:.2} → {down1:.2} e's per sample");
+}
