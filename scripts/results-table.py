@@ -13,7 +13,8 @@ for r in runs:
     elif r["method"] == "rl":
         a = r["alpha"]
         name = {1: "pure GKD (α = 1)", 0: "pure RL (α = 0)"}.get(a, f"RL + GKD (α = {a})")
-        key = (name, f"JSD(0.5), exact-match reward, K = {r['k']}")
+        loss = {1: "JSD(0.5)", 0: "policy gradient"}.get(a, "JSD(0.5) + policy gradient")
+        key = (name, f"{loss}, K = {r['k']}")
     else:
         name = {1: "on-policy GKD (λ = 1)", 0.5: "mixed (λ = 0.5)", 0: "supervised KD (λ = 0)"}[r["lambda"]]
         key = (name, "JSD(0.5)" if r["divergence"] == "jsd" else "forward KL")
