@@ -335,7 +335,7 @@ fn rules_are_clear_errors() {
     let mut ex = data(4);
     ex[2].completion = None;
     let e = err(config(1), rl(0.5, 4, Reward::ExactMatch), &ex);
-    assert!(e.contains("line 3") && e.contains("completion"), "{e}");
+    assert!(e.contains("example 3 (non-empty line 3") && e.contains("completion"), "{e}");
 }
 
 // ---- rewards -------------------------------------------------------------------------------------
@@ -497,6 +497,20 @@ fn cli_rl_gkd_on_the_demo() {
     assert!(!ok && err.contains("--lambda 1"), "{err}");
     let (ok, err) = run(&["--reward", "cmd:/no/such/scorer"]);
     assert!(!ok && err.contains("cannot be started"), "{err}");
+    // A line without a completion, named by its number.
+    let partial = dir.join("partial.jsonl");
+    std::fs::write(
+        &partial,
+        "{\"prompt\": \"1 + 1?\", \"completion\": \"#### 2\"}\n\n{\"prompt\": \"2 + 2?\"}\n",
+    )
+    .unwrap();
+    let mut args = base.to_vec();
+    args[6] = partial.to_str().unwrap();
+    let (ok, err) = gkd_cli(&[&args[..], &["--distill-weight", "0.5"]].concat());
+    assert!(
+        !ok && err.contains("partial.jsonl:3: missing field \"completion\"") && err.contains("RL + GKD"),
+        "{err}"
+    );
     let (ok, err) = run(&["--reward-timeout", "5"]);
     assert!(!ok && err.contains("--reward-timeout applies to --reward cmd:PROGRAM"), "{err}");
     let (ok, help) = {

@@ -193,7 +193,15 @@ pub fn run(args: DistillArgs) -> Result<()> {
         .with_context(|| format!("loading the teacher in {}", teacher_dir.display()))?;
     let student = Model::load(&student_dir)
         .with_context(|| format!("loading the student in {}", student_dir.display()))?;
-    let examples = load_examples(&data_path)?;
+    let rl_flags = a.distill_weight.is_some() || a.reward.is_some() || a.samples_per_prompt.is_some();
+    let examples = if rl_flags {
+        // The reward compares each sample with its example's completion: every line needs one.
+        gkd::data::read_jsonl(&data_path, true).context(
+            "RL + GKD (--distill-weight, --reward, --samples-per-prompt) scores each sample against its example's \"completion\"",
+        )?
+    } else {
+        load_examples(&data_path)?
+    };
     let divergence = Divergence::from_cli(
         a.divergence.as_deref().unwrap_or("jsd"),
         a.beta.unwrap_or(0.5),
@@ -207,7 +215,7 @@ pub fn run(args: DistillArgs) -> Result<()> {
         (None, None) => bail!("give --steps or --epochs"),
     };
     // RL + GKD when any of its flags is given; its steps are all on-policy (λ = 1 by default).
-    let rl = if a.distill_weight.is_some() || a.reward.is_some() || a.samples_per_prompt.is_some() {
+    let rl = if rl_flags {
         let distill_weight = a.distill_weight.unwrap_or(1.0);
         Some(RlConfig {
             distill_weight,

@@ -334,7 +334,7 @@ impl<'a> Trainer<'a> {
         rl.validate(&self.cfg)?;
         if let Some(i) = self.examples.iter().position(|e| e.completion.is_none()) {
             return Err(Error::Msg(format!(
-                "example {} (line {} of the data) has no \"completion\": the reward `{}` compares each sample with the example's reference completion, so every example needs one",
+                "example {} (non-empty line {} of the data) has no \"completion\": the reward `{}` compares each sample with its example's reference completion, so every example needs one",
                 i + 1,
                 i + 1,
                 rl.reward
