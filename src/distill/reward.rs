@@ -106,11 +106,10 @@ impl std::fmt::Display for Reward {
             Reward::ExactMatch => write!(f, "exact-match"),
             Reward::RougeL => write!(f, "rouge"),
             Reward::Bleu => write!(f, "bleu"),
-            Reward::Command { program, args, .. } => write!(
-                f,
-                "cmd:{}",
-                [program.clone()].iter().chain(args).cloned().collect::<Vec<_>>().join(" ")
-            ),
+            Reward::Command { program, args, .. } => {
+                write!(f, "cmd:{program}")?;
+                args.iter().try_for_each(|a| write!(f, " {a}"))
+            }
         }
     }
 }
