@@ -17,8 +17,13 @@
 // error the launcher cannot see without reading the targets back (a synchronization): that row's
 // loss and gradient are NaN, so that it cannot train silently (the CPU backend refuses it).
 //
+// Row weights: with row_weight (rows) f32 non-null, row r's scale is scale·row_weight[r] (any
+// sign: RL's policy-gradient term −A·ln p(y) is this cross-entropy weighted by A), so its loss and
+// gradient are multiplied by it; an ignored row stays 0 whatever its weight.
+//
 // Arguments: z (rows, V) row-major; targets (rows) u32; g (rows, V), null for the loss alone, or z
-// itself; row_loss (rows) f32. Only the V entries of each row are read or written.
+// itself; row_loss (rows) f32; row_weight (rows) f32 or null. Only the V entries of each row are
+// read or written.
 //
 // Kernels, each as _vec and _scalar, for _f32 and _bf16:
 //   cross_entropy_rows   one block of CE_ROWS_THREADS threads per row; a block walks rows
@@ -172,10 +177,11 @@ __device__ __forceinline__ void ce_fill(T *g, const Split<T, VW> &sp, int n, int
     for (int e = sp.tail + rank; e < n; e += size) store_f32(g, e, value);
 }
 
-// One row by a warp (WARP) or the whole block.
+// One row by a warp (WARP) or the whole block; `weight` (null: 1) multiplies `scale`. It is read
+// only after pass 1, so that it holds no register during the loads of pass 1.
 template <typename T, int VW, int U, bool WARP>
 __device__ __forceinline__ void ce_row(const T *z, T *g, unsigned int t, float *loss, int n, float scale,
-                                       MaxSum *scratch) {
+                                       const float *weight, MaxSum *scratch) {
     const int rank = WARP ? (threadIdx.x & 31) : threadIdx.x, size = WARP ? 32 : blockDim.x;
     const Split<T, VW> sp(z, n);
     if (t == CE_IGNORE || t >= (unsigned int)n) { // uniform over the warp / block: no barrier skipped unevenly
@@ -189,6 +195,7 @@ __device__ __forceinline__ void ce_row(const T *z, T *g, unsigned int t, float *
     MaxSum st = ce_stats<T, VW, U>(z, sp, n, rank, size, k);
     st = WARP ? ms_warp(st, k) : ms_block(st, k, scratch); // the block merge ends with a barrier
     const float l2s = lg2(st.z);
+    if (weight) scale *= *weight; // one address for the warp / block
     if (rank == 0) *loss = scale * ((st.m - zt) + DIV_LN2 * l2s);
     if (g) {
         if (WARP) __syncwarp(); // orders lane 0's read of z_t before the other lanes' writes
@@ -198,30 +205,31 @@ __device__ __forceinline__ void ce_row(const T *z, T *g, unsigned int t, float *
 
 template <typename T, int VW, int U, bool WARP>
 __device__ __forceinline__ void ce_kernel(const T *z, const unsigned int *targets, T *g, float *row_loss, int rows,
-                                          int vocab, float scale) {
+                                          int vocab, float scale, const float *row_weight) {
     __shared__ MaxSum scratch[32];
     const long per_block = WARP ? (long)(blockDim.x >> 5) : 1;
     const long first = WARP ? (long)blockIdx.x * per_block + (threadIdx.x >> 5) : (long)blockIdx.x;
     const long stride = (long)gridDim.x * per_block;
     for (long row = first; row < rows; row += stride) { // uniform over the warp / block
         const long off = row * vocab;
-        ce_row<T, VW, U, WARP>(z + off, g ? g + off : nullptr, targets[row], row_loss + row, vocab, scale, scratch);
+        ce_row<T, VW, U, WARP>(z + off, g ? g + off : nullptr, targets[row], row_loss + row, vocab, scale,
+                               row_weight ? row_weight + row : nullptr, scratch);
     }
 }
 
 // ----------------------------------------------------------------------------------------------
-// entry points: (z, targets, g, row_loss, rows, vocab, scale)
+// entry points: (z, targets, g, row_loss, rows, vocab, scale, row_weight)
 
 #define CE_KERNELS(T, SUF, VW, VSUF)                                                                               \
     extern "C" __global__ void __launch_bounds__(CE_ROWS_THREADS, CE_ROWS_MIN_BLOCKS)                              \
         cross_entropy_rows_##VSUF##_##SUF(const T *z, const unsigned int *targets, T *g, float *row_loss,          \
-                                          int rows, int vocab, float scale) {                                      \
-        ce_kernel<T, VW, 4, false>(z, targets, g, row_loss, rows, vocab, scale);                                   \
+                                          int rows, int vocab, float scale, const float *row_weight) {             \
+        ce_kernel<T, VW, 4, false>(z, targets, g, row_loss, rows, vocab, scale, row_weight);                       \
     }                                                                                                              \
     extern "C" __global__ void __launch_bounds__(32 * CE_WARPS_PER_BLOCK, CE_WARPS_MIN_BLOCKS)                     \
         cross_entropy_warps_##VSUF##_##SUF(const T *z, const unsigned int *targets, T *g, float *row_loss,         \
-                                           int rows, int vocab, float scale) {                                     \
-        ce_kernel<T, VW, 4, true>(z, targets, g, row_loss, rows, vocab, scale);                                    \
+                                           int rows, int vocab, float scale, const float *row_weight) {            \
+        ce_kernel<T, VW, 4, true>(z, targets, g, row_loss, rows, vocab, scale, row_weight);                        \
     }
 
 CE_KERNELS(float, f32, 4, vec)

@@ -6,6 +6,8 @@
 //! results go in the extra fields of the step they were measured at, named `eval_<metric>`
 //! (`eval_exact_match`, `eval_rouge_l`, ...): the plot draws every numeric `eval_*` field in a
 //! second panel. A non-finite loss is written as `null` (JSON has no NaN) and left out of the plot.
+//! RL + GKD steps add `reward_mean` and `reward_std` (over the step's samples) and the loss's two
+//! parts, `distill_loss` and `pg_loss`.
 
 use crate::error::{Error, Result};
 use plotters::prelude::*;

@@ -27,6 +27,9 @@ pub struct LinearLoss {
 pub enum LinearLossTarget<'a> {
     /// The next token of each row, (N) u32 (`ops::IGNORE`: the row does not count).
     Tokens(&'a Tensor),
+    /// The next tokens (N) u32 and a weight per row (N) f32 multiplying that row's loss and
+    /// gradient (any sign: RL's policy-gradient term −A·ln p(y) is cross-entropy weighted by A).
+    WeightedTokens { targets: &'a Tensor, weights: &'a Tensor },
     /// The teacher's final hidden states (N, Ht) and its head (Vt, Ht).
     Teacher { hidden: &'a Tensor, head: &'a Tensor },
 }
@@ -140,6 +143,17 @@ impl Tape {
                 }
                 let t = t.contiguous()?;
                 Storage::linear_loss(h.view()?, w.view()?, LossTarget::Tokens(t.view()?), &bspec)?
+            }
+            LinearLossTarget::WeightedTokens { targets: t, weights: rw } => {
+                if t.numel() != n || rw.numel() != n {
+                    return shape_err(
+                        OP,
+                        format!("{} targets and {} weights for {n} rows", t.numel(), rw.numel()),
+                    );
+                }
+                let (t, rw) = (t.contiguous()?, rw.contiguous()?);
+                let target = LossTarget::WeightedTokens { targets: t.view()?, weights: rw.view()? };
+                Storage::linear_loss(h.view()?, w.view()?, target, &bspec)?
             }
             LinearLossTarget::Teacher { hidden: th, head: tw } => {
                 let (th, tw) = (th.contiguous()?, tw.contiguous()?);

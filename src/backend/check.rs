@@ -310,6 +310,11 @@ pub(super) fn linear_loss(spec: &LinearLossSpec, hidden: usize, head: usize) -> 
     Ok(())
 }
 
+/// Per-row weights of the fused head's cross-entropy: one f32 per row.
+pub(super) fn row_weights(op: &'static str, len: usize, rows: usize) -> Result<()> {
+    need(op, "row weights", len, rows)
+}
+
 /// The fused output head's teacher: its hidden states and head, the head covering the vocabulary.
 pub(super) fn linear_loss_teacher(spec: &LinearLossSpec, hidden: usize, head: usize) -> Result<()> {
     const OP: &str = "linear_loss";

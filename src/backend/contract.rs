@@ -44,6 +44,9 @@ impl<'a, S> View<'a, S> {
 pub enum LossTarget<'a, S> {
     /// (N) u32; `ops::IGNORE` marks a row that does not count.
     Tokens(View<'a, S>),
+    /// As `Tokens`, row r's loss and gradient multiplied by weights[r], (N) f32 (any sign; the
+    /// policy-gradient term of RL + GKD).
+    WeightedTokens { targets: View<'a, S>, weights: View<'a, S> },
     /// hidden (N, Ht), head (Vt, Ht) in the student's dtype.
     Teacher { hidden: View<'a, S>, head: View<'a, S> },
 }

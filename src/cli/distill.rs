@@ -7,6 +7,8 @@ use super::compute::compute_on;
 use super::sft::{load_examples, parse_dtype, print_summary};
 use anyhow::{bail, Context, Result};
 use gkd::data::Tokenizer;
+use gkd::distill::reward::{Reward, DEFAULT_TIMEOUT_S};
+use gkd::distill::rl::RlConfig;
 use gkd::distill::run::{run as run_training, RunOptions};
 use gkd::distill::trainer::{check_same_tokenizer, Objective, TrainConfig, Trainer};
 use gkd::distill::Divergence;
@@ -37,9 +39,28 @@ pub struct DistillArgs {
     /// Where the distilled student is written (checkpoints in OUT/checkpoint-<step>).
     #[arg(long)]
     pub out: Option<PathBuf>,
-    /// Fraction of steps on student samples (on-policy) [default 0.5].
+    /// Fraction of steps on student samples (on-policy) [default 0.5; 1 with --distill-weight].
     #[arg(long = "lambda")]
     pub lambda: Option<f64>,
+    /// RL + GKD (the paper's Eq. 5): α, the weight of the distillation term; the loss per
+    /// completion token is α·D(teacher ‖ student) − (1 − α)·A·ln p(token), A the sample's reward
+    /// minus the mean reward of its prompt's samples. 1: pure GKD, 0: pure policy gradient (the
+    /// teacher is never run). Every step is on-policy (λ = 1) [default 1].
+    #[arg(long)]
+    pub distill_weight: Option<f64>,
+    /// RL + GKD: samples of each prompt per step, K (≥ 2 when --distill-weight < 1: the
+    /// baseline is their mean reward) [default 4 with --distill-weight < 1, else 1].
+    #[arg(long)]
+    pub samples_per_prompt: Option<usize>,
+    /// RL + GKD: exact-match, rouge (ROUGE-L F), bleu (sentence BLEU / 100) of the decoded
+    /// sample against the example's "completion", or cmd:PROGRAM [ARGS] (run once per step
+    /// without a shell: one JSON line {"prompt", "completion", "reference"} per sample on its
+    /// stdin, one number per line on its stdout) [default exact-match].
+    #[arg(long)]
+    pub reward: Option<String>,
+    /// Seconds one call of a cmd: reward may take before it is killed [default 60].
+    #[arg(long)]
+    pub reward_timeout: Option<f64>,
     /// β of the generalized JSD (0 = forward KL, 1 = reverse KL) [default 0.5].
     #[arg(long)]
     pub beta: Option<f64>,
@@ -182,7 +203,15 @@ pub fn run(args: DistillArgs) -> Result<()> {
     let student = Model::load(&student_dir)
         .and_then(|m| compute.place(&m, true))
         .with_context(|| format!("loading the student in {}", student_dir.display()))?;
-    let examples = load_examples(&data_path)?;
+    let rl_flags = a.distill_weight.is_some() || a.reward.is_some() || a.samples_per_prompt.is_some();
+    let examples = if rl_flags {
+        // The reward compares each sample with its example's completion: every line needs one.
+        gkd::data::read_jsonl(&data_path, true).context(
+            "RL + GKD (--distill-weight, --reward, --samples-per-prompt) scores each sample against its example's \"completion\"",
+        )?
+    } else {
+        load_examples(&data_path)?
+    };
     let divergence = Divergence::from_cli(
         a.divergence.as_deref().unwrap_or("jsd"),
         a.beta.unwrap_or(0.5),
@@ -195,10 +224,27 @@ pub fn run(args: DistillArgs) -> Result<()> {
         (None, Some(e)) => ((e * examples.len() as f64) / (batch_size * grad_accum) as f64).ceil() as u64,
         (None, None) => bail!("give --steps or --epochs"),
     };
+    // RL + GKD when any of its flags is given; its steps are all on-policy (λ = 1 by default).
+    let rl = if rl_flags {
+        let distill_weight = a.distill_weight.unwrap_or(1.0);
+        Some(RlConfig {
+            distill_weight,
+            samples_per_prompt: a.samples_per_prompt.unwrap_or(if distill_weight < 1.0 { 4 } else { 1 }),
+            reward: Reward::parse(
+                a.reward.as_deref().unwrap_or("exact-match"),
+                a.reward_timeout.unwrap_or(DEFAULT_TIMEOUT_S),
+            )?,
+        })
+    } else {
+        if a.reward_timeout.is_some() {
+            bail!("--reward-timeout applies to --reward cmd:PROGRAM (RL + GKD)");
+        }
+        None
+    };
     let cfg = TrainConfig {
         objective: Objective::Distill,
         divergence,
-        lambda: a.lambda.unwrap_or(0.5),
+        lambda: a.lambda.unwrap_or(if rl.is_some() { 1.0 } else { 0.5 }),
         seq_kd: a.seq_kd.unwrap_or(false),
         loss_temperature: a.loss_temperature.unwrap_or(1.0),
         sampler: Sampler {
@@ -223,6 +269,9 @@ pub fn run(args: DistillArgs) -> Result<()> {
         seed: a.seed.unwrap_or(0),
     };
     let mut trainer = Trainer::new(cfg, student, Some(&teacher), &tok, &examples)?;
+    if let Some(rl) = rl {
+        trainer = trainer.with_rl(rl)?;
+    }
     if let Some(r) = &a.resume {
         trainer.restore(r)?;
         eprintln!("resuming from {} at step {}", r.display(), trainer.state.step);
@@ -247,8 +296,14 @@ pub fn run(args: DistillArgs) -> Result<()> {
         divergence: Some(divergence.to_string()),
         progress: !a.quiet.unwrap_or(false),
     };
+    let rl_note = trainer.rl().map_or(String::new(), |r| {
+        format!(
+            ", RL + GKD: distill weight α = {}, reward {}, {} samples per prompt",
+            r.distill_weight, r.reward, r.samples_per_prompt
+        )
+    });
     eprintln!(
-        "distilling {} ({} params) from {} ({} params): {} prompts, {} steps, λ = {}, {}, on {} in {}",
+        "distilling {} ({} params) from {} ({} params): {} prompts, {} steps, λ = {}, {}{rl_note}, on {} in {}",
         student_dir.display(),
         trainer.student.num_params(),
         teacher_dir.display(),

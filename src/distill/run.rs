@@ -93,6 +93,12 @@ pub fn run(trainer: &mut Trainer, opts: &RunOptions) -> Result<RunSummary> {
         for (name, seconds) in o.phases.fields() {
             extra.insert(name.into(), json!(seconds));
         }
+        if let Some(rl) = &o.rl {
+            extra.insert("reward_mean".into(), json!(rl.reward_mean));
+            extra.insert("reward_std".into(), json!(rl.reward_std));
+            extra.insert("distill_loss".into(), json!(rl.distill_loss));
+            extra.insert("pg_loss".into(), json!(rl.pg_loss));
+        }
         if let Some(bytes) = o.peak_memory {
             extra.insert("peak_memory_gib".into(), json!(bytes as f64 / (1u64 << 30) as f64));
         }

@@ -15,7 +15,12 @@
 //!
 //! Every random choice of step k (u, the sampling seeds) and the data order are functions of
 //! (seed, k), so a run resumed from a checkpoint at step k continues exactly.
+//!
+//! With an RL configuration (`with_rl`, see `rl.rs`), each prompt of a step is sampled K times,
+//! the samples are scored by the reward, and the micro-batches add the policy-gradient term.
 
+use super::reward::{advantages, mean_std, RewardInput};
+use super::rl::{rl_micro_batch_grads_timed, RlConfig};
 use crate::autograd::{LinearLoss, LinearLossTarget, LossKind, Tape};
 use crate::backend::Divergence;
 use crate::data::{Example, Tokenizer};
@@ -30,6 +35,7 @@ use crate::optim::schedule::{LrSchedule, ScheduleKind};
 use crate::tensor::{DType, Tensor};
 use rand::seq::SliceRandom;
 use rand::Rng;
+use std::cell::Cell;
 use std::path::Path;
 use std::time::Instant;
 
@@ -207,6 +213,19 @@ pub struct StepOutcome {
     pub peak_memory: Option<u64>,
     /// Where the step's time went.
     pub phases: PhaseTimes,
+    /// RL + GKD steps: the rewards of the step's samples.
+    pub rl: Option<RlStep>,
+}
+
+/// What the reward side of an RL + GKD step saw.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct RlStep {
+    /// Mean and (population) standard deviation of the rewards of the step's B·K samples.
+    pub reward_mean: f64,
+    pub reward_std: f64,
+    /// The loss's two parts (they sum to `loss`): α/T · Σ D and −(1 − α)/T · Σ A·ln p(y).
+    pub distill_loss: f64,
+    pub pg_loss: f64,
 }
 
 /// The resumable part of a run besides weights and optimizer: `trainer_state.json`.
@@ -234,6 +253,11 @@ pub struct Trainer<'a> {
     clip: GradClip,
     pub state: TrainerState,
     order: Option<(u64, Vec<usize>)>,
+    /// The examples' text (the prompts and reference completions the rewards see).
+    examples: Vec<Example>,
+    rl: Option<RlConfig>,
+    /// Micro-batches that ran the teacher's forward.
+    teacher_forwards: Cell<u64>,
 }
 
 /// Salts of the per-step generators, so the λ draw, the data order and the sampling seeds are
@@ -301,7 +325,35 @@ impl<'a> Trainer<'a> {
             clip,
             state,
             order: None,
+            examples: examples.to_vec(),
+            rl: None,
+            teacher_forwards: Cell::new(0),
         })
+    }
+
+    /// Turns the trainer into RL + GKD (`rl.rs`): the rules there are checked, and every example
+    /// needs its reference completion.
+    pub fn with_rl(mut self, rl: RlConfig) -> Result<Self> {
+        rl.validate(&self.cfg)?;
+        if let Some(i) = self.examples.iter().position(|e| e.completion.is_none()) {
+            return Err(Error::Msg(format!(
+                "example {} (non-empty line {} of the data) has no \"completion\": the reward `{}` compares each sample with its example's reference completion, so every example needs one",
+                i + 1,
+                i + 1,
+                rl.reward
+            )));
+        }
+        self.rl = Some(rl);
+        Ok(self)
+    }
+
+    pub fn rl(&self) -> Option<&RlConfig> {
+        self.rl.as_ref()
+    }
+
+    /// How many micro-batches have run the teacher's forward so far.
+    pub fn teacher_forwards(&self) -> u64 {
+        self.teacher_forwards.get()
     }
 
     pub fn num_examples(&self) -> usize {
@@ -398,22 +450,32 @@ impl<'a> Trainer<'a> {
         let source = self.source_for(u);
         // Build every completion of the step first: the loss divides by their total token count.
         let mut micro = Vec::with_capacity(self.cfg.grad_accum);
+        let mut micro_idx = Vec::with_capacity(self.cfg.grad_accum);
         let mut pos = self.state.examples_seen;
+        let k = self.rl.as_ref().map_or(1, |r| r.samples_per_prompt);
         for m in 0..self.cfg.grad_accum {
             let idx: Vec<usize> = (0..self.cfg.batch_size).map(|k| self.example_at(pos + k as u64)).collect();
+            let idx: Vec<usize> = idx.into_iter().flat_map(|i| std::iter::repeat_n(i, k)).collect();
             pos += self.cfg.batch_size as u64;
             micro.push(self.completions(source, &idx, m)?);
+            micro_idx.push(idx);
         }
         clock.lap(Phase::Sampling)?;
         let tokens: usize = micro.iter().flatten().map(|(_, c)| c.len()).sum();
         let scale = 1.0 / tokens as f64;
+        let rewards = self.rewards(&micro_idx, &micro)?;
+        let advantage: Vec<Option<Vec<f64>>> = match &rewards {
+            Some(r) => r.iter().map(|r| Some(advantages(r, k))).collect(),
+            None => vec![None; micro.len()],
+        };
+        let parts = Cell::new((0.0, 0.0));
         // The buffer leaves `self` while the micro-batches borrow it, and comes back either way.
         let mut grads =
             std::mem::replace(&mut self.grads, Tensor::zeros([0], DType::F32, self.student.device())?);
         let summed = grads.fill_(0.0).and_then(|()| {
-            micro
-                .iter()
-                .try_fold(0.0, |acc, pairs| Ok(acc + self.micro_batch(pairs, scale, &mut grads, &mut clock)?))
+            micro.iter().zip(&advantage).try_fold(0.0, |acc, (pairs, adv)| {
+                Ok(acc + self.micro_batch(pairs, adv.as_deref(), scale, &mut grads, &parts, &mut clock)?)
+            })
         });
         self.grads = grads;
         let loss = summed?;
@@ -437,6 +499,11 @@ impl<'a> Trainer<'a> {
         self.state.step += 1;
         self.state.examples_seen = pos;
         let n_seq = micro.iter().map(Vec::len).sum::<usize>().max(1);
+        let rl = rewards.map(|r| {
+            let (reward_mean, reward_std) = mean_std(&r.concat());
+            let (distill_loss, pg_loss) = parts.get();
+            RlStep { reward_mean, reward_std, distill_loss, pg_loss }
+        });
         Ok(StepOutcome {
             loss,
             source,
@@ -448,7 +515,32 @@ impl<'a> Trainer<'a> {
             seconds: start.elapsed().as_secs_f64(),
             peak_memory: device.peak_memory()?,
             phases: clock.times,
+            rl,
         })
+    }
+
+    /// With RL: each micro-batch's rewards of its samples (`idx`: each sample's example), the
+    /// decoded completions (special tokens dropped) scored against the examples' references in
+    /// one call of the reward.
+    fn rewards(
+        &self,
+        idx: &[Vec<usize>],
+        micro: &[Vec<(Vec<u32>, Vec<u32>)>],
+    ) -> Result<Option<Vec<Vec<f64>>>> {
+        let Some(rl) = &self.rl else { return Ok(None) };
+        let mut inputs = Vec::new();
+        for (idx, pairs) in idx.iter().zip(micro) {
+            for (&i, (_, c)) in idx.iter().zip(pairs) {
+                let e = &self.examples[i];
+                inputs.push(RewardInput {
+                    prompt: e.prompt.clone(),
+                    completion: self.tok.decode(c, true)?,
+                    reference: e.completion.clone().unwrap_or_default(),
+                });
+            }
+        }
+        let mut flat = rl.reward.score(&inputs)?.into_iter();
+        Ok(Some(micro.iter().map(|m| flat.by_ref().take(m.len()).collect()).collect()))
     }
 
     /// Each parameter's run of the flat buffer and whether it decays, in the model's order of
@@ -464,12 +556,16 @@ impl<'a> Trainer<'a> {
     }
 
     /// Forward and backward of one micro-batch; adds scale · d(loss)/d(params) into `grads` and
-    /// returns scale · Σ of its completion-token losses.
+    /// returns scale · Σ of its completion-token losses. With RL at α < 1 (`advantages` of the
+    /// samples given), the RL + GKD loss, its (distillation, policy-gradient) parts added to
+    /// `parts`; at α = 1 exactly GKD's.
     fn micro_batch(
         &self,
         pairs: &[(Vec<u32>, Vec<u32>)],
+        advantages: Option<&[f64]>,
         scale: f64,
         grads: &mut Tensor,
+        parts: &Cell<(f64, f64)>,
         clock: &mut PhaseClock,
     ) -> Result<f64> {
         let teacher = match (self.cfg.objective, self.teacher) {
@@ -480,7 +576,32 @@ impl<'a> Trainer<'a> {
             }),
             _ => None,
         };
-        micro_batch_grads_timed(&self.student, teacher, self.vocab, pairs, scale, grads, clock)
+        if let (Some(rl), Some(adv)) = (self.rl.as_ref().filter(|r| r.distill_weight < 1.0), advantages) {
+            let a = rl.distill_weight;
+            let teacher = teacher.filter(|_| a > 0.0);
+            self.teacher_forwards.set(self.teacher_forwards.get() + u64::from(teacher.is_some()));
+            let (loss, distill, pg) = rl_micro_batch_grads_timed(
+                &self.student,
+                teacher,
+                self.vocab,
+                pairs,
+                adv,
+                a,
+                scale,
+                grads,
+                clock,
+            )?;
+            let (d, p) = parts.get();
+            parts.set((d + distill, p + pg));
+            return Ok(loss);
+        }
+        self.teacher_forwards.set(self.teacher_forwards.get() + u64::from(teacher.is_some()));
+        let loss = micro_batch_grads_timed(&self.student, teacher, self.vocab, pairs, scale, grads, clock)?;
+        if self.rl.is_some() {
+            let (d, p) = parts.get();
+            parts.set((d + loss, p));
+        }
+        Ok(loss)
     }
 
     /// Writes the student (f32, Hugging Face layout, tokenizer files), the optimizer state and the

@@ -689,6 +689,14 @@ impl Storage {
                     spec
                 ))
             }
+            LossTarget::WeightedTokens { targets: t, weights: w } => {
+                dispatch!(OP, [hidden, head, t, w], |B, v| B::linear_loss(
+                    v[0],
+                    v[1],
+                    LossTarget::WeightedTokens { targets: v[2], weights: v[3] },
+                    spec
+                ))
+            }
             LossTarget::Teacher { hidden: th, head: tw } => dispatch!(OP, [hidden, head, th, tw], |B, v| {
                 B::linear_loss(v[0], v[1], LossTarget::Teacher { hidden: v[2], head: v[3] }, spec)
             }),

@@ -338,6 +338,33 @@ pub fn linear_loss(rows: usize, h: usize, vocab: usize, chunk: usize, teacher: O
     .on_cuda()
 }
 
+/// The fused head's cross-entropy with a weight per row (RL's policy-gradient term): weights of
+/// both signs, exactly 0 on some rows, and ignored targets on others (they stay 0 whatever their
+/// weight); a head of `vocab` + 3 rows, in chunks of `chunk` rows.
+pub fn linear_loss_weighted(rows: usize, h: usize, vocab: usize, chunk: usize) -> Case {
+    let inputs = vec![
+        Input::normal("hidden", &[rows, h], 0.0, 1.0, 27, true),
+        Input::normal("head", &[vocab + 3, h], 0.0, 0.6, 28, true),
+    ];
+    let targets: Vec<u32> =
+        (0..rows).map(|r| if r % 5 == 3 { IGNORE } else { (r * 7919 % vocab) as u32 }).collect();
+    // In [−1.5, 1.5] by steps of 0.3, 0 where r·7 mod 11 = 5.
+    let weights: Vec<f32> = (0..rows).map(|r| ((r * 7 % 11) as f32 - 5.0) * 0.3).collect();
+    Case::new(
+        format!("linear_loss_weighted_ce_{rows}x{h}_v{vocab}_chunk{chunk}"),
+        inputs,
+        Box::new(move |t, v, d| {
+            let target_t = u32s(&targets, d)?;
+            let weight_t =
+                Tensor::from_host(gkd::tensor::CpuStorage::F32(weights.clone()), [weights.len()], d)?;
+            let target = LinearLossTarget::WeightedTokens { targets: &target_t, weights: &weight_t };
+            let spec = LinearLoss { kind: LossKind::CrossEntropy, vocab, scale: 0.125, chunk_rows: chunk };
+            Ok(t.linear_loss(&v[0], &v[1], target, &spec)?.0)
+        }),
+    )
+    .on_cuda()
+}
+
 /// The small cases: every op, at shapes a finite-difference check in f64 can afford.
 pub fn small() -> Vec<Case> {
     let mut c = vec![
@@ -368,6 +395,7 @@ pub fn small() -> Vec<Case> {
         add_layer_norm(7, 33, true),
         cross_entropy(7, 50),
         linear_loss(9, 12, 20, 4, None),
+        linear_loss_weighted(9, 12, 20, 4),
     ];
     c.extend(DIVERGENCES.iter().map(|&d| divergence(d, 5, 64)));
     c.extend(DIVERGENCES.iter().map(|&d| linear_loss(9, 12, 20, 4, Some(d))));
@@ -429,5 +457,10 @@ pub fn large() -> Vec<Case> {
         // Cross-entropy heads at odd vocabularies, in chunks that do not divide the rows.
         linear_loss(37, 32, 4099, 8, None),
         linear_loss(23, 16, 151937, 5, None),
+        // Weighted rows (RL): the warp-per-row kernel (V ≤ 2048), the block-per-row one at an odd
+        // V, and Qwen's vocabulary in chunks that do not divide the rows.
+        linear_loss_weighted(37, 32, 1999, 8),
+        linear_loss_weighted(70, 64, 3001, 16),
+        linear_loss_weighted(23, 16, 151937, 5),
     ]
 }

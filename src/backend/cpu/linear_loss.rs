@@ -7,7 +7,7 @@
 //!   dh_c = G·W (c, H),  dW += Gᵀ·h_c (V, H)
 //! Rows of the head past V (embedding padding) get no gradient.
 
-use super::cross_entropy::cross_entropy_fwd_bwd;
+use super::cross_entropy::cross_entropy_weighted_fwd_bwd;
 use super::divergence::divergence_fwd_bwd;
 use super::{matmul, MatmulSpec, Real};
 use crate::backend::ops::{LinearLossSpec, LossKind};
@@ -17,8 +17,15 @@ use crate::error::Result;
 const CHUNK_BYTES: usize = 48 << 20;
 
 pub enum Target<'a, T> {
-    Tokens(&'a [u32]),                          // (N)
-    Teacher { hidden: &'a [T], head: &'a [T] }, // (N, Ht), (Vt, Ht)
+    /// The next tokens (N), each row's loss and gradient times its weight (N) when given.
+    Tokens {
+        targets: &'a [u32],
+        weights: Option<&'a [f32]>,
+    },
+    Teacher {
+        hidden: &'a [T],
+        head: &'a [T],
+    }, // (N, Ht), (Vt, Ht)
 }
 
 pub struct LinearLossOut<T> {
@@ -52,7 +59,7 @@ pub fn linear_loss<T: Real>(
     let mut z = vec![T::zero(); chunk * v];
     let mut zt = match target {
         Target::Teacher { .. } => vec![T::zero(); chunk * v],
-        Target::Tokens(_) => Vec::new(),
+        Target::Tokens { .. } => Vec::new(),
     };
     let mut r0 = 0;
     while r0 < n {
@@ -60,9 +67,14 @@ pub fn linear_loss<T: Real>(
         let (z, h_c) = (&mut z[..c * v], &hidden[r0 * h..(r0 + c) * h]);
         matmul(MatmulSpec { m: c, k: h, n: v, trans_a: false, trans_b: true, accumulate: false }, h_c, w, z);
         let (losses, g) = match (&target, spec.loss.kind) {
-            (Target::Tokens(t), LossKind::CrossEntropy) => {
-                cross_entropy_fwd_bwd(z, &t[r0..r0 + c], v, spec.loss.scale, want)
-            }
+            (Target::Tokens { targets, weights }, LossKind::CrossEntropy) => cross_entropy_weighted_fwd_bwd(
+                z,
+                &targets[r0..r0 + c],
+                weights.map(|w| &w[r0..r0 + c]),
+                v,
+                spec.loss.scale,
+                want,
+            ),
             (Target::Teacher { hidden: th, head: tw }, LossKind::Divergence { divergence, temperature }) => {
                 let ht = spec.teacher_hidden;
                 let zt = &mut zt[..c * v];

@@ -26,7 +26,7 @@ mod storage;
 mod swiglu;
 
 pub use attention::{attention_bwd, attention_cached_fwd, attention_fwd};
-pub use cross_entropy::cross_entropy_fwd_bwd;
+pub use cross_entropy::{cross_entropy_fwd_bwd, cross_entropy_weighted_fwd_bwd};
 pub use divergence::{divergence_fwd_bwd, DivergenceOut};
 pub use gemm::{matmul, MatmulSpec};
 pub use real::Real;
@@ -706,7 +706,18 @@ impl BackendStorage for CpuStorage {
                     let t = t.typed::<u32>(OP)?;
                     need(OP, "targets", t.len(), n)?;
                     check_targets(OP, t, v)?;
-                    linear_loss::Target::Tokens(t)
+                    linear_loss::Target::Tokens { targets: t, weights: None }
+                }
+                LossTarget::WeightedTokens { targets: t, weights: w } => {
+                    let t = t.typed::<u32>(OP)?;
+                    need(OP, "targets", t.len(), n)?;
+                    check_targets(OP, t, v)?;
+                    let w = w.typed::<f32>(OP)?;
+                    check::row_weights(OP, w.len(), n)?;
+                    if let Some(r) = w.iter().position(|x| !x.is_finite()) {
+                        return Err(Error::Msg(format!("{OP}: the weight of row {r} is {}", w[r])));
+                    }
+                    linear_loss::Target::Tokens { targets: t, weights: Some(w) }
                 }
                 LossTarget::Teacher { hidden: th, head: tw } => {
                     check::linear_loss_teacher(spec, th.len, tw.len)?;

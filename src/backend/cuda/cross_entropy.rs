@@ -8,9 +8,11 @@
 //!                              | StudentGrad::Into { student, grad }   // grad to its own buffer
 //!                              | StudentGrad::LossOnly(logits),        // no gradient
 //!                            &targets, &mut row_loss) -> Result<kernel name>
+//! cross_entropy_weighted_fwd_bwd::<T>(…, &targets, Some(&row_weight), &mut row_loss)
 //! ```
 //! T is f32 or bf16; logits and gradient (rows, vocab) row-major, targets (rows) u32, row_loss
-//! (rows) f32 = scale·(lse − z[t]). Work is queued on the device's stream; nothing synchronizes.
+//! (rows) f32 = scale·(lse − z[t]), times row_weight[r] (rows) f32 when given. Work is queued
+//! on the device's stream; nothing synchronizes.
 //!
 //! Launch configuration (the kernels' constants beside them):
 //! - `Warps` (Auto: V ≤ `WARPS_MAX_VOCAB`): one warp per row, 8 rows per 256-thread block.
@@ -93,8 +95,21 @@ fn rows_grid(dev: &CudaDevice, rows: usize, row_bytes: usize, grad: bool) -> u64
 pub fn cross_entropy_fwd_bwd<T: DivElem>(
     dev: &CudaDevice,
     p: &CrossEntropyLaunch,
+    logits: StudentGrad<'_, T>,
+    targets: &CudaView<'_, u32>,
+    row_loss: &mut CudaViewMut<'_, f32>,
+) -> Result<&'static str> {
+    cross_entropy_weighted_fwd_bwd(dev, p, logits, targets, None, row_loss)
+}
+
+/// As `cross_entropy_fwd_bwd`, row r's loss and gradient multiplied by `row_weight[r]` (rows) f32
+/// when given (the kernel's `row_weight` argument; null without).
+pub fn cross_entropy_weighted_fwd_bwd<T: DivElem>(
+    dev: &CudaDevice,
+    p: &CrossEntropyLaunch,
     mut logits: StudentGrad<'_, T>,
     targets: &CudaView<'_, u32>,
+    row_weight: Option<&CudaView<'_, f32>>,
     row_loss: &mut CudaViewMut<'_, f32>,
 ) -> Result<&'static str> {
     const OP: &str = "cross_entropy (cuda)";
@@ -123,6 +138,9 @@ pub fn cross_entropy_fwd_bwd<T: DivElem>(
             OP,
             format!("{} targets and {} row losses for {} rows", targets.len(), row_loss.len(), p.rows),
         );
+    }
+    if let Some(w) = row_weight.filter(|w| w.len() < p.rows) {
+        return shape_err(OP, format!("{} row weights for {} rows", w.len(), p.rows));
     }
     let warps = match p.path {
         CePath::Auto => p.vocab <= WARPS_MAX_VOCAB,
@@ -153,11 +171,12 @@ pub fn cross_entropy_fwd_bwd<T: DivElem>(
     let cfg = LaunchConfig { grid_dim: (grid as u32, 1, 1), block_dim: (block, 1, 1), shared_mem_bytes: 0 };
     let t = targets.device_ptr(stream).0;
     let l = row_loss.device_ptr_mut(stream).0;
+    let rw = row_weight.map_or(0, |w| w.device_ptr(stream).0);
     let (rows, vocab) = (p.rows as i32, p.vocab as i32);
     let f = dev.function(MODULE, name)?;
     // SAFETY: the arguments match cross_entropy_<path>_<vec|scalar>_<dtype>(z, targets, g,
-    // row_loss, rows, vocab, scale); the buffers were checked above to hold rows × vocab logits
-    // (and gradient), rows targets and row losses; the grid (≤ rows ≤ 2^31 − 1 blocks) fits; the
+    // row_loss, rows, vocab, scale, row_weight); the buffers were checked above to hold rows ×
+    // vocab logits (and gradient), rows targets, row losses and row weights (or null); the grid (≤ rows ≤ 2^31 − 1 blocks) fits; the
     // views borrow their buffers for this call and the stream orders later frees after the kernel.
     unsafe {
         stream
@@ -169,6 +188,7 @@ pub fn cross_entropy_fwd_bwd<T: DivElem>(
             .arg(&rows)
             .arg(&vocab)
             .arg(&p.scale)
+            .arg(&rw)
             .launch(cfg)
     }
     .map_err(cuda_err(format!("{OP}: launching {name}")))?;

@@ -16,7 +16,9 @@
 //! the first `vocab` rows of each head are used: embedding-padding rows (e.g. 151936 of 152064)
 //! are ignored and their d_W rows are left untouched.
 
-use super::cross_entropy::{cross_entropy_fwd_bwd, CePath, CrossEntropyLaunch};
+use super::cross_entropy::{
+    cross_entropy_fwd_bwd, cross_entropy_weighted_fwd_bwd, CePath, CrossEntropyLaunch,
+};
 use super::device::{cuda_err, CudaDevice};
 use super::divergence::{divergence_fwd_bwd, DivElem, DivergenceLaunch, KernelPath, StudentGrad};
 use super::divergence_unfused::divergence_unfused_fwd_bwd;
@@ -205,13 +207,21 @@ impl LinearCrossEntropy {
     }
 
     fn head<'x, T>(&'x self, x: &'x LinearCrossEntropyInputs<'x, T>) -> FusedHead<'x, T> {
+        self.weighted_head(x, None)
+    }
+
+    fn weighted_head<'x, T>(
+        &'x self,
+        x: &'x LinearCrossEntropyInputs<'x, T>,
+        row_weight: Option<&'x CudaView<'x, f32>>,
+    ) -> FusedHead<'x, T> {
         FusedHead {
             rows: self.rows,
             dim: self.dim,
             vocab: self.vocab,
             hidden: x.hidden,
             head: x.head,
-            target: ChunkTarget::Tokens { p: self, targets: x.targets },
+            target: ChunkTarget::Tokens { p: self, targets: x.targets, row_weight },
         }
     }
 
@@ -234,9 +244,26 @@ impl LinearCrossEntropy {
         x: &LinearCrossEntropyInputs<'_, T>,
         grads: Option<(&mut CudaViewMut<T>, &mut CudaViewMut<f32>)>,
     ) -> Result<CudaSlice<f32>> {
+        self.run_rows_weighted(dev, x, None, grads)
+    }
+
+    /// As `run_rows`, row r's loss and gradient multiplied by `row_weight[r]` (N) f32 when given
+    /// (RL's policy-gradient term; see kernels/cross_entropy.cu).
+    pub fn run_rows_weighted<T: HeadElem>(
+        &self,
+        dev: &CudaDevice,
+        x: &LinearCrossEntropyInputs<'_, T>,
+        row_weight: Option<&CudaView<'_, f32>>,
+        grads: Option<(&mut CudaViewMut<T>, &mut CudaViewMut<f32>)>,
+    ) -> Result<CudaSlice<f32>> {
+        const OP: &str = "linear + cross-entropy (cuda)";
         self.check(x, grads.as_ref().map(|(h, w)| (h.len(), w.len())))?;
+        if let Some(w) = row_weight.filter(|w| w.len() < self.rows) {
+            return shape_err(OP, format!("{} row weights for {} rows", w.len(), self.rows));
+        }
         let work = if grads.is_some() { Work::Fused } else { Work::LossOnly };
-        Ok(self.head(x).execute(dev, grads, work)?.0)
+        let w = row_weight.map(|w| w.slice(..self.rows));
+        Ok(self.weighted_head(x, w.as_ref()).execute(dev, grads, work)?.0)
     }
 
     /// The three products per chunk as in `run`, without the cross-entropy kernel: the matmul
@@ -298,8 +325,12 @@ fn check_head(
 enum ChunkTarget<'x, T> {
     /// The teacher's logits of the same rows, from its hidden states and head.
     Teacher { p: &'x LinearDivergence, x: &'x LinearDivergenceInputs<'x, T> },
-    /// The next tokens.
-    Tokens { p: &'x LinearCrossEntropy, targets: &'x CudaView<'x, u32> },
+    /// The next tokens, and a weight per row (N) f32 multiplying its loss and gradient.
+    Tokens {
+        p: &'x LinearCrossEntropy,
+        targets: &'x CudaView<'x, u32>,
+        row_weight: Option<&'x CudaView<'x, f32>>,
+    },
 }
 
 /// The chunk loop's view of either fused head (inputs already checked).
@@ -391,7 +422,7 @@ impl<T: HeadElem> FusedHead<'_, T> {
                         divergence_fwd_bwd(dev, &launch, logits, &t.slice(..c * v), mask.as_ref(), losses)?;
                     }
                 }
-                ChunkTarget::Tokens { p, targets } => {
+                ChunkTarget::Tokens { p, targets, row_weight } => {
                     if work != Work::Matmuls {
                         let launch = CrossEntropyLaunch {
                             rows: c,
@@ -400,7 +431,9 @@ impl<T: HeadElem> FusedHead<'_, T> {
                             path: p.path,
                             scalar: false,
                         };
-                        cross_entropy_fwd_bwd(dev, &launch, logits, &targets.slice(r0..r0 + c), losses)?;
+                        let w = row_weight.map(|w| w.slice(r0..r0 + c));
+                        let t = &targets.slice(r0..r0 + c);
+                        cross_entropy_weighted_fwd_bwd(dev, &launch, logits, t, w.as_ref(), losses)?;
                     }
                 }
             }

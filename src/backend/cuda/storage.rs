@@ -1054,21 +1054,10 @@ impl BackendStorage for CudaStorage {
                 })
             }
             (LossKind::CrossEntropy, LossTarget::Tokens(t)) => {
-                check::need(OP, "targets", t.len, n)?;
-                let targets = t.typed::<u32>(OP)?;
-                let p = LinearCrossEntropy {
-                    rows: n,
-                    dim: h,
-                    vocab: v,
-                    scale: spec.loss.scale as f32,
-                    chunk_rows: spec.chunk_rows,
-                    path: CePath::Auto,
-                };
-                float!(OP, same_float(OP, &[hidden, head])?, |T| {
-                    let (hs, ws) = (hidden.typed::<T>(OP)?, head.typed::<T>(OP)?);
-                    let x = LinearCrossEntropyInputs { hidden: &hs, head: &ws, targets: &targets };
-                    fused_head_into::<T>(dev, spec, |grads| p.run_rows(dev, &x, grads))
-                })
+                linear_cross_entropy_into(hidden, head, t, None, spec)
+            }
+            (LossKind::CrossEntropy, LossTarget::WeightedTokens { targets, weights }) => {
+                linear_cross_entropy_into(hidden, head, targets, Some(weights), spec)
             }
             _ => Err(Error::Msg(format!(
                 "{OP}: cross-entropy takes token targets, a divergence the teacher's hidden states"
@@ -1091,6 +1080,39 @@ impl BackendStorage for CudaStorage {
             Ok((CudaStorage::new(dev, tokens), CudaStorage::new(dev, logprobs)))
         })
     }
+}
+
+/// The fused head with cross-entropy against `targets` (N) u32, each row's loss and gradient
+/// times `weights` (N) f32 when given.
+fn linear_cross_entropy_into(
+    hidden: View<'_, CudaStorage>,
+    head: View<'_, CudaStorage>,
+    targets: View<'_, CudaStorage>,
+    weights: Option<View<'_, CudaStorage>>,
+    spec: &LinearLossSpec,
+) -> Result<LinearLossOut<CudaStorage>> {
+    const OP: &str = "linear_loss";
+    let n = spec.loss.rows;
+    check::need(OP, "targets", targets.len, n)?;
+    if let Some(w) = weights {
+        check::row_weights(OP, w.len, n)?;
+    }
+    let dev = hidden.dev();
+    let weights = weights.map(|w| w.typed::<f32>(OP)).transpose()?;
+    let targets = targets.typed::<u32>(OP)?;
+    let p = LinearCrossEntropy {
+        rows: n,
+        dim: spec.hidden,
+        vocab: spec.loss.vocab,
+        scale: spec.loss.scale as f32,
+        chunk_rows: spec.chunk_rows,
+        path: CePath::Auto,
+    };
+    float!(OP, same_float(OP, &[hidden, head])?, |T| {
+        let (hs, ws) = (hidden.typed::<T>(OP)?, head.typed::<T>(OP)?);
+        let x = LinearCrossEntropyInputs { hidden: &hs, head: &ws, targets: &targets };
+        fused_head_into::<T>(dev, spec, |grads| p.run_rows_weighted(dev, &x, weights.as_ref(), grads))
+    })
 }
 
 /// The rotary embedding (`inverse`: its backward) into a fresh buffer.
