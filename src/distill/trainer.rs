@@ -331,10 +331,53 @@ impl<'a> Trainer<'a> {
         })
     }
 
+    /// Trains on these tokenized examples instead of the encoded text ones: prompt ids as the
+    /// model reads them, completion ids exactly as given (no EOS added: a completion cut at
+    /// `--max-new-tokens` stays cut). Each must fit the context; completions are needed when the
+    /// run trains on the dataset's. (RL's rewards read the text examples: not with this data.)
+    pub fn with_data(mut self, data: Vec<Encoded>) -> Result<Self> {
+        if data.is_empty() {
+            return Err(Error::Msg("the dataset has no examples".into()));
+        }
+        let need = self.cfg.uses_dataset_completions();
+        for (i, e) in data.iter().enumerate() {
+            let c = e.completion.as_ref().map_or(0, Vec::len);
+            if e.prompt.is_empty() || (need && c == 0) {
+                return Err(Error::Msg(format!("example {}: an empty prompt or completion", i + 1)));
+            }
+            if e.prompt.len() >= self.context || e.prompt.len() + c.max(1) - 1 > self.context {
+                return Err(Error::Msg(format!(
+                    "example {}: {} prompt and {c} completion tokens do not fit the context of {} positions",
+                    i + 1,
+                    e.prompt.len(),
+                    self.context
+                )));
+            }
+            if let Some(&bad) =
+                e.prompt.iter().chain(e.completion.iter().flatten()).find(|&&t| t as usize >= self.vocab)
+            {
+                return Err(Error::Msg(format!(
+                    "example {}: token {bad} is outside the vocabulary of {}",
+                    i + 1,
+                    self.vocab
+                )));
+            }
+        }
+        self.data = data;
+        self.examples.clear();
+        self.order = None;
+        Ok(self)
+    }
+
     /// Turns the trainer into RL + GKD (`rl.rs`): the rules there are checked, and every example
     /// needs its reference completion.
     pub fn with_rl(mut self, rl: RlConfig) -> Result<Self> {
         rl.validate(&self.cfg)?;
+        if self.examples.len() != self.data.len() {
+            return Err(Error::Msg(
+                "RL + GKD scores samples against the text examples: build the trainer from them (Trainer::new), not from tokenized data".into(),
+            ));
+        }
         if let Some(i) = self.examples.iter().position(|e| e.completion.is_none()) {
             return Err(Error::Msg(format!(
                 "example {} (non-empty line {} of the data) has no \"completion\": the reward `{}` compares each sample with its example's reference completion, so every example needs one",
@@ -411,6 +454,18 @@ impl<'a> Trainer<'a> {
         }
     }
 
+    /// How this step samples micro-batch `micro`'s `prompts` (from the student or the teacher):
+    /// the sampler, a seed drawn from (seed, step, micro), the tokenizer's EOS, and at most
+    /// `--max-new-tokens` that fit the context.
+    pub fn sampling_config(&self, prompts: &[Vec<u32>], micro: usize) -> GenerateConfig {
+        // The training input is prompt + completion − its last token.
+        let longest = prompts.iter().map(Vec::len).max().unwrap_or(0);
+        let max_new = self.cfg.max_new_tokens.min(self.context + 1 - longest);
+        let seed =
+            sequence_rng(self.cfg.seed ^ SALT_SAMPLE, (self.state.step as usize) << 16 | micro).random();
+        GenerateConfig::new(max_new, self.cfg.sampler, seed, self.tok.eos.clone())
+    }
+
     /// Completions for `prompts` from `source`; (prompt, completion) pairs.
     fn completions(&self, source: Source, idx: &[usize], micro: usize) -> Result<Vec<(Vec<u32>, Vec<u32>)>> {
         let prompts: Vec<Vec<u32>> = idx.iter().map(|&i| self.data[i].prompt.clone()).collect();
@@ -427,12 +482,7 @@ impl<'a> Trainer<'a> {
             Source::Student => &self.student,
             Source::Teacher => self.teacher.expect("checked in new"),
         };
-        // The training input is prompt + completion − its last token.
-        let longest = prompts.iter().map(Vec::len).max().unwrap_or(0);
-        let max_new = self.cfg.max_new_tokens.min(self.context + 1 - longest);
-        let seed =
-            sequence_rng(self.cfg.seed ^ SALT_SAMPLE, (self.state.step as usize) << 16 | micro).random();
-        let cfg = GenerateConfig::new(max_new, self.cfg.sampler, seed, self.tok.eos.clone());
+        let cfg = self.sampling_config(&prompts, micro);
         let out = generate(model, &prompts, &cfg)?;
         Ok(prompts.into_iter().zip(out).map(|(p, c)| (p, c.ids)).collect())
     }
