@@ -16,7 +16,7 @@
 
 mod common;
 
-use common::harness::normals;
+use common::elem::{normal_f32, rel, round, to_t, Elem};
 use gkd::backend::cpu::{cross_entropy_fwd_bwd, matmul, MatmulSpec};
 use gkd::backend::cuda::cross_entropy::{cross_entropy_fwd_bwd as cuda_ce, CePath, CrossEntropyLaunch};
 use gkd::backend::cuda::divergence::StudentGrad;
@@ -26,58 +26,6 @@ use gkd::backend::cuda::linear_divergence::{
 use gkd::backend::cuda::CudaDevice;
 use gkd::backend::ops::IGNORE;
 use half::bf16;
-
-/// An element type under test: f32 or bf16.
-trait Elem: gkd::backend::cuda::linear_divergence::HeadElem + cudarc::driver::ValidAsZeroBits {
-    const NAME: &'static str;
-    fn from_f32(x: f32) -> Self;
-    fn to_f32(self) -> f32;
-}
-impl Elem for f32 {
-    const NAME: &'static str = "f32";
-    fn from_f32(x: f32) -> f32 {
-        x
-    }
-    fn to_f32(self) -> f32 {
-        self
-    }
-}
-impl Elem for bf16 {
-    const NAME: &'static str = "bf16";
-    fn from_f32(x: f32) -> bf16 {
-        bf16::from_f32(x)
-    }
-    fn to_f32(self) -> f32 {
-        bf16::to_f32(self)
-    }
-}
-
-/// x rounded to T, as f32.
-fn round<T: Elem>(x: &[f32]) -> Vec<f32> {
-    x.iter().map(|&v| T::from_f32(v).to_f32()).collect()
-}
-
-fn to_t<T: Elem>(x: &[f32]) -> Vec<T> {
-    x.iter().map(|&v| T::from_f32(v)).collect()
-}
-
-fn normal_f32(n: usize, std: f64, seed: u64) -> Vec<f32> {
-    normals(n, 0.0, std, seed).into_iter().map(|x| x as f32).collect()
-}
-
-/// max |a − b| / max |b|, NaN anywhere → infinity.
-fn rel(a: &[f32], b: &[f32]) -> f64 {
-    assert_eq!(a.len(), b.len());
-    let scale = b.iter().fold(0.0f64, |m, &y| m.max((y as f64).abs())).max(1e-30);
-    a.iter().zip(b).fold(0.0f64, |m, (&x, &y)| {
-        let e = (x as f64 - y as f64).abs() / scale;
-        if e.is_nan() {
-            f64::INFINITY
-        } else {
-            m.max(e)
-        }
-    })
-}
 
 /// Targets that hit both ends of a row (the elements a 16-byte kernel takes one by one), IGNORE
 /// rows, and the middle; row `bad` (if any) gets V, outside the vocabulary.

@@ -2,6 +2,7 @@
 //! and the device-ops harness (`harness.rs`).
 #![allow(dead_code)]
 
+pub mod elem;
 pub mod harness;
 pub mod ops;
 pub mod reference;
