@@ -100,8 +100,11 @@ pub fn run(a: SftArgs) -> Result<()> {
     let compute = a.compute.resolve()?;
     let model_dir = a.resume.clone().unwrap_or_else(|| a.model.clone());
     let tok = Tokenizer::load(&model_dir)?;
-    let model =
-        Model::load(&model_dir).with_context(|| format!("loading the model in {}", model_dir.display()))?;
+    // Placed on the device as loaded: no second copy of the weights stays behind to share the
+    // buffer (which would make the first optimizer write copy it).
+    let mut model = Model::load(&model_dir)
+        .and_then(|m| compute.place(&m, true))
+        .with_context(|| format!("loading the model in {}", model_dir.display()))?;
     let examples = read_jsonl(&a.data, true)?;
     let steps = match (a.steps, a.epochs) {
         (Some(s), _) => s,
@@ -126,7 +129,6 @@ pub fn run(a: SftArgs) -> Result<()> {
         max_grad_norm: a.max_grad_norm,
         seed: a.seed,
     };
-    let mut model = compute.place(&model, true)?;
     model.set_recompute(a.recompute.parse()?);
     let mut trainer = Trainer::new(cfg, model, None, &tok, &examples)?;
     if let Some(r) = &a.resume {
