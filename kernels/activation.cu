@@ -3,6 +3,7 @@
 //   gelu (tanh form, GPT-2):  y = ½x(1 + tanh u),  u = √(2/π)(x + 0.044715x³)
 //                             dx = dy·(½(1 + tanh u) + ½x(1 − tanh²u)·√(2/π)(1 + 3·0.044715x²))
 //   swiglu (Llama):           y = silu(g)·up,  silu(g) = g·σ(g)
+//   swiglu_packed:            the same over rows [g | up] of one (N, 2I) product (no backward)
 //                             dg = dy·up·σ(g)(1 + g(1 − σ(g))),  dup = dy·silu(g)
 // Grid-stride loops over 16-byte packs (4 f32 or 8 bf16) when every pointer is 16-byte aligned,
 // then the tail (or everything, unaligned) one element at a time.
@@ -124,3 +125,23 @@ struct SwigluBwd { // x = (gate, up, dy) → y = (dgate, dup)
 
 ACTIVATION_KERNELS(float, f32)
 ACTIVATION_KERNELS(bf16, bf16)
+
+// swiglu over a packed product (N, 2I), each row [gate | up] (one product of the adjacent gate and
+// up weights, in forwards without a gradient) → y (N, I): a grid-stride loop over the N·I outputs.
+template <typename T>
+__device__ __forceinline__ void swiglu_packed(const T *__restrict__ x, T *__restrict__ y, long rows,
+                                              long width) {
+    const long n = rows * width;
+    for (long k = (long)blockIdx.x * blockDim.x + threadIdx.x; k < n; k += (long)gridDim.x * blockDim.x) {
+        const long r = k / width, j = k - r * width;
+        const float g = load_f32(x, r * 2 * width + j), u = load_f32(x, r * 2 * width + width + j);
+        store_f32(y, k, g * sigmoid(g) * u);
+    }
+}
+
+extern "C" __global__ void swiglu_packed_fwd_f32(const float *x, float *y, long rows, long width) {
+    swiglu_packed<float>(x, y, rows, width);
+}
+extern "C" __global__ void swiglu_packed_fwd_bf16(const bf16 *x, bf16 *y, long rows, long width) {
+    swiglu_packed<bf16>(x, y, rows, width);
+}

@@ -213,6 +213,10 @@ fn in_place_operations_match_the_cpu() {
         out.push(("copy_rows_vouched_skips_out_of_range", r));
         out.extend(decode_state_cases(device));
         out.extend(rope_append_cases(device, &t));
+        // silu(gate)·up over packed rows [gate | up]: 7 rows of 2 × 13 (odd widths, no 16-byte rows).
+        let packed = t(&a[..7 * 26]).reshape([7, 26]).unwrap();
+        let r = Tape::no_grad().swiglu_packed(&Var::constant(packed)).and_then(|y| y.value().to_vec_f64());
+        out.push(("swiglu_packed", r));
         let (mut p, mut m, mut v) = (t(&a), t(&vec![0.0; n]), t(&vec![0.0; n]));
         let h = AdamWStep {
             decay: 0.99,

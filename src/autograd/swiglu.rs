@@ -1,7 +1,7 @@
 //! SwiGLU, silu(gate)·up, and the residual add: elementwise ops of two inputs.
 
 use super::{add_tensors, dense, wrap, Tape, Var};
-use crate::error::{shape_err, Result};
+use crate::error::{shape_err, Error, Result};
 use crate::tensor::Storage;
 
 impl Tape {
@@ -17,6 +17,26 @@ impl Tape {
             let (dg, du) = Storage::swiglu_bwd(gt.view()?, ut.view()?, dy.view()?)?;
             Ok(vec![Some(wrap(dg, gt.shape().clone())?), Some(wrap(du, gt.shape().clone())?)])
         }))
+    }
+
+    /// silu(gate)·up over rows [gate | up] of one (N, 2I) product (the adjacent gate and up weights
+    /// as one matrix): forwards without a gradient only.
+    pub fn swiglu_packed(&mut self, x: &Var) -> Result<Var> {
+        if self.needs_grad(&[x]) {
+            return Err(Error::Msg(
+                "swiglu over a packed product has no backward: run it on Tape::no_grad()".into(),
+            ));
+        }
+        let xt = dense(x)?;
+        let width = xt.shape().last() / 2;
+        if width == 0 || xt.shape().last() != 2 * width {
+            return shape_err(
+                "swiglu_packed",
+                format!("rows of {} are not [gate | up] halves", xt.shape().last()),
+            );
+        }
+        let rows = xt.numel() / (2 * width);
+        Ok(Var::constant(wrap(Storage::swiglu_packed_fwd(xt.view()?, width)?, [rows, width])?))
     }
 
     /// a + b (the residual connection); the gradient passes to both unchanged.

@@ -220,6 +220,11 @@ pub(super) fn rope_append(
     Ok((positions, total))
 }
 
+/// swiglu_packed: x of rows [gate | up] of 2·width → the rows.
+pub(super) fn swiglu_packed(x: usize, width: usize) -> Result<usize> {
+    rows_of("swiglu_packed", x, 2 * width)
+}
+
 /// → rows.
 pub(super) fn rms_norm_fwd(x: usize, w: usize, cols: usize) -> Result<usize> {
     const OP: &str = "rms_norm";

@@ -289,6 +289,9 @@ pub trait BackendStorage: Sized {
     fn swiglu_fwd(gate: View<'_, Self>, up: View<'_, Self>) -> Result<Self>;
     /// → (dgate, dup)
     fn swiglu_bwd(gate: View<'_, Self>, up: View<'_, Self>, dy: View<'_, Self>) -> Result<(Self, Self)>;
+    /// x (N, 2I), each row [gate | up] (one product of the adjacent gate and up weights) →
+    /// silu(gate)·up (N, I); no backward (forwards without a gradient)
+    fn swiglu_packed_fwd(x: View<'_, Self>, width: usize) -> Result<Self>;
     /// x (N, W) → columns start..start+len (N, L)
     fn narrow_cols_fwd(x: View<'_, Self>, width: usize, start: usize, len: usize) -> Result<Self>;
     /// dy (N, L) → dx (N, W), zero outside the columns

@@ -103,7 +103,13 @@ pub(super) fn forward(m: &Model, tape: &mut Tape, p: &ParamVars, x: &mut Inputs)
     // Recomputation applies to training forwards over packed sequences.
     let owned = x.owned_sequences().filter(|_| tape.grad_enabled());
     let mode = if owned.is_some() { m.recompute() } else { Recompute::None };
-    let ctx = Arc::new(Ctx { c: c.clone(), positions, freqs });
+    // Without a gradient, each layer's gate and up projections run as one product when their
+    // weights sit next to each other in the parameter buffer (no MLP bias between them).
+    let gate_up = match tape.grad_enabled() {
+        true => vec![],
+        false => (0..c.num_layers).map(|l| gate_up_weight(m, l)).collect::<Result<_>>()?,
+    };
+    let ctx = Arc::new(Ctx { c: c.clone(), positions, freqs, gate_up });
     for l in 0..c.num_layers {
         (h, n) = match (mode, &owned) {
             (Recompute::Layers, Some(seq)) => {
@@ -122,11 +128,27 @@ pub(super) fn forward(m: &Model, tape: &mut Tape, p: &ParamVars, x: &mut Inputs)
     Ok(n)
 }
 
-/// What every layer shares: the configuration, each row's position, the rotary frequencies.
+/// What every layer shares: the configuration, each row's position, the rotary frequencies, and
+/// (forwards without a gradient) each layer's gate and up weights as one (2I, C) matrix.
 struct Ctx {
     c: ModelConfig,
     positions: Tensor,
     freqs: Arc<[f64]>,
+    gate_up: Vec<Option<Tensor>>,
+}
+
+/// Layer l's gate_proj and up_proj weights as one (2I, C) view of the parameter buffer, when the
+/// second follows the first there.
+fn gate_up_weight(m: &Model, l: usize) -> Result<Option<Tensor>> {
+    let p = m.params();
+    let (g, u) = (p.entry(&layer(l, "mlp.gate_proj.weight")), p.entry(&layer(l, "mlp.up_proj.weight")));
+    match (g, u) {
+        (Some(g), Some(u)) if g.shape == u.shape && u.offset == g.offset + g.numel() => {
+            let (i, c) = (g.shape[0], g.shape[1]);
+            Ok(Some(p.weights().narrow(0, g.offset, 2 * i * c)?.reshape([2 * i, c])?))
+        }
+        _ => Ok(None),
+    }
 }
 
 /// The norm that reads the residual stream after layer l's MLP: layer l + 1's input norm, or the
@@ -170,9 +192,17 @@ fn block(
     };
     let o = tape.linear(&a, &v("self_attn.o_proj.weight")?, b("self_attn.o_proj").as_ref(), OI)?;
     let (h, n) = tape.add_rms_norm(h, &o, &v("post_attention_layernorm.weight")?, eps)?;
-    let g = tape.linear(&n, &v("mlp.gate_proj.weight")?, b("mlp.gate_proj").as_ref(), OI)?;
-    let u = tape.linear(&n, &v("mlp.up_proj.weight")?, b("mlp.up_proj").as_ref(), OI)?;
-    let f = tape.swiglu(&g, &u)?;
+    let f = match ctx.gate_up.get(l).cloned().flatten() {
+        Some(w) => {
+            let gu = tape.linear(&n, &Var::constant(w), None, OI)?;
+            tape.swiglu_packed(&gu)?
+        }
+        None => {
+            let g = tape.linear(&n, &v("mlp.gate_proj.weight")?, b("mlp.gate_proj").as_ref(), OI)?;
+            let u = tape.linear(&n, &v("mlp.up_proj.weight")?, b("mlp.up_proj").as_ref(), OI)?;
+            tape.swiglu(&g, &u)?
+        }
+    };
     let f = tape.linear(&f, &v("mlp.down_proj.weight")?, b("mlp.down_proj").as_ref(), OI)?;
     tape.add_rms_norm(&h, &f, &need(w, &norm_after(c, l))?, eps)
 }

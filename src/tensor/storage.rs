@@ -632,6 +632,10 @@ impl Storage {
         dispatch!("swiglu", [gate, up], |B, v| B::swiglu_fwd(v[0], v[1]))
     }
 
+    pub fn swiglu_packed_fwd(x: View<'_, Storage>, width: usize) -> Result<Storage> {
+        dispatch!("swiglu_packed", [x], |B, v| B::swiglu_packed_fwd(v[0], width))
+    }
+
     pub fn swiglu_bwd(
         gate: View<'_, Storage>,
         up: View<'_, Storage>,

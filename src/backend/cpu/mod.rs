@@ -617,6 +617,12 @@ impl BackendStorage for CpuStorage {
         })
     }
 
+    fn swiglu_packed_fwd(x: View<'_, Self>, width: usize) -> Result<Self> {
+        const OP: &str = "swiglu_packed";
+        check::swiglu_packed(x.len, width)?;
+        real!(OP, x.dtype(), |T| Ok(wrap(swiglu::swiglu_packed_fwd::<T>(x.typed(OP)?, width))))
+    }
+
     fn swiglu_bwd(gate: View<'_, Self>, up: View<'_, Self>, dy: View<'_, Self>) -> Result<(Self, Self)> {
         const OP: &str = "swiglu backward";
         check::elementwise(OP, gate.len, &[("up", up.len), ("dy", dy.len)])?;

@@ -123,3 +123,26 @@ pub fn swiglu_bwd<T: CudaElem>(
     }
     Ok((dg, du))
 }
+
+/// x (rows, 2·width), each row [gate | up] → silu(gate)·up (rows, width). Forward only.
+pub fn swiglu_packed_fwd<T: CudaElem>(
+    dev: &CudaDevice,
+    x: &CudaView<'_, T>,
+    width: usize,
+) -> Result<CudaSlice<T>> {
+    const OP: &str = "swiglu_packed (cuda)";
+    let n = x.len() / 2;
+    // SAFETY: the kernel writes all rows·width elements.
+    let mut y = unsafe { dev.alloc_of::<T>(n, OP)? };
+    if n > 0 {
+        let f = dev.function(MODULE, kernel::<T>("swiglu_packed_fwd_f32", "swiglu_packed_fwd_bf16")?)?;
+        let (rows, w) = ((n / width) as i64, width as i64);
+        // SAFETY: swiglu_packed_fwd_<dtype>(x, y, rows, width): x holds rows·2·width elements
+        // (checked by the caller), y rows·width.
+        unsafe {
+            dev.stream().launch_builder(&f).arg(x).arg(&mut y).arg(&rows).arg(&w).launch(cfg::<T>(dev, n))
+        }
+        .map_err(cuda_err(OP))?;
+    }
+    Ok(y)
+}

@@ -901,6 +901,15 @@ impl BackendStorage for CudaStorage {
         })
     }
 
+    fn swiglu_packed_fwd(x: View<'_, Self>, width: usize) -> Result<Self> {
+        const OP: &str = "swiglu_packed";
+        check::swiglu_packed(x.len, width)?;
+        let dev = x.dev();
+        float!(OP, x.dtype(), |T| {
+            Ok(CudaStorage::new(dev, activation::swiglu_packed_fwd::<T>(dev, &x.typed(OP)?, width)?))
+        })
+    }
+
     fn swiglu_bwd(gate: View<'_, Self>, up: View<'_, Self>, dy: View<'_, Self>) -> Result<(Self, Self)> {
         const OP: &str = "swiglu backward";
         check::elementwise(OP, gate.len, &[("up", up.len), ("dy", dy.len)])?;
