@@ -29,10 +29,6 @@ impl Sampler {
         Sampler { temperature: 0.0, ..Sampler::default() }
     }
 
-    pub fn is_greedy(&self) -> bool {
-        self.temperature <= 0.0
-    }
-
     /// A sentence for settings that cannot sample.
     pub fn validate(&self) -> Result<(), String> {
         if !self.temperature.is_finite() || self.temperature < 0.0 {
